@@ -1,0 +1,23 @@
+"""The shared storage engine: Lance datasets with a write-ahead log in front.
+
+It knows nothing of KV caches, checkpoints or episodes; the stores build on :class:`Table`
+and :mod:`persisting.engine.codec`.
+"""
+
+from persisting.engine.codec import EncodedTensor, decode_tensor, encode_tensor
+from persisting.engine.names import check_name
+from persisting.engine.options import Durability, TableOptions
+from persisting.engine.table import Table
+from persisting.engine.wal import WAL, ReplayReport
+
+__all__ = [
+    "Durability",
+    "EncodedTensor",
+    "ReplayReport",
+    "Table",
+    "TableOptions",
+    "WAL",
+    "check_name",
+    "decode_tensor",
+    "encode_tensor",
+]

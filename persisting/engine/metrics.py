@@ -1,0 +1,45 @@
+"""Prometheus collectors shared by every store, labelled by store and table.
+
+They live in prometheus_client's default registry, so one ``start_http_server`` (or the
+``persisting metrics serve`` command) exports every store in the process.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "RECORDS_TOTAL",
+    "BUFFER_SIZE",
+    "FLUSH_DURATION",
+    "WAL_SIZE",
+    "BYTES_WRITTEN",
+    "BYTES_READ",
+    "TableMetrics",
+]
+
+_LABELS = ("store", "table")
+
+RECORDS_TOTAL = Counter("persisting_records", "Records appended to a table.", _LABELS)
+BUFFER_SIZE = Gauge("persisting_buffer_size", "Records buffered in memory, not yet committed to Lance.", _LABELS)
+FLUSH_DURATION = Histogram(
+    "persisting_flush_duration_seconds",
+    "Time to commit buffered records to Lance and make them durable.",
+    _LABELS,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+WAL_SIZE = Gauge("persisting_wal_size_bytes", "Bytes held in write-ahead log segments.", _LABELS)
+BYTES_WRITTEN = Counter("persisting_bytes_written", "Bytes of data committed to Lance.", _LABELS)
+BYTES_READ = Counter("persisting_bytes_read", "Bytes of payload read back.", _LABELS)
+
+
+class TableMetrics:
+    """The children of each collector for one (store, table) pair."""
+
+    def __init__(self, store: str, table: str) -> None:
+        self.records = RECORDS_TOTAL.labels(store, table)
+        self.buffer = BUFFER_SIZE.labels(store, table)
+        self.flush = FLUSH_DURATION.labels(store, table)
+        self.wal_size = WAL_SIZE.labels(store, table)
+        self.bytes_written = BYTES_WRITTEN.labels(store, table)
+        self.bytes_read = BYTES_READ.labels(store, table)

@@ -1,0 +1,56 @@
+"""Tunables of a Table, in one typed place with their defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from persisting.errors import PersistingError
+
+__all__ = ["Durability", "Recovery", "TableOptions"]
+
+Durability = Literal["none", "batch", "always"]
+Recovery = Literal["point_in_time", "salvage"]
+
+
+@dataclass(frozen=True)
+class TableOptions:
+    """How a Table buffers, logs, commits and compacts.
+
+    durability: ``"none"`` (no WAL: rows are durable once ``flush()`` returns), ``"batch"``
+        (WAL group commit every ``wal_sync_interval`` s), ``"always"`` (fsync per append).
+    wal_sync_interval: seconds between group-commit fsyncs; 0 means ``"always"``.
+    wal_sync_bytes: also sync once this many WAL bytes are pending (None: time only).
+    max_wal_size: a WAL segment rotates at this many bytes.
+    flush_rows / flush_bytes: commit the buffer to Lance once it holds this much.
+    compact_fragments: compact the dataset once it has this many fragments (0 = never).
+    recovery: ``"point_in_time"`` cuts a torn tail and refuses mid-log corruption;
+        ``"salvage"`` skips corrupt frames and reports what was lost.
+    """
+
+    durability: Durability = "batch"
+    wal_sync_interval: float = 1.0
+    wal_sync_bytes: int | None = None
+    max_wal_size: int = 100 * 1024 * 1024
+    flush_rows: int = 10_000
+    flush_bytes: int = 64 * 1024 * 1024
+    compact_fragments: int = 64
+    recovery: Recovery = "point_in_time"
+
+    def __post_init__(self) -> None:
+        if self.durability not in ("none", "batch", "always"):
+            raise PersistingError(f"durability {self.durability!r} is not 'none', 'batch' or 'always'")
+        if self.recovery not in ("point_in_time", "salvage"):
+            raise PersistingError(f"recovery {self.recovery!r} is not 'point_in_time' or 'salvage'")
+        if self.wal_sync_interval < 0:
+            raise PersistingError(f"wal_sync_interval must be >= 0, got {self.wal_sync_interval}")
+        if self.max_wal_size <= 0 or self.flush_rows <= 0 or self.flush_bytes <= 0:
+            raise PersistingError("max_wal_size, flush_rows and flush_bytes must be positive")
+
+    @property
+    def wal_enabled(self) -> bool:
+        return self.durability != "none"
+
+    @property
+    def wal_sync(self) -> Literal["batch", "always"]:
+        return "always" if self.durability == "always" or self.wal_sync_interval == 0 else "batch"

@@ -1,0 +1,182 @@
+"""Python records -> Arrow batches, and the rules by which a table's schema may evolve.
+
+Evolution rules (DESIGN.md): a new field becomes a nullable column; compatible widening
+(int32 -> int64, int -> float, float32 -> float64, string -> large_string, binary ->
+large_binary, and the same inside list types) is applied; anything else raises SchemaError
+naming the field, the stored type and the offered type, and changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from persisting.errors import InvalidRecordError, SchemaError
+
+__all__ = ["Evolution", "records_to_batch", "evolve", "conform"]
+
+
+@dataclass(frozen=True)
+class Evolution:
+    """The outcome of offering a batch schema to a stored schema."""
+
+    schema: pa.Schema
+    added: tuple[str, ...]
+    widened: tuple[str, ...]
+
+
+def records_to_batch(records: Sequence[Mapping[str, object]], schema: pa.Schema | None = None) -> pa.RecordBatch:
+    """Convert a list of dict records into one Arrow batch, validating every record first.
+
+    Fields already in ``schema`` are converted to their stored type when the values fit;
+    other fields are inferred. A value Arrow cannot store raises InvalidRecordError naming the
+    field and the record's index; nothing is half-converted.
+    """
+    if isinstance(records, Mapping) or not isinstance(records, Sequence) or isinstance(records, (str, bytes)):
+        raise InvalidRecordError(
+            f"expected a list of dict records, got {type(records).__name__}", value_type=type(records).__name__
+        )
+    names: dict[str, None] = {}
+    for i, rec in enumerate(records):
+        if not isinstance(rec, Mapping):
+            raise InvalidRecordError(
+                f"record {i} is a {type(rec).__name__}, not a dict; records must be dicts of field -> value",
+                index=i,
+            )
+        for key in rec:
+            if not isinstance(key, str) or not key:
+                raise InvalidRecordError(f"record {i} has field name {key!r}; field names must be non-empty str", index=i)
+            names[key] = None
+    arrays, fields = [], []
+    for name in names:
+        values = [rec.get(name) for rec in records]
+        stored = schema.field(name) if schema is not None and name in schema.names else None
+        arr = _to_array(name, values, stored.type if stored is not None else None)
+        if pa.types.is_null(arr.type) and stored is None:
+            continue  # an all-null field with no known type reads as null anyway
+        arrays.append(arr)
+        fields.append(stored if stored is not None and stored.type == arr.type else pa.field(name, arr.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _to_array(name: str, values: list[object], known: pa.DataType | None) -> pa.Array:
+    """Infer the values' type; use the stored type only where converting to it loses nothing
+    the caller did not ask for (pa.array would silently truncate 4.5 into an int64 4)."""
+    try:
+        arr = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
+        arr, error = None, exc
+    if known is not None and (arr is None or pa.types.is_null(arr.type) or
+                              (_widen(known, arr.type) != known and _float_like(known))):
+        try:
+            return pa.array(values, type=known)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            pass
+    if arr is not None:
+        return arr
+    bad = _first_bad(values)
+    raise InvalidRecordError(
+        f"field {name!r}: record {bad} holds a value of type {type(values[bad]).__name__} "
+        f"that cannot be stored ({error})",
+        field=name,
+        index=bad,
+    ) from None
+
+
+def _float_like(t: pa.DataType) -> bool:
+    """Floating types and lists of them: declared precision (e.g. float32 vectors) wins."""
+    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        t = t.value_type
+    return pa.types.is_floating(t)
+
+
+def _first_bad(values: list[object]) -> int:
+    for i, v in enumerate(values):
+        try:
+            pa.array([v])
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            return i
+    return 0
+
+
+def _widen(stored: pa.DataType, offered: pa.DataType) -> pa.DataType | None:
+    """The type both fit in, or None when they are incompatible."""
+    if stored == offered or pa.types.is_null(offered):
+        return stored
+    if pa.types.is_null(stored):
+        return offered
+    ints = pa.types.is_integer
+    floats = pa.types.is_floating
+    if ints(stored) and ints(offered):
+        if pa.types.is_signed_integer(stored) == pa.types.is_signed_integer(offered):
+            return stored if stored.bit_width >= offered.bit_width else offered
+        signed, unsigned = (stored, offered) if pa.types.is_signed_integer(stored) else (offered, stored)
+        if signed.bit_width > unsigned.bit_width:
+            return signed
+        return pa.int64() if unsigned.bit_width < 64 else None
+    if (ints(stored) or floats(stored)) and (ints(offered) or floats(offered)):
+        if floats(stored) and floats(offered):
+            return stored if stored.bit_width >= offered.bit_width else offered
+        return stored if floats(stored) else pa.float64()
+    pairs = {
+        (pa.string(), pa.large_string()),
+        (pa.binary(), pa.large_binary()),
+    }
+    for small, large in pairs:
+        if {stored, offered} <= {small, large}:
+            return large
+    list_like = (pa.types.is_list, pa.types.is_large_list)
+    if any(f(stored) for f in list_like) and any(f(offered) for f in list_like):
+        inner = _widen(stored.value_type, offered.value_type)
+        if inner is None:
+            return None
+        large = pa.types.is_large_list(stored) or pa.types.is_large_list(offered)
+        return pa.large_list(inner) if large else pa.list_(inner)
+    if pa.types.is_fixed_size_list(stored) and (
+        pa.types.is_list(offered) or pa.types.is_large_list(offered) or pa.types.is_fixed_size_list(offered)
+    ):
+        inner = _widen(stored.value_type, offered.value_type)
+        return stored if inner == stored.value_type else None
+    return None
+
+
+def evolve(stored: pa.Schema | None, offered: pa.Schema) -> Evolution:
+    """Merge ``offered`` into ``stored`` by the evolution rules, or raise SchemaError."""
+    if stored is None:
+        return Evolution(offered, tuple(offered.names), ())
+    fields = list(stored)
+    index = {f.name: i for i, f in enumerate(fields)}
+    added, widened = [], []
+    for f in offered:
+        if f.name not in index:
+            fields.append(pa.field(f.name, f.type, nullable=True, metadata=f.metadata))
+            added.append(f.name)
+            continue
+        old = fields[index[f.name]]
+        merged = _widen(old.type, f.type)
+        if merged is None:
+            raise SchemaError(
+                f"field {f.name!r} is stored as {old.type} but a record offers {f.type}; "
+                "only new fields and widening (int32->int64, int->float, float32->float64) are allowed",
+                field=f.name,
+                stored_type=str(old.type),
+                offered_type=str(f.type),
+            )
+        if merged != old.type:
+            fields[index[f.name]] = old.with_type(merged)
+            widened.append(f.name)
+    return Evolution(pa.schema(fields, metadata=stored.metadata), tuple(added), tuple(widened))
+
+
+def conform(batch: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Table:
+    """Cast ``batch`` to ``schema``: missing fields become nulls, narrower types are widened."""
+    columns = []
+    for f in schema:
+        if f.name in batch.schema.names:
+            col = batch.column(f.name)
+            columns.append(col if col.type == f.type else col.cast(f.type))
+        else:
+            columns.append(pa.nulls(batch.num_rows, type=f.type))
+    return pa.Table.from_arrays(columns, schema=schema)

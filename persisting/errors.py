@@ -1,0 +1,82 @@
+"""The one exception hierarchy of Persisting.
+
+Every error is a :class:`PersistingError`; subclasses also inherit the built-in exception a
+caller would already catch (``KeyError`` for a missing key, ``ValueError`` for bad input), so
+``except KeyError`` keeps working. Messages say what was wrong, with which name, path or
+offset, and what to do. All errors survive pickling because they cross Pulsing actors and
+process boundaries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "PersistingError",
+    "NotFoundError",
+    "SchemaError",
+    "InvalidNameError",
+    "InvalidRecordError",
+    "ClosedError",
+    "StorageError",
+    "WALError",
+    "CorruptionError",
+    "LockedError",
+]
+
+
+class PersistingError(Exception):
+    """Root of every error raised by Persisting."""
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        for key, value in details.items():
+            setattr(self, key, value)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self.details))
+
+
+def _rebuild(cls: type[PersistingError], message: str, details: dict[str, Any]) -> PersistingError:
+    return cls(message, **details)
+
+
+class NotFoundError(PersistingError, KeyError):
+    """A key, version, tag, checkpoint or episode that does not exist."""
+
+
+class SchemaError(PersistingError, ValueError):
+    """A field whose type cannot be stored next to what is already stored."""
+
+
+class InvalidNameError(PersistingError, ValueError):
+    """A name (topic, namespace, tag, table) that could escape the store's directory."""
+
+
+class InvalidRecordError(PersistingError, TypeError):
+    """A record that cannot be stored: not a dict, or a value of an unsupported type."""
+
+
+class ClosedError(PersistingError, ValueError):
+    """An operation on a table or store that was already closed."""
+
+
+class StorageError(PersistingError, OSError):
+    """The underlying storage (local disk, object store, Lance) failed."""
+
+
+class WALError(PersistingError):
+    """The write-ahead log cannot be written or read."""
+
+
+class CorruptionError(WALError):
+    """Stored bytes fail their checksum; the message names the file and offset."""
+
+
+class LockedError(PersistingError):
+    """Another writer holds the table's lock; open read-only or stop that writer."""
