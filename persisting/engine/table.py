@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -284,8 +285,10 @@ class Table:
                     )
             except (OSError, ValueError, RuntimeError) as exc:
                 raise StorageError(f"cannot commit {data.num_rows} rows to {self.uri}: {exc}") from exc
+            _kill_point("after_commit")
             if snapshot is not None:
                 snapshot.fsync_new_files()
+            _kill_point("after_fsync")
             self._applied = last_lsn
             self._flushed_rows += data.num_rows
             if self._wal is not None:
@@ -626,6 +629,16 @@ class Table:
     def __repr__(self) -> str:
         mode = "read-only" if self.read_only else self.options.durability
         return f"Table({self.uri!r}, {mode}, rows={self._flushed_rows + self._buffer_rows})"
+
+
+_KILL_POINT = os.environ.get("PERSISTING_KILL_POINT")
+
+
+def _kill_point(name: str) -> None:
+    """Crash-test seam: SIGKILL this process at a named point of the apply order when the
+    environment variable PERSISTING_KILL_POINT names it (never set outside tests)."""
+    if _KILL_POINT == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _is_blob(f: pa.Field) -> bool:
