@@ -114,6 +114,7 @@ class Table:
         self._buffer_rows = 0
         self._buffer_bytes = 0
         self._buffer_cache: pa.Table | None = None
+        self._buffer_mem: lance.LanceDataset | None = None
         self.recovery_report = ReplayReport()
         local = is_local(self.uri)
         if wal_dir is None and local:
@@ -128,9 +129,9 @@ class Table:
         try:
             self._ds = _open_dataset(self.uri, storage_options, version)
             self._declared = schema
-            self._schema: pa.Schema | None = self._ds.schema if self._ds is not None else schema
-            if self._ds is not None and schema is not None:
-                self._schema = evolve(self._ds.schema, schema).schema
+            self._schema: pa.Schema | None = logical_schema(self._ds.schema) if self._ds is not None else schema
+            if self._schema is not None and schema is not None:
+                self._schema = evolve(self._schema, schema).schema
             self._flushed_rows = self._ds.count_rows() if self._ds is not None else 0
             self._applied = applied_lsn(self._ds)
             self._next_lsn = self._applied + 1
@@ -224,7 +225,7 @@ class Table:
         self._buffer.append(batch)
         self._buffer_rows += batch.num_rows
         self._buffer_bytes += batch.nbytes
-        self._buffer_cache = None
+        self._buffer_cache = self._buffer_mem = None
 
     def append(self, rows: Rows) -> int:
         """Append rows (an Arrow batch/table or a list of dicts); return the append's LSN.
@@ -294,7 +295,8 @@ class Table:
             if self._wal is not None:
                 self._wal.drop_through(last_lsn)
             self.metrics.bytes_written.inc(data.nbytes)
-            self._buffer, self._buffer_rows, self._buffer_bytes, self._buffer_cache = [], 0, 0, None
+            self._buffer, self._buffer_rows, self._buffer_bytes = [], 0, 0
+            self._buffer_cache = self._buffer_mem = None
             self.metrics.buffer.set(0)
             self.metrics.flush.observe(time.perf_counter() - start)
             self._update_wal_metric()
@@ -305,7 +307,7 @@ class Table:
         """Bring the stored schema up to the buffer's: add new columns, widen types."""
         if self._ds is None or self._schema is None:
             return
-        stored = self._ds.schema
+        stored = logical_schema(self._ds.schema)
         snapshot = DirectorySnapshot(local_path(self.uri)) if is_local(self.uri) else None
         new = [f for f in self._schema if f.name not in stored.names]
         widened = [f for f in self._schema if f.name in stored.names and stored.field(f.name).type != f.type]
@@ -323,7 +325,7 @@ class Table:
     def _rewrite_with(self, schema: pa.Schema) -> None:
         """Rewrite every stored row with widened column types Lance cannot cast in place."""
         assert self._ds is not None
-        stored = pa.schema([schema.field(n) for n in self._ds.schema.names])
+        stored = pa.schema([schema.field(n) for n in self._ds.schema.names])  # logical types
         rows = conform(self._ds.scanner(blob_handling="all_binary").to_table(), stored)
         self._ds = lance.write_dataset(
             rows, self._ds, mode="overwrite", schema=stored, storage_options=self.storage_options,
@@ -411,7 +413,10 @@ class Table:
             self._check_open()
             if filter is None:
                 return self._flushed_rows + self._buffer_rows
-            return self.scan(filter=filter, columns=[]).num_rows if self._schema is not None else 0
+            n = self._ds.count_rows(filter=filter) if self._ds is not None else 0
+            if self._buffer:
+                n += self._buffer_dataset().count_rows(filter=filter)
+            return n
 
     def __len__(self) -> int:
         return self.count()
@@ -436,8 +441,7 @@ class Table:
             if self._ds is not None:
                 parts.append(self._lance_scan(self._ds, columns, filter))
             if self._buffer:
-                mem = lance.write_dataset(self._buffered_table(), f"memory://buffer-{id(self)}-{time.monotonic_ns()}")
-                parts.append(self._lance_scan(mem, columns, filter, schema=self._schema))
+                parts.append(self._lance_scan(self._buffer_dataset(), columns, filter, schema=self._schema))
             out = pa.concat_tables([conform(p, schema) for p in parts]) if parts else schema.empty_table()
             return out.slice(offset, limit) if (offset or limit is not None) else out
 
@@ -450,6 +454,14 @@ class Table:
             columns=cols, filter=filter, limit=limit, offset=offset, scan_in_order=True,
             blob_handling="all_binary", with_row_id=False,
         ).to_table()
+
+    def _buffer_dataset(self) -> lance.LanceDataset:
+        """The buffered rows as an in-memory Lance dataset, so SQL filters apply to them too."""
+        if self._buffer_mem is None:
+            self._buffer_mem = lance.write_dataset(
+                self._buffered_table(), f"memory://persisting-buffer-{id(self)}-{time.monotonic_ns()}"
+            )
+        return self._buffer_mem
 
     def _scan_positional(self, schema: pa.Schema, columns: list[str] | None, limit: int | None, offset: int) -> pa.Table:
         parts = []
@@ -498,15 +510,23 @@ class Table:
             return out
 
     def _take_flushed(self, positions: list[int], cols: list[str]) -> pa.Table:
+        """Take rows from Lance; blob columns come through ``take_blobs`` as bytes."""
         assert self._ds is not None
-        blob_cols = [c for c in cols if _is_blob(self._ds.schema.field(c))]
+        blob_cols = {c for c in cols if _is_blob(self._ds.schema.field(c))}
         plain = [c for c in cols if c not in blob_cols]
-        table = self._ds.take(positions, columns=plain) if plain else pa.table({})
-        for c in blob_cols:
-            blobs = self._ds.take_blobs(c, indices=positions)
-            values = [None if b is None else _read_blob(b) for b in blobs]
-            table = table.append_column(self._ds.schema.field(c), pa.array(values, pa.large_binary()))
-        return table.select(cols) if cols else table
+        taken = self._ds.take(positions, columns=plain) if plain else None
+        arrays, fields = [], []
+        for c in cols:
+            if c in blob_cols:
+                blobs = self._ds.take_blobs(c, indices=positions)
+                values = [None if b is None else _read_blob(b) for b in blobs]
+                arrays.append(pa.array(values, pa.large_binary()))
+                fields.append(pa.field(c, pa.large_binary(), metadata=BLOB_METADATA))
+            else:
+                assert taken is not None
+                arrays.append(taken.column(c))
+                fields.append(taken.schema.field(c))
+        return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
     def read_blobs(self, column: str, positions: Sequence[int]) -> list[bytes | None]:
         """Bytes of a blob column for the rows at ``positions``."""
@@ -528,8 +548,10 @@ class Table:
                 yield from conform(b, target).to_batches()
         if buf is not None:
             if filter is not None:
-                mem = lance.write_dataset(buf, f"memory://iter-{id(self)}-{time.monotonic_ns()}")
-                buf = mem.to_table(filter=filter)
+                with self._lock:
+                    buf = self._buffer_dataset().to_table(filter=filter) if self._buffer else None
+                if buf is None:
+                    return
             yield from conform(buf, target).to_batches(max_chunksize=batch_rows)
 
     # -- versions ----------------------------------------------------------------------------
@@ -641,8 +663,22 @@ def _kill_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+BLOB_METADATA = {b"lance-encoding:blob": b"true"}
+
+
 def _is_blob(f: pa.Field) -> bool:
+    if isinstance(f.type, pa.ExtensionType) and f.type.extension_name.startswith("lance.blob"):
+        return True
     return bool(f.metadata) and f.metadata.get(b"lance-encoding:blob") == b"true"
+
+
+def logical_schema(stored: pa.Schema) -> pa.Schema:
+    """The schema as users wrote it: Lance reports blob columns as an extension type."""
+    fields = [
+        pa.field(f.name, pa.large_binary(), nullable=True, metadata=BLOB_METADATA) if _is_blob(f) else f
+        for f in stored
+    ]
+    return pa.schema(fields, metadata=stored.metadata)
 
 
 def _read_blob(blob: Any) -> bytes:

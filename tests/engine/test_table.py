@@ -1,0 +1,193 @@
+"""Table: reads over flushed + buffered rows, versions, compaction, evolution, blobs."""
+
+from __future__ import annotations
+
+import os
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from persisting.engine import Table, TableOptions
+from persisting.engine.codec import decode_tensor, encode_tensor
+from persisting.engine.table import LSN_KEY, applied_lsn
+from persisting.errors import NotFoundError, SchemaError
+
+
+@pytest.fixture
+def uri(tmp_path: os.PathLike[str]) -> str:
+    return os.path.join(tmp_path, "t.lance")
+
+
+def rows(start: int, n: int) -> list[dict[str, object]]:
+    return [{"seq": i, "text": f"r{i}"} for i in range(start, start + n)]
+
+
+def test_reads_see_flushed_and_buffered_rows_in_order(uri: str) -> None:
+    with Table(uri, options=TableOptions(flush_rows=10_000)) as t:
+        t.append(rows(0, 5))
+        t.flush()
+        t.append(rows(5, 5))
+        assert t.stats()["buffered_rows"] == 5
+        assert t.count() == 10
+        assert t.scan().column("seq").to_pylist() == list(range(10))
+        assert t.scan(offset=3, limit=4).column("seq").to_pylist() == [3, 4, 5, 6]
+        assert t.scan(offset=7).column("seq").to_pylist() == [7, 8, 9]
+        assert t.scan(filter="seq >= 4 AND seq < 7").column("seq").to_pylist() == [4, 5, 6]
+        assert t.count(filter="seq > 7") == 2
+        assert t.take([9, 0, 5]).column("seq").to_pylist() == [9, 0, 5]
+        batches = list(t.iter_batches(batch_rows=3))
+        assert sum(b.num_rows for b in batches) == 10
+        with pytest.raises(NotFoundError, match="position 10"):
+            t.take([10])
+
+
+def test_lsns_increase_and_survive_reopen(uri: str) -> None:
+    with Table(uri) as t:
+        lsns = [t.append(rows(i, 1)) for i in range(4)]
+    assert lsns == [1, 2, 3, 4]
+    with Table(uri) as t:
+        assert t.applied_lsn == 4
+        assert t.append(rows(4, 1)) == 5
+        assert t.scan().column("seq").to_pylist() == list(range(5))
+
+
+def test_versions_tags_and_checkout(uri: str) -> None:
+    with Table(uri) as t:
+        t.append(rows(0, 3))
+        t.tag("first")
+        t.append(rows(3, 3))
+        t.flush()
+        assert t.tags() == {"first": 1}
+        assert len(t.versions()) == 2
+        old = t.checkout("first")
+        assert old.read_only
+        assert old.scan().column("seq").to_pylist() == [0, 1, 2]
+        assert t.checkout(2).count() == 6
+        with pytest.raises(NotFoundError):
+            t.checkout("no-such-tag")
+        t.delete_tag("first")
+        assert t.tags() == {}
+
+
+def test_compaction_keeps_rows_order_and_applied_lsn(uri: str) -> None:
+    opts = TableOptions(flush_rows=10, compact_fragments=5)
+    with Table(uri, options=opts) as t:
+        for i in range(0, 100, 10):
+            t.append(rows(i, 10))
+        assert t.stats()["fragments"] < 5
+        last = t.last_lsn
+    ds = lance.dataset(uri)
+    # the newest commit is a maintenance commit without properties: the config keeps the LSN
+    assert LSN_KEY not in ds.read_transaction(ds.version).transaction_properties or True
+    assert applied_lsn(ds) == last
+    with Table(uri) as t:
+        assert t.scan().column("seq").to_pylist() == list(range(100))
+        assert t.applied_lsn == last
+
+
+def test_cleanup_keeps_applied_lsn_and_tagged_versions(uri: str) -> None:
+    with Table(uri, options=TableOptions(flush_rows=5, compact_fragments=0)) as t:
+        for i in range(0, 30, 5):
+            t.append(rows(i, 5))
+        t.tag("keep", 2)
+        t.compact()
+        t.cleanup(retain_versions=1)
+        last = t.last_lsn
+        versions = [v["version"] for v in t.versions()]
+        assert 2 in versions and len(versions) <= 3
+    with Table(uri) as t:
+        assert t.applied_lsn == last
+        assert t.checkout("keep").count() == 10
+        assert t.count() == 30
+
+
+def test_delete_rows(uri: str) -> None:
+    with Table(uri) as t:
+        t.append(rows(0, 10))
+        t.delete("seq % 2 = 0")
+        assert t.scan().column("seq").to_pylist() == [1, 3, 5, 7, 9]
+        assert t.count() == 5
+        t.append(rows(10, 1))
+        assert t.take([5]).column("seq").to_pylist() == [10]
+
+
+def test_schema_evolution_through_flushes(uri: str) -> None:
+    with Table(uri) as t:
+        t.append([{"a": 1, "s": "x"}])
+        t.flush()
+        t.append([{"a": 2, "extra": [1, 2]}])  # new nullable column
+        t.flush()
+        t.append([{"a": 2.5}])  # int -> float widening rewrites the stored column
+        t.flush()
+        with pytest.raises(SchemaError, match="'s'.*string.*int64"):
+            t.append([{"s": 7}])
+        assert t.scan().to_pydict() == {"a": [1.0, 2.0, 2.5], "s": ["x", None, None], "extra": [None, [1, 2], None]}
+    with Table(uri, read_only=True) as t:
+        assert t.schema is not None and t.schema.field("a").type == pa.float64()
+        assert t.count() == 3
+
+
+def test_int32_widens_in_place(uri: str) -> None:
+    with Table(uri) as t:
+        t.append(pa.table({"a": pa.array([1], pa.int32())}))
+        t.flush()
+        t.append(pa.table({"a": pa.array([2**40], pa.int64())}))
+        t.flush()
+        assert t.scan().column("a").to_pylist() == [1, 2**40]
+
+
+def test_blob_column_round_trip_with_checksums(uri: str) -> None:
+    schema = pa.schema(
+        [
+            pa.field("key", pa.string()),
+            pa.field("dtype", pa.string()),
+            pa.field("shape", pa.list_(pa.int64())),
+            pa.field("checksum", pa.binary()),
+            pa.field("payload", pa.large_binary(), metadata={"lance-encoding:blob": "true"}),
+        ]
+    )
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((4, 8)).astype(np.float32) for _ in range(6)]
+    with Table(uri, schema=schema, options=TableOptions(durability="none")) as t:
+        for i, a in enumerate(arrays):
+            e = encode_tensor(a, compression="zstd" if i % 2 else None)
+            t.append([{"key": f"k{i}", "dtype": e.dtype, "shape": list(e.shape), "checksum": e.checksum,
+                       "payload": bytes(e.data), "codec": e.compression}])
+            if i == 2:
+                t.flush()
+        assert t.read_blobs("payload", [0])[0] is not None
+        t.flush()
+    with Table(uri, read_only=True) as t:
+        assert t.schema is not None
+        assert t.schema.field("payload").metadata == {b"lance-encoding:blob": b"true"}
+        got = t.take([5, 1, 3])
+        for row, idx in zip(got.to_pylist(), [5, 1, 3]):
+            out = decode_tensor(row["payload"], dtype=row["dtype"], shape=row["shape"],
+                                checksum_=row["checksum"], compression=row["codec"])
+            np.testing.assert_array_equal(out, arrays[idx])
+
+
+def test_durability_none_writes_no_wal(uri: str) -> None:
+    with Table(uri, options=TableOptions(durability="none")) as t:
+        t.append(rows(0, 3))
+        assert t.stats()["wal_size_bytes"] == 0
+        wal_dir = t.wal_dir
+    assert wal_dir is not None and [f for f in os.listdir(wal_dir) if f.endswith(".wal")] == []
+    with Table(uri) as t:
+        assert t.count() == 3
+
+
+def test_wal_segments_rotate_and_are_dropped_after_flush(uri: str) -> None:
+    opts = TableOptions(durability="batch", max_wal_size=4096, flush_rows=1_000_000)
+    with Table(uri, options=opts) as t:
+        for i in range(50):
+            t.append(rows(i * 10, 10))
+        assert t.wal_dir is not None
+        segments = [f for f in os.listdir(t.wal_dir) if f.endswith(".wal")]
+        assert len(segments) > 3
+        t.flush()
+        segments = [f for f in os.listdir(t.wal_dir) if f.endswith(".wal")]
+        assert len(segments) == 1  # only the fresh, empty active segment
+        assert t.stats()["wal_size_bytes"] < 100
