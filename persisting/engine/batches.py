@@ -40,12 +40,22 @@ def encode_batch(batch: pa.RecordBatch) -> list[bytes | pa.Buffer]:
     return [_LEN.pack(len(schema)), schema, batch.serialize()]
 
 
+def _aligned_copy(buf: pa.Buffer) -> pa.Buffer:
+    """Arrow (and Lance, over FFI) need aligned buffers; a frame inside a WAL segment is not."""
+    out = pa.allocate_buffer(buf.size)
+    memoryview(out).cast("B")[:] = memoryview(buf).cast("B")  # type: ignore[index]
+    return out
+
+
 def decode_batch(payload: memoryview | bytes, *, where: str = "WAL frame") -> pa.RecordBatch:
     """Inverse of :func:`encode_batch`; zero-copy over ``payload``."""
     try:
         (n,) = _LEN.unpack_from(payload, 0)
         buf = pa.py_buffer(payload)
         schema = pa.ipc.read_schema(buf.slice(_LEN.size, n))
-        return pa.ipc.read_record_batch(buf.slice(_LEN.size + n), schema)
+        body = buf.slice(_LEN.size + n)
+        if body.address % 64:
+            body = _aligned_copy(body)
+        return pa.ipc.read_record_batch(body, schema)
     except (pa.ArrowInvalid, struct.error, ValueError) as exc:
         raise CorruptionError(f"{where}: payload is not a valid Arrow batch: {exc}", where=where) from exc
