@@ -132,16 +132,36 @@ class Table:
             self._schema: pa.Schema | None = logical_schema(self._ds.schema) if self._ds is not None else schema
             if self._schema is not None and schema is not None:
                 self._schema = evolve(self._schema, schema).schema
-            self._flushed_rows = self._ds.count_rows() if self._ds is not None else 0
-            self._applied = applied_lsn(self._ds)
-            self._next_lsn = self._applied + 1
+            self._load_state()
             if version is None:
                 self._recover()
+                if self.read_only:
+                    self._settle_reader(version)
         except BaseException:
             self._release_lock()
             raise
 
     # -- opening -----------------------------------------------------------------------------
+    def _load_state(self) -> None:
+        self._flushed_rows = self._ds.count_rows() if self._ds is not None else 0
+        self._applied = applied_lsn(self._ds)
+        self._next_lsn = self._applied + 1
+
+    def _settle_reader(self, version: int | str | None) -> None:
+        """A live writer may commit and drop WAL segments while a reader replays them; if the
+        dataset moved on meanwhile, read again so the reader sees one consistent state."""
+        for _ in range(5):
+            latest = _open_dataset(self.uri, self.storage_options, version)
+            if latest is None or (self._ds is not None and latest.version == self._ds.version):
+                return
+            self._ds = latest
+            self._schema = logical_schema(latest.schema)
+            self._buffer, self._buffer_rows, self._buffer_bytes = [], 0, 0
+            self._buffer_cache = self._buffer_mem = None
+            self.recovery_report = ReplayReport()
+            self._load_state()
+            self._recover()
+
     def _acquire_lock(self) -> None:
         assert self.wal_dir is not None
         try:

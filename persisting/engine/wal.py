@@ -149,7 +149,11 @@ def read_frames(
     last_lsn = 0
     for i, (_, path) in enumerate(segments):
         is_last = i == len(segments) - 1
-        with open(path, "rb") as f:
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            continue  # dropped by a live writer after a flush: its frames are in Lance
+        with f:
             size = os.fstat(f.fileno()).st_size
             if size < HEADER_SIZE:
                 if is_last:  # crashed while creating the segment
