@@ -218,6 +218,7 @@ def decode_tensor(
         raise SchemaError(f"{where}: unknown stored dtype {dtype!r}", dtype=dtype)
     if checksum_ is not None and checksum(data) != bytes(checksum_):
         raise CorruptionError(f"{where}: checksum mismatch; the stored bytes are corrupt", where=where)
+    _check_compression(compression)
     shape = tuple(int(s) for s in shape)
     expected = _ITEMSIZE[dtype] * int(np.prod(shape, dtype=np.int64))
     try:

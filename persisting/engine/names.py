@@ -24,7 +24,7 @@ def check_name(name: object, *, what: str = "name") -> str:
         problem = "is a relative directory reference"
     elif "/" in name or "\\" in name:
         problem = "contains a path separator"
-    elif any(ord(c) < 32 for c in name):
+    elif any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in name):
         problem = "contains NUL or a control character"
     elif len(name.encode()) > _MAX_NAME:
         problem = f"is longer than {_MAX_NAME} bytes"

@@ -64,12 +64,21 @@ def records_to_batch(records: Sequence[Mapping[str, object]], schema: pa.Schema 
 def _to_array(name: str, values: list[object], known: pa.DataType | None) -> pa.Array:
     """Infer the values' type; use the stored type only where converting to it loses nothing
     the caller did not ask for (pa.array would silently truncate 4.5 into an int64 4)."""
+    for i, v in enumerate(values):
+        if isinstance(v, (set, frozenset)):
+            raise InvalidRecordError(
+                f"field {name!r}: record {i} holds a {type(v).__name__}, which has no order; "
+                "store a sorted list instead",
+                field=name,
+                index=i,
+            )
     try:
         arr = pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
         arr, error = None, exc
     if known is not None and (arr is None or pa.types.is_null(arr.type) or
-                              (_widen(known, arr.type) != known and _float_like(known))):
+                              (_widen(known, arr.type) != known and _float_like(known)) or
+                              (pa.types.is_integer(known) and pa.types.is_integer(arr.type))):
         try:
             return pa.array(values, type=known)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
@@ -93,10 +102,19 @@ def _float_like(t: pa.DataType) -> bool:
 
 
 def _first_bad(values: list[object]) -> int:
+    """Index of the first value that cannot be converted, or that clashes with the first
+    non-null value's type (what made inference of the whole column fail)."""
+    first: pa.DataType | None = None
     for i, v in enumerate(values):
         try:
-            pa.array([v])
+            t = pa.array([v]).type
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            return i
+        if pa.types.is_null(t):
+            continue
+        if first is None:
+            first = t
+        elif _widen(first, t) is None:
             return i
     return 0
 
