@@ -132,6 +132,8 @@ class Table:
             self._schema: pa.Schema | None = logical_schema(self._ds.schema) if self._ds is not None else schema
             if self._schema is not None and schema is not None:
                 self._schema = evolve(self._schema, schema).schema
+            if self._ds is None and self._schema is not None:
+                self._schema = self._with_compression(self._schema, tuple(self._schema.names))
             self._load_state()
             if version is None:
                 self._recover()
@@ -241,11 +243,25 @@ class Table:
         return records_to_batch(rows, self._schema)
 
     def _buffer_batch(self, batch: pa.RecordBatch) -> None:
-        self._schema = evolve(self._schema, batch.schema).schema
+        evolution = evolve(self._schema, batch.schema)
+        self._schema = self._with_compression(evolution.schema, evolution.added)
         self._buffer.append(batch)
         self._buffer_rows += batch.num_rows
         self._buffer_bytes += batch.nbytes
         self._buffer_cache = self._buffer_mem = None
+
+    def _with_compression(self, schema: pa.Schema, names: tuple[str, ...]) -> pa.Schema:
+        """Give new variable-width fields the table's column compression, unless declared."""
+        codec = (self.options.column_compression or "none").encode()
+        for name in names:
+            i = schema.get_field_index(name)
+            f = schema.field(i)
+            meta = dict(f.metadata or {})
+            if b"lance-encoding:compression" in meta or b"lance-encoding:blob" in meta or not _variable_width(f.type):
+                continue
+            meta[b"lance-encoding:compression"] = codec
+            schema = schema.set(i, f.with_metadata(meta))
+        return schema
 
     def append(self, rows: Rows) -> int:
         """Append rows (an Arrow batch/table or a list of dicts); return the append's LSN.
@@ -684,6 +700,13 @@ def _kill_point(name: str) -> None:
 
 
 BLOB_METADATA = {b"lance-encoding:blob": b"true"}
+
+
+def _variable_width(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t) or pa.types.is_list(t) or pa.types.is_large_list(t)
+    )
 
 
 def _is_blob(f: pa.Field) -> bool:

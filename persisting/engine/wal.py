@@ -336,7 +336,12 @@ class WAL:
             if self._closed:
                 return
             if self._last_lsn and self._last_lsn <= lsn:
-                self._rotate()
+                # every frame of the active segment is applied: empty it in place. No fsync is
+                # needed: if the truncation is lost, its frames reappear with LSNs <= applied
+                # and replay skips them.
+                os.ftruncate(self._fd, HEADER_SIZE)
+                self._size, self._last_lsn, self._pending = HEADER_SIZE, 0, 0
+                self._synced_lsn = self._next_lsn - 1
             keep = []
             for path, last, size in self._sealed:
                 if last <= lsn:
