@@ -26,6 +26,8 @@ class TableOptions:
     compact_fragments: compact the dataset once it has this many fragments (0 = never).
     recovery: ``"point_in_time"`` cuts a torn tail and refuses mid-log corruption;
         ``"salvage"`` skips corrupt frames and reports what was lost.
+    background_flush: commit a full buffer on a background thread while appends continue
+        (appends wait only if it falls ``4 x flush_rows`` behind); ``flush()`` still waits.
     column_compression: how Lance compresses string/binary/list columns that do not declare
         their own ``lance-encoding:compression``: ``None`` stores them uncompressed (Lance
         2.2's default compression costs ~3x in append throughput), ``"lz4"`` or ``"zstd"``
@@ -40,6 +42,7 @@ class TableOptions:
     flush_bytes: int = 64 * 1024 * 1024
     compact_fragments: int = 64
     recovery: Recovery = "point_in_time"
+    background_flush: bool = True
     column_compression: Literal["lz4", "zstd"] | None = None
 
     def __post_init__(self) -> None:

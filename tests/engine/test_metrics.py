@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -98,13 +99,17 @@ def test_wal_size_is_positive_with_unflushed_rows(table: Table, labels: dict[str
     assert _sample("persisting_wal_size_bytes", labels) > size
 
 
-def test_auto_flush_resets_buffer_gauge(tmp_path: os.PathLike[str], labels: dict[str, str]) -> None:
-    with Table(
-        os.path.join(tmp_path, "t.lance"), options=TableOptions(flush_rows=4), store=labels["store"], name=labels["table"]
-    ) as table:
+@pytest.mark.parametrize("background", [False, True])
+def test_auto_flush_resets_buffer_gauge(tmp_path: os.PathLike[str], labels: dict[str, str], background: bool) -> None:
+    opts = TableOptions(flush_rows=4, background_flush=background)
+    with Table(os.path.join(tmp_path, "t.lance"), options=opts, store=labels["store"], name=labels["table"]) as table:
         table.append([{"i": i} for i in range(3)])
         assert _sample("persisting_buffer_size", labels) == 3
-        table.append([{"i": 3}])  # reaches flush_rows
+        table.append([{"i": 3}])  # reaches flush_rows: committed now, or by the background thread
+        if background:
+            deadline = time.monotonic() + 30
+            while table.stats()["flushed_rows"] < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
         assert _sample("persisting_buffer_size", labels) == 0
         assert _sample("persisting_flush_duration_seconds_count", labels) == 1
         assert table.stats()["flushed_rows"] == 4

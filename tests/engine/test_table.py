@@ -88,7 +88,7 @@ def test_compaction_keeps_rows_order_and_applied_lsn(uri: str) -> None:
 
 
 def test_cleanup_keeps_applied_lsn_and_tagged_versions(uri: str) -> None:
-    with Table(uri, options=TableOptions(flush_rows=5, compact_fragments=0)) as t:
+    with Table(uri, options=TableOptions(flush_rows=5, compact_fragments=0, background_flush=False)) as t:
         for i in range(0, 30, 5):
             t.append(rows(i, 5))
         t.tag("keep", 2)

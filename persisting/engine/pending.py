@@ -1,0 +1,79 @@
+"""Rows acknowledged but not yet committed to Lance: the buffer, and the part in flight.
+
+Appends go to ``buffer``. A flush *seals* it: the buffer becomes ``inflight`` (one at a time)
+while a commit runs, and new appends start a fresh buffer. Reads see inflight then buffer, in
+append order, so nothing is invisible while it is being committed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import lance
+import pyarrow as pa
+
+from persisting.engine.schema import conform
+
+__all__ = ["Pending"]
+
+
+class Pending:
+    """Uncommitted batches in append order, with cached views for reads. Not thread-safe:
+    the owning Table guards it with its lock."""
+
+    def __init__(self) -> None:
+        self.buffer: list[pa.RecordBatch] = []
+        self.inflight: list[pa.RecordBatch] = []
+        self.buffer_rows = 0
+        self.buffer_bytes = 0
+        self.inflight_rows = 0
+        self.inflight_lsn = 0
+        self._table: pa.Table | None = None
+        self._dataset: lance.LanceDataset | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.inflight_rows + self.buffer_rows
+
+    def __bool__(self) -> bool:
+        return bool(self.buffer or self.inflight)
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self.buffer.append(batch)
+        self.buffer_rows += batch.num_rows
+        self.buffer_bytes += batch.nbytes
+        self._table = self._dataset = None
+
+    def seal(self, last_lsn: int) -> bool:
+        """Move the buffer in flight (if nothing else is); True if there is work to commit."""
+        if not self.inflight and self.buffer:
+            self.inflight, self.inflight_rows, self.inflight_lsn = self.buffer, self.buffer_rows, last_lsn
+            self.buffer, self.buffer_rows, self.buffer_bytes = [], 0, 0
+        return bool(self.inflight)
+
+    def committed(self) -> None:
+        """The inflight batches are in Lance now."""
+        self.inflight, self.inflight_rows, self.inflight_lsn = [], 0, 0
+        self._table = self._dataset = None
+
+    def clear(self) -> None:
+        self.committed()
+        self.buffer, self.buffer_rows, self.buffer_bytes = [], 0, 0
+
+    def table(self, schema: pa.Schema) -> pa.Table:
+        """Everything pending, conformed to ``schema`` (cached until it changes)."""
+        if self._table is None or not self._table.schema.equals(schema):
+            batches = self.inflight + self.buffer
+            self._dataset = None
+            self._table = (
+                pa.concat_tables([conform(b, schema) for b in batches]) if batches else schema.empty_table()
+            )
+        return self._table
+
+    def dataset(self, schema: pa.Schema) -> lance.LanceDataset:
+        """Everything pending as an in-memory Lance dataset, so SQL filters apply to it too."""
+        if self._dataset is None:
+            self._dataset = lance.write_dataset(
+                self.table(schema), f"memory://persisting-pending-{id(self)}-{time.monotonic_ns()}"
+            )
+        return self._dataset
