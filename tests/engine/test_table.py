@@ -191,3 +191,50 @@ def test_wal_segments_rotate_and_are_dropped_after_flush(uri: str) -> None:
         segments = [f for f in os.listdir(t.wal_dir) if f.endswith(".wal")]
         assert len(segments) == 1  # only the fresh, empty active segment
         assert t.stats()["wal_size_bytes"] < 100
+
+
+def test_background_commits_keep_every_row_visible_once_and_in_order(uri: str) -> None:
+    opts = TableOptions(flush_rows=300, background_flush=True, compact_fragments=8)
+    expected = 0
+    with Table(uri, options=opts) as t:
+        for b in range(40):
+            t.append(rows(b * 100, 100))
+            expected += 100
+            # whatever the background committer is doing, every row is visible exactly once
+            assert t.count() == expected
+            tail = t.scan(offset=expected - 150 if expected > 150 else 0).column("seq").to_pylist()
+            assert tail == list(range(max(0, expected - 150), expected))
+            assert t.take([expected - 1, 0]).column("seq").to_pylist() == [expected - 1, 0]
+        assert t.count(filter="seq % 100 = 0") == 40
+        t.flush()
+        assert t.stats()["buffered_rows"] == 0
+        assert t.applied_lsn == t.last_lsn == 40
+    with Table(uri, read_only=True) as t:
+        assert t.scan().column("seq").to_pylist() == list(range(4000))
+
+
+def test_concurrent_appenders_get_unique_lsns_and_lose_nothing(uri: str) -> None:
+    import threading
+
+    lsns: list[int] = []
+    lock = threading.Lock()
+
+    def writer(k: int) -> None:
+        for i in range(50):
+            lsn = t.append([{"seq": k * 1000 + i, "text": "w"}])
+            with lock:
+                lsns.append(lsn)
+
+    with Table(uri, options=TableOptions(flush_rows=37)) as t:
+        threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    assert sorted(lsns) == list(range(1, 201))
+    with Table(uri) as t:
+        seqs = t.scan().column("seq").to_pylist()
+    assert sorted(seqs) == sorted(k * 1000 + i for k in range(4) for i in range(50))
+    for k in range(4):  # each writer's rows keep their order
+        mine = [s for s in seqs if s // 1000 == k]
+        assert mine == sorted(mine)
