@@ -42,7 +42,7 @@ from persisting.engine.pending import Pending
 from persisting.engine.reads import TableReads
 from persisting.engine.schema import conform, evolve, records_to_batch
 from persisting.engine.wal import WAL, FRAME_BATCH, ReplayReport, list_segments, read_frames, truncate_torn
-from persisting.errors import ClosedError, LockedError, NotFoundError, StorageError, WALError
+from persisting.errors import ClosedError, CorruptionError, LockedError, NotFoundError, StorageError, WALError
 
 __all__ = ["Table", "LSN_KEY", "applied_lsn"]
 
@@ -101,9 +101,7 @@ class Table(TableReads):
             self._declared = schema
             self._load_state()
             if version is None:
-                self._recover()
-                if self.read_only:
-                    self._settle_reader()
+                self._open_reader() if self.read_only else self._recover()
         except BaseException:
             self._release_lock()
             raise
@@ -119,18 +117,29 @@ class Table(TableReads):
         self._applied = applied_lsn(self._ds)
         self._next_lsn = self._applied + 1
 
-    def _settle_reader(self) -> None:
-        """A live writer may commit and drop WAL segments while a reader replays them; if the
-        dataset moved on meanwhile, read again so the reader sees one consistent state."""
-        for _ in range(5):
-            latest = open_dataset(self.uri, self.storage_options)
-            if latest is None or (self._ds is not None and latest.version == self._ds.version):
+    def _open_reader(self) -> None:
+        """Replay the WAL for a reader. A live writer may commit and drop segments meanwhile
+        (a reader can then see a gap or a vanished file); if the dataset moved on, read again
+        so the reader sees one consistent state."""
+        for attempt in range(5):
+            try:
+                self._recover()
+            except CorruptionError:
+                if attempt == 4 or not self._reload_if_moved():
+                    raise
+                continue
+            if not self._reload_if_moved():
                 return
-            self._ds = latest
-            self._pending = Pending()
-            self.recovery_report = ReplayReport()
-            self._load_state()
-            self._recover()
+
+    def _reload_if_moved(self) -> bool:
+        latest = open_dataset(self.uri, self.storage_options)
+        if latest is None or (self._ds is not None and latest.version == self._ds.version):
+            return False
+        self._ds = latest
+        self._pending = Pending()
+        self.recovery_report = ReplayReport()
+        self._load_state()
+        return True
 
     def _acquire_lock(self) -> None:
         assert self.wal_dir is not None

@@ -65,12 +65,15 @@ class LostRange:
 
 @dataclass
 class ReplayReport:
-    """What recovery found: frames read, the last LSN, torn tails cut, ranges lost."""
+    """What recovery found: frames read, the last LSN, torn tails cut, ranges lost, and
+    damaged ranges skipped because their frames were already applied."""
 
     frames: int = 0
     last_lsn: int = 0
     torn: list[LostRange] = field(default_factory=list)
     lost: list[LostRange] = field(default_factory=list)
+    damaged_applied: list[LostRange] = field(default_factory=list)
+    skipping: bool = field(default=False, repr=False)  # salvage gave bytes up since the last good frame
 
 
 def list_segments(directory: str) -> list[tuple[int, str]]:
@@ -135,16 +138,22 @@ def _resync(buf: memoryview, start: int, seed: int, end: int, after_lsn: int) ->
 def read_frames(
     directory: str,
     *,
-    after_lsn: int = 0,
+    after_lsn: int | None = None,
     mode: RecoveryMode = "point_in_time",
     report: ReplayReport | None = None,
 ) -> Iterator[Frame]:
     """Yield every valid frame with LSN > ``after_lsn``, oldest first, without changing files.
 
+    ``after_lsn`` is the applied LSN: frames at or below it are checked but not yielded, and
+    the frames above it must be consecutive (a gap is CorruptionError). ``None`` (unknown)
+    yields everything and cannot check that the log starts where it should.
+
     Torn tails found are listed in ``report.torn`` (the writer cuts them); frames lost to
     salvage are listed in ``report.lost``. Frames must carry increasing LSNs.
     """
     report = report if report is not None else ReplayReport()
+    start_known = after_lsn is not None
+    after = after_lsn or 0
     segments = list_segments(directory)
     last_lsn = 0
     for i, (_, path) in enumerate(segments):
@@ -161,7 +170,7 @@ def read_frames(
                     continue
                 raise CorruptionError(f"{path} offset 0: segment shorter than its header", path=path, offset=0)
             data = f.read(size)  # payload views handed out keep these bytes alive
-        yield from _read_segment(memoryview(data), path, size, is_last, mode, after_lsn, report, last_lsn)
+        yield from _read_segment(memoryview(data), path, size, is_last, mode, after, report, last_lsn, start_known)
         last_lsn = max(last_lsn, report.last_lsn)
 
 
@@ -174,6 +183,7 @@ def _read_segment(
     after_lsn: int,
     report: ReplayReport,
     last_lsn: int,
+    start_known: bool,
 ) -> Iterator[Frame]:
     seed = _parse_header(buf, path)
     pos = HEADER_SIZE
@@ -186,19 +196,40 @@ def _read_segment(
             if nxt is None and is_last:
                 report.torn.append(LostRange(path, pos, end - pos, "torn tail"))
                 return
+            nxt_frame = _frame_at(buf, nxt, seed, end) if nxt is not None else None
+            if nxt is not None and nxt_frame is not None and nxt_frame[0] <= after_lsn + 1:
+                # every frame in the damaged bytes has an LSN below the next good one, so it
+                # is already applied to Lance: nothing is lost, nothing to refuse
+                report.damaged_applied.append(LostRange(path, pos, nxt - pos, "damaged frame already applied"))
+                pos = nxt
+                continue
             if mode != "salvage":
+                where = "valid frames follow it" if nxt is not None else "it is not the log's tail"
                 raise CorruptionError(
-                    f"{path} offset {pos}: WAL frame fails its checksum and valid frames follow it; "
-                    "the log is corrupt before its tail. Open with recovery='salvage' to skip the "
-                    "damaged bytes and continue (the records in them are lost)",
+                    f"{path} offset {pos}: WAL frame fails its checksum and {where}; the log is "
+                    "corrupt before its tail. Open with recovery='salvage' to skip the damaged "
+                    "bytes and continue (the records in them are lost)",
                     path=path,
                     offset=pos,
                 )
             stop = end if nxt is None else nxt
             report.lost.append(LostRange(path, pos, stop - pos, "checksum mismatch"))
+            report.skipping = True
             pos = stop
             continue
         lsn, ftype, nxt_pos = found
+        missing_from = max(last_lsn, after_lsn) + 1
+        if lsn > missing_from and not report.skipping and (last_lsn or start_known):
+            # LSNs are consecutive: frames above the applied LSN vanished (a deleted segment?)
+            if mode != "salvage":
+                raise CorruptionError(
+                    f"{path} offset {pos}: WAL frames with LSN {missing_from}..{lsn - 1} are missing "
+                    "(a segment file was removed?); open with recovery='salvage' to accept the loss",
+                    path=path,
+                    offset=pos,
+                )
+            report.lost.append(LostRange(path, pos, 0, f"missing LSNs {missing_from}..{lsn - 1}"))
+        report.skipping = False
         last_lsn = lsn
         report.last_lsn = lsn
         report.frames += 1
