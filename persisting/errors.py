@@ -12,16 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "PersistingError",
-    "NotFoundError",
-    "SchemaError",
+    "ClosedError",
+    "CorruptionError",
     "InvalidNameError",
     "InvalidRecordError",
-    "ClosedError",
+    "LockedError",
+    "NotFoundError",
+    "PersistingError",
+    "SchemaError",
     "StorageError",
     "WALError",
-    "CorruptionError",
-    "LockedError",
 ]
 
 

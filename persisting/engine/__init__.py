@@ -11,12 +11,12 @@ from persisting.engine.table import Table
 from persisting.engine.wal import WAL, ReplayReport
 
 __all__ = [
+    "WAL",
     "Durability",
     "EncodedTensor",
     "ReplayReport",
     "Table",
     "TableOptions",
-    "WAL",
     "check_name",
     "decode_tensor",
     "encode_tensor",

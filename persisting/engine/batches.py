@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from persisting.errors import CorruptionError
 
-__all__ = ["encode_batch", "decode_batch"]
+__all__ = ["decode_batch", "encode_batch"]
 
 _LEN = struct.Struct("<I")
 

@@ -22,10 +22,10 @@ __all__ = [
     "EncodedTensor",
     "checksum",
     "compress",
+    "decode_tensor",
     "decompress",
     "dtype_name",
     "encode_tensor",
-    "decode_tensor",
 ]
 
 COMPRESSIONS = (None, "zstd", "lz4", "snappy")
@@ -152,7 +152,7 @@ def _raw_bytes(x: Any) -> tuple[memoryview, str, tuple[int, ...]]:
         shape = tuple(int(s) for s in t.shape)
         flat = t.contiguous().reshape(-1)
         raw = flat.view(torch.uint8).numpy() if flat.numel() else np.empty(0, np.uint8)
-        return memoryview(raw).cast("B"), name, shape
+        return memoryview(raw).cast("B"), name, shape  # type: ignore[arg-type]
     if not isinstance(x, np.ndarray):
         raise InvalidRecordError(
             f"expected a numpy array or torch tensor, got {type(x).__name__}", value_type=type(x).__name__
@@ -161,7 +161,7 @@ def _raw_bytes(x: Any) -> tuple[memoryview, str, tuple[int, ...]]:
     arr = np.ascontiguousarray(x)
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
-    return memoryview(arr.reshape(-1).view(np.uint8)), name, tuple(int(s) for s in x.shape)
+    return memoryview(arr.reshape(-1).view(np.uint8)), name, tuple(int(s) for s in x.shape)  # type: ignore[arg-type]
 
 
 def encode_tensor(x: Any, *, compression: str | None = None, level: int | None = None) -> EncodedTensor:

@@ -34,7 +34,7 @@ BLOB_METADATA = {b"lance-encoding:blob": b"true"}
 def default_wal_dir(uri: str) -> str:
     """``x.lance`` -> ``x.wal`` beside it (local datasets only)."""
     path = local_path(uri).rstrip("/")
-    return (path[: -len(".lance")] if path.endswith(".lance") else path) + ".wal"
+    return (path.removesuffix(".lance")) + ".wal"
 
 
 def open_dataset(

@@ -9,12 +9,12 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
-    "RECORDS_TOTAL",
     "BUFFER_SIZE",
-    "FLUSH_DURATION",
-    "WAL_SIZE",
-    "BYTES_WRITTEN",
     "BYTES_READ",
+    "BYTES_WRITTEN",
+    "FLUSH_DURATION",
+    "RECORDS_TOTAL",
+    "WAL_SIZE",
     "TableMetrics",
 ]
 

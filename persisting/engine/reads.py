@@ -219,7 +219,7 @@ class TableReads:
         """Lance versions: ``version``, ``timestamp``, ``metadata``."""
         with self._lock:
             self._check_open()
-            return [] if self._ds is None else list(self._ds.versions())
+            return [] if self._ds is None else [dict(v) for v in self._ds.versions()]
 
     def tags(self) -> dict[str, int]:
         """Tag name -> version."""

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from persisting.errors import InvalidRecordError, SchemaError
 
-__all__ = ["Evolution", "records_to_batch", "evolve", "conform"]
+__all__ = ["Evolution", "conform", "evolve", "records_to_batch"]
 
 
 @dataclass(frozen=True)

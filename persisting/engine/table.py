@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeAlias
 
 import lance
 import pyarrow as pa
@@ -41,12 +41,12 @@ from persisting.engine.options import TableOptions
 from persisting.engine.pending import Pending
 from persisting.engine.reads import TableReads
 from persisting.engine.schema import conform, evolve, records_to_batch
-from persisting.engine.wal import WAL, FRAME_BATCH, ReplayReport, list_segments, read_frames, truncate_torn
+from persisting.engine.wal import FRAME_BATCH, WAL, ReplayReport, list_segments, read_frames, truncate_torn
 from persisting.errors import ClosedError, CorruptionError, LockedError, NotFoundError, StorageError, WALError
 
-__all__ = ["Table", "LSN_KEY", "applied_lsn"]
+__all__ = ["LSN_KEY", "Table", "applied_lsn"]
 
-Rows = pa.RecordBatch | pa.Table | Sequence[Mapping[str, Any]]
+Rows: TypeAlias = "pa.RecordBatch | pa.Table | Sequence[Mapping[str, Any]]"
 _BACKPRESSURE = 4  # appends wait once the buffer holds this many flush_rows/flush_bytes
 
 
@@ -367,7 +367,7 @@ class Table(TableReads):
         snapshot = DirectorySnapshot(local_path(self.uri)) if is_local(self.uri) else None
         for f in widened:
             try:
-                ds.alter_columns({"path": f.name, "data_type": f.type})
+                ds.alter_columns({"path": f.name, "data_type": f.type})  # type: ignore[dict-item]
             except (OSError, ValueError):
                 ds = self._rewrite_with(ds, schema)  # Lance cannot cast it in place (int -> float)
                 break

@@ -18,7 +18,6 @@ import os
 import re
 import struct
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,7 +26,7 @@ import crc32c
 
 from persisting.errors import CorruptionError, WALError
 
-__all__ = ["WAL", "Frame", "ReplayReport", "LostRange", "read_frames", "truncate_torn", "list_segments", "FRAME_BATCH"]
+__all__ = ["FRAME_BATCH", "WAL", "Frame", "LostRange", "ReplayReport", "list_segments", "read_frames", "truncate_torn"]
 
 MAGIC = b"PSTWAL\x00\x01"
 FORMAT_VERSION = 1
