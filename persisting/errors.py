@@ -13,6 +13,7 @@ from typing import Any
 
 __all__ = [
     "ClosedError",
+    "ConfigError",
     "CorruptionError",
     "InvalidNameError",
     "InvalidRecordError",
@@ -52,6 +53,10 @@ class NotFoundError(PersistingError, KeyError):
 
 class SchemaError(PersistingError, ValueError):
     """A field whose type cannot be stored next to what is already stored."""
+
+
+class ConfigError(PersistingError, ValueError):
+    """An option or argument with a bad value; the message names the option."""
 
 
 class InvalidNameError(PersistingError, ValueError):

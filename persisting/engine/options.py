@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from persisting.errors import PersistingError
+from persisting.errors import ConfigError
 
 __all__ = ["Durability", "Recovery", "TableOptions"]
 
@@ -47,15 +47,15 @@ class TableOptions:
 
     def __post_init__(self) -> None:
         if self.durability not in ("none", "batch", "always"):
-            raise PersistingError(f"durability {self.durability!r} is not 'none', 'batch' or 'always'")
+            raise ConfigError(f"durability {self.durability!r} is not 'none', 'batch' or 'always'")
         if self.recovery not in ("point_in_time", "salvage"):
-            raise PersistingError(f"recovery {self.recovery!r} is not 'point_in_time' or 'salvage'")
+            raise ConfigError(f"recovery {self.recovery!r} is not 'point_in_time' or 'salvage'")
         if self.wal_sync_interval < 0:
-            raise PersistingError(f"wal_sync_interval must be >= 0, got {self.wal_sync_interval}")
+            raise ConfigError(f"wal_sync_interval must be >= 0, got {self.wal_sync_interval}")
         if self.column_compression not in (None, "lz4", "zstd"):
-            raise PersistingError(f"column_compression {self.column_compression!r} is not None, 'lz4' or 'zstd'")
+            raise ConfigError(f"column_compression {self.column_compression!r} is not None, 'lz4' or 'zstd'")
         if self.max_wal_size <= 0 or self.flush_rows <= 0 or self.flush_bytes <= 0:
-            raise PersistingError("max_wal_size, flush_rows and flush_bytes must be positive")
+            raise ConfigError("max_wal_size, flush_rows and flush_bytes must be positive")
 
     @property
     def wal_enabled(self) -> bool:

@@ -16,6 +16,9 @@ from persisting.engine.schema import conform
 
 __all__ = ["Pending"]
 
+_SMALL = 1024  # batches with fewer rows than this are merged in runs...
+_RUN = 256  # ...of this many, so single-record appends do not cost a batch each at commit
+
 
 class Pending:
     """Uncommitted batches in append order, with cached views for reads. Not thread-safe:
@@ -30,6 +33,7 @@ class Pending:
         self.inflight_lsn = 0
         self._table: pa.Table | None = None
         self._dataset: lance.LanceDataset | None = None
+        self._run = 0  # trailing small batches of one schema in ``buffer``
 
     @property
     def rows(self) -> int:
@@ -39,16 +43,24 @@ class Pending:
         return bool(self.buffer or self.inflight)
 
     def add(self, batch: pa.RecordBatch) -> None:
+        small = batch.num_rows < _SMALL
+        if small and self._run and self.buffer[-1].schema.equals(batch.schema, check_metadata=True):
+            self._run += 1
+        else:
+            self._run = 1 if small else 0
         self.buffer.append(batch)
         self.buffer_rows += batch.num_rows
-        self.buffer_bytes += batch.nbytes
+        self.buffer_bytes += batch.get_total_buffer_size()
+        if self._run >= _RUN:
+            self.buffer[-self._run :] = [pa.concat_batches(self.buffer[-self._run :])]
+            self._run = 0
         self._table = self._dataset = None
 
     def seal(self, last_lsn: int) -> bool:
         """Move the buffer in flight (if nothing else is); True if there is work to commit."""
         if not self.inflight and self.buffer:
             self.inflight, self.inflight_rows, self.inflight_lsn = self.buffer, self.buffer_rows, last_lsn
-            self.buffer, self.buffer_rows, self.buffer_bytes = [], 0, 0
+            self.buffer, self.buffer_rows, self.buffer_bytes, self._run = [], 0, 0, 0
         return bool(self.inflight)
 
     def committed(self) -> None:
@@ -58,7 +70,7 @@ class Pending:
 
     def clear(self) -> None:
         self.committed()
-        self.buffer, self.buffer_rows, self.buffer_bytes = [], 0, 0
+        self.buffer, self.buffer_rows, self.buffer_bytes, self._run = [], 0, 0, 0
 
     def table(self, schema: pa.Schema) -> pa.Table:
         """Everything pending, conformed to ``schema`` (cached until it changes)."""

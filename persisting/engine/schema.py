@@ -194,7 +194,14 @@ def conform(batch: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Table:
     for f in schema:
         if f.name in batch.schema.names:
             col = batch.column(f.name)
-            columns.append(col if col.type == f.type else col.cast(f.type))
+            if col.type != f.type:
+                try:
+                    col = col.cast(f.type)
+                except pa.ArrowInvalid:
+                    if not (pa.types.is_integer(col.type) and pa.types.is_floating(f.type)):
+                        raise
+                    col = col.cast(f.type, safe=False)  # int -> float widening: |x| > 2**53 rounds
+            columns.append(col)
         else:
             columns.append(pa.nulls(batch.num_rows, type=f.type))
     return pa.Table.from_arrays(columns, schema=schema)

@@ -87,6 +87,7 @@ class Table(TableReads):
         self._pending = Pending()
         self._flush_error: BaseException | None = None
         self._flusher: threading.Thread | None = None
+        self._merged: pa.Schema | None = None  # the last batch schema merged into _schema
         self.recovery_report = ReplayReport()
         local = is_local(self.uri)
         self.wal_dir = default_wal_dir(self.uri) if wal_dir is None and local else wal_dir
@@ -108,6 +109,7 @@ class Table(TableReads):
 
     # -- opening -----------------------------------------------------------------------------
     def _load_state(self) -> None:
+        self._merged = None
         self._schema: pa.Schema | None = logical_schema(self._ds.schema) if self._ds is not None else None
         if self._declared is not None:
             self._schema = evolve(self._schema, self._declared).schema
@@ -219,9 +221,16 @@ class Table(TableReads):
             return rows
         return records_to_batch(rows, self._schema)
 
+    def _fits(self, schema: pa.Schema) -> bool:
+        """True if ``schema`` was merged before: evolution only grows and widens, so a schema
+        that fitted once still fits and changes nothing (skips evolve on the hot path)."""
+        return self._merged is not None and schema.equals(self._merged, check_metadata=True)
+
     def _buffer_batch(self, batch: pa.RecordBatch) -> None:
-        evolution = evolve(self._schema, batch.schema)
-        self._schema = self._with_compression(evolution.schema, evolution.added)
+        if not self._fits(batch.schema):
+            evolution = evolve(self._schema, batch.schema)
+            self._schema = self._with_compression(evolution.schema, evolution.added)
+            self._merged = batch.schema
         self._pending.add(batch)
 
     def _with_compression(self, schema: pa.Schema, names: tuple[str, ...]) -> pa.Schema:
@@ -249,7 +258,8 @@ class Table(TableReads):
             if self._flush_error is not None:
                 self.flush()  # retry the failed background commit; raises if it still fails
             batch = self._to_batch(rows)
-            evolve(self._schema, batch.schema)  # raises SchemaError before anything is written
+            if not self._fits(batch.schema):
+                evolve(self._schema, batch.schema)  # raises SchemaError before anything is written
             if batch.num_rows == 0:
                 return self._next_lsn - 1
             lsn = self._wal.append(encode_batch(batch)) if self._wal is not None else self._next_lsn
@@ -346,6 +356,8 @@ class Table(TableReads):
                 self._applied = last_lsn
                 self._flushed_rows += data.num_rows
                 self._pending.committed()
+                if self.options.background_flush and self._buffer_full(1):
+                    self._pending.seal(self._next_lsn - 1)  # it filled during this commit
                 self.metrics.buffer.set(self._pending.rows)
                 self._changed.notify_all()
             if self._wal is not None:

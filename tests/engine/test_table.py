@@ -238,3 +238,23 @@ def test_concurrent_appenders_get_unique_lsns_and_lose_nothing(uri: str) -> None
     for k in range(4):  # each writer's rows keep their order
         mine = [s for s in seqs if s // 1000 == k]
         assert mine == sorted(mine)
+
+
+def test_many_single_record_appends_keep_order_across_merged_runs(uri: str) -> None:
+    with Table(uri, options=TableOptions(flush_rows=700)) as t:
+        for i in range(1500):
+            t.append([{"seq": i, "text": f"r{i}"}])
+            if i in (255, 256, 511, 1000):
+                assert t.take([i]).column("seq").to_pylist() == [i]
+        assert t.scan().column("seq").to_pylist() == list(range(1500))
+    with Table(uri, read_only=True) as t:
+        assert t.scan(columns=["seq"]).column("seq").to_pylist() == list(range(1500))
+
+
+def test_int_to_float_widening_never_fails_at_commit(uri: str) -> None:
+    big = 2**60 + 1  # not exactly representable as a float64
+    with Table(uri) as t:
+        t.append([{"x": big}])
+        t.append([{"x": 0.5}])  # widens the column to float64 while `big` is still buffered
+        t.flush()  # must not raise: the row was acknowledged
+        assert t.scan().column("x").to_pylist() == [float(big), 0.5]
