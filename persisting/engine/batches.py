@@ -43,7 +43,7 @@ def encode_batch(batch: pa.RecordBatch) -> list[bytes | pa.Buffer]:
 def _aligned_copy(buf: pa.Buffer) -> pa.Buffer:
     """Arrow (and Lance, over FFI) need aligned buffers; a frame inside a WAL segment is not."""
     out = pa.allocate_buffer(buf.size)
-    memoryview(out).cast("B")[:] = memoryview(buf).cast("B")  # type: ignore[index]
+    memoryview(out).cast("B")[:] = memoryview(buf).cast("B")
     return out
 
 
