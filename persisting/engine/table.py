@@ -482,7 +482,10 @@ class Table(TableReads):
         with self._lock:
             if self._ds is None:
                 raise NotFoundError(f"table {self.uri} has no versions yet; append and flush first")
+            snapshot = DirectorySnapshot(local_path(self.uri)) if is_local(self.uri) else None
             self._ds.tags.create(name, version if version is not None else self._ds.version)
+            if snapshot is not None:
+                snapshot.fsync_new_files()  # a tag keeps its version from cleanup: make it stick
 
     def delete_tag(self, name: str) -> None:
         with self._lock:
