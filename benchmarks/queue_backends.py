@@ -1,6 +1,6 @@
 """Queue backends: Pulsing's MemoryBackend vs LanceBackend vs PersistingBackend, same records.
 
-    python benchmarks/queue.py [--single N] [--batches N] [--repeats N]
+    python benchmarks/queue_backends.py [--single N] [--batches N] [--repeats N]
 
 Through Pulsing (an actor system in this process, 4 buckets): ``writer.put`` of single records,
 and ``put_batch`` of 1,000 records on one bucket actor (Pulsing's writer has no public
@@ -13,16 +13,9 @@ MemoryBackend for single puts; called directly, put_batch with WAL (1 s) >= 500,
 
 from __future__ import annotations
 
-import os
-import sys
-
-# This file is named like the standard library's ``queue`` (which pyarrow and asyncio import):
-# drop its own directory from the import path before importing anything else.
-if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
-
 import argparse
 import asyncio
+import os
 import platform
 import shutil
 import tempfile
