@@ -1,0 +1,260 @@
+"""TrajectoryStore against its anchors, side by side in one run.
+
+1. Logging overhead per step: the same environment loop (Pendulum-v1 run to 500 steps, a
+   seeded random policy) bare, under ``RecordEpisodes``, under Minari's ``DataCollector``
+   (HDF5 and Arrow, including ``create_dataset``), and under a LeRobot-style
+   parquet-file-per-episode writer. Overhead = (time - bare time) / steps.
+2. Reads on that data: ``episode(id)`` p50 against Minari's episode lookup and reading one
+   parquet file; ``sample_steps(256)`` p50.
+3. ``sample_steps(256)`` and ``episode(id)`` p50 on a large store (``--big-steps``, written
+   with vectorised ``add_steps``), against TorchRL's ``LazyMemmapStorage`` when installed.
+
+Run: ``python benchmarks/trajectory.py [--episodes 300 --steps 500 --big-steps 10000000]``.
+Needs ``gymnasium``; Minari, h5py and TorchRL anchors are skipped when not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# benchmarks/queue.py would shadow the stdlib ``queue`` that pyarrow imports: drop this
+# script's directory from the import path before anything imports pyarrow.
+if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from persisting.trajectory import TrajectoryStore
+from persisting.trajectory.gym import RecordEpisodes
+
+ENV_ID = "Pendulum-v1"
+
+
+def make_env() -> gym.Env:  # type: ignore[type-arg]
+    return gym.make(ENV_ID, max_episode_steps=ARGS.steps)
+
+
+def run_loop(env: gym.Env, episodes: int) -> int:  # type: ignore[type-arg]
+    """The shared environment loop; returns the number of steps taken."""
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-2, 2, size=(ARGS.steps, 1)).astype(np.float32)
+    n = 0
+    for e in range(episodes):
+        env.reset(seed=e)
+        done = False
+        t = 0
+        while not done:
+            _, _, terminated, truncated, _ = env.step(actions[t % len(actions)])
+            t += 1
+            done = terminated or truncated
+        n += t
+    return n
+
+
+class ParquetPerEpisode(gym.Wrapper):  # type: ignore[type-arg]
+    """LeRobot-style anchor: buffer an episode in lists, write one parquet file at its end."""
+
+    def __init__(self, env: gym.Env, root: str) -> None:  # type: ignore[type-arg]
+        super().__init__(env)
+        self.root, self.episode, self.rows = root, 0, []  # type: ignore[var-annotated]
+        os.makedirs(root, exist_ok=True)
+
+    def reset(self, **kw: Any) -> Any:
+        obs, info = self.env.reset(**kw)
+        self.obs, self.rows = obs, []
+        return obs, info
+
+    def step(self, action: Any) -> Any:
+        obs, r, te, tr, info = self.env.step(action)
+        self.rows.append((self.obs, action, r, te, tr))
+        self.obs = obs
+        if te or tr:
+            o, a, rew, tes, trs = zip(*self.rows)
+            table = pa.table({
+                "obs": pa.FixedSizeListArray.from_arrays(pa.array(np.stack(o).reshape(-1)), len(o[0])),
+                "action": pa.FixedSizeListArray.from_arrays(pa.array(np.stack(a).reshape(-1)), len(a[0])),
+                "reward": pa.array(np.asarray(rew, np.float64)), "terminated": pa.array(tes), "truncated": pa.array(trs),
+            })
+            pq.write_table(table, os.path.join(self.root, f"episode_{self.episode:06d}.parquet"))
+            self.episode += 1
+        return obs, r, te, tr, info
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def measured(fn: Callable[[], Any]) -> tuple[float, float]:
+    """Wall and process CPU seconds of ``fn()`` (CPU time includes our background threads;
+    it is the fairer number on a machine shared with other work)."""
+    w, c = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w, time.process_time() - c
+
+
+def p50_ms(fn: Callable[[int], Any], n: int) -> float:
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def row(name: str, value: float, unit: str, anchor: float | None = None, anchor_name: str = "") -> None:
+    ratio = f"{value / anchor:6.2f}x {anchor_name}" if anchor else ""
+    print(f"  {name:<44} {value:10.2f} {unit:<8} {ratio}")
+
+
+def logging_section(tmp: str) -> None:
+    episodes = ARGS.episodes
+    print(f"== logging {episodes} episodes x {ARGS.steps} steps of {ENV_ID}, random policy ==")
+    steps = episodes * ARGS.steps
+    store_path = os.path.join(tmp, "persisting")
+    contenders: dict[str, Callable[[], Any]] = {}
+
+    def persisting() -> None:
+        store = TrajectoryStore(store_path)
+        env = RecordEpisodes(make_env(), store)
+        run_loop(env, episodes)
+        env.close()
+        store.close()
+
+    contenders["persisting RecordEpisodes"] = persisting
+    try:
+        os.environ["MINARI_DATASETS_PATH"] = os.path.join(tmp, "minari")
+        import minari
+        from minari import DataCollector
+
+        for fmt in ("hdf5", "arrow"):
+            def minari_run(fmt: str = fmt) -> None:
+                env = DataCollector(make_env(), data_format=fmt)
+                run_loop(env, episodes)
+                env.create_dataset(dataset_id=f"bench/pendulum-{fmt}-v0", algorithm_name="random")
+                env.close()
+
+            contenders[f"minari DataCollector ({fmt})"] = minari_run
+    except ImportError:
+        minari = None
+        print("  minari not installed: pip install minari[create,hdf5,arrow] pillow")
+    contenders["parquet file per episode"] = lambda: run_loop(ParquetPerEpisode(make_env(), os.path.join(tmp, "parquet")), episodes)
+
+    # each contender right after its own bare run, so both see the same machine load
+    overhead: dict[str, tuple[float, float]] = {}
+    for name, fn in contenders.items():
+        bw, bc = measured(lambda: run_loop(make_env(), episodes))
+        try:
+            w, c = measured(fn)
+        except Exception as exc:  # noqa: BLE001 - an anchor that fails is reported, not fatal
+            print(f"  {name}: skipped ({type(exc).__name__}: {exc})")
+            continue
+        overhead[name] = ((w - bw) / steps * 1e6, (c - bc) / steps * 1e6)
+        print(f"  {name:<34} bare {bw / steps * 1e6:7.1f} us/step wall, {bc / steps * 1e6:7.1f} cpu")
+    print(f"  {'logging overhead per step':<34} {'wall us':>9} {'cpu us':>9} {'wall ratio':>11} {'cpu ratio':>10}")
+    ours = overhead.get("persisting RecordEpisodes")
+    for name, (w, c) in overhead.items():
+        ratio = "" if ours is None or name.startswith("persisting") else f"{ours[0] / w:10.2f}x {ours[1] / c:9.2f}x  (persisting / this)"
+        print(f"  {name:<34} {w:9.1f} {c:9.1f} {ratio}")
+
+    print("== reads on that data ==")
+    store = TrajectoryStore(store_path, read_only=True)
+    ids = store.episodes().column("episode_id").to_numpy()
+    rng = np.random.default_rng(1)
+    pick = rng.choice(ids, size=200)
+    store.episode(int(pick[0]))
+    ours = p50_ms(lambda i: store.episode(int(pick[i])), 200)
+    anchors: dict[str, float] = {}
+    if minari is not None:
+        for fmt in ("hdf5", "arrow"):
+            try:
+                ds = minari.load_dataset(f"bench/pendulum-{fmt}-v0")
+                anchors[f"minari ({fmt}) episode"] = p50_ms(lambda i, ds=ds: next(iter(ds.iterate_episodes([int(pick[i])]))), 200)
+            except Exception as exc:  # noqa: BLE001
+                print(f"  minari {fmt} read: skipped ({type(exc).__name__}: {exc})")
+    files = sorted(os.listdir(os.path.join(tmp, "parquet")))
+    anchors["parquet episode file"] = p50_ms(lambda i: pq.read_table(os.path.join(tmp, "parquet", files[int(pick[i])])), 200)
+    for k, v in anchors.items():
+        row(f"episode(id) p50 vs {k}", ours, "ms", v, k)
+    store.sample_steps(256, seed=0)
+    row("sample_steps(256) p50", p50_ms(lambda i: store.sample_steps(256, seed=i), 100), "ms")
+    row("sample_slices(32, 64) p50", p50_ms(lambda i: store.sample_slices(32, 64, seed=i), 50), "ms")
+    store.close()
+
+
+def big_section(tmp: str) -> None:
+    n = ARGS.big_steps
+    per = 100_000
+    print(f"== large store: {n:,} steps (4-float obs, vectorised add_steps of {per:,}) ==")
+    path = os.path.join(tmp, "big")
+    rng = np.random.default_rng(2)
+    obs = rng.standard_normal((per, 4)).astype(np.float32)
+    act = rng.integers(0, 2, per)
+    rew = rng.standard_normal(per)
+
+    def write() -> None:
+        with TrajectoryStore(path, durability="none") as store:
+            for _ in range(n // per):
+                with store.episode(kind="big") as ep:
+                    ep.add_steps({"obs": obs, "action": act, "reward": rew})
+            store.compact()
+
+    w = timed(write)
+    row("write (durability none) ", n / w / 1e6, "M steps/s")
+    store = TrajectoryStore(path, read_only=True)
+    t = timed(lambda: store.sample_steps(1, seed=0))
+    row("first sample (builds the step index)", t * 1e3, "ms")
+    ours = p50_ms(lambda i: store.sample_steps(256, seed=i), 50)
+    ids = store.episodes().column("episode_id").to_numpy()
+    ep_ms = p50_ms(lambda i: store.read_episode(int(ids[i % len(ids)]), fields=["action"]), 20)
+    anchor = None
+    try:
+        import torch
+        from tensordict import TensorDict
+        from torchrl.data import LazyMemmapStorage, ReplayBuffer
+
+        rb = ReplayBuffer(storage=LazyMemmapStorage(n, scratch_dir=os.path.join(tmp, "torchrl")), batch_size=256)
+        for _ in range(n // per):
+            rb.extend(TensorDict({"obs": torch.from_numpy(obs), "action": torch.from_numpy(act), "reward": torch.from_numpy(rew)}, batch_size=[per]))
+        anchor = p50_ms(lambda i: rb.sample(), 50)
+    except ImportError:
+        print("  torchrl not installed: no LazyMemmapStorage anchor")
+    row("sample_steps(256) p50 (target <= 5 ms)", ours, "ms", anchor, "torchrl LazyMemmapStorage")
+    row(f"episode(id) p50, {per:,}-step episode, 1 field", ep_ms, "ms")
+    store.close()
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore", module="minari")  # dataset-card reminders
+    tmp = tempfile.mkdtemp(prefix="persisting-bench-trajectory-", dir=ARGS.dir)
+    try:
+        print(f"gymnasium {gym.__version__}, cores {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
+        logging_section(tmp)
+        if ARGS.big_steps:
+            big_section(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--big-steps", type=int, default=10_000_000)
+    parser.add_argument("--dir", default=None, help="where to put the temporary stores")
+    ARGS = parser.parse_args()
+    main()

@@ -1,0 +1,8 @@
+"""Log RL episodes (gym-style steps or LLM rollouts), then query and sample them."""
+
+from persisting.trajectory.episode import Episode
+from persisting.trajectory.fields import FieldSpec
+from persisting.trajectory.reading import STATUSES
+from persisting.trajectory.store import TrajectoryStore
+
+__all__ = ["STATUSES", "Episode", "FieldSpec", "TrajectoryStore"]

@@ -1,0 +1,214 @@
+"""Reading a TrajectoryStore: episodes by query, one episode by id, and sampling.
+
+Episode rows are revisions (see :mod:`persisting.trajectory.store`); every read keeps the
+newest revision of each episode. Steps are found through the :class:`StepIndex`, refreshed
+before each read, so reads see every step handed to the table, including a live writer's.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from persisting.engine.table import Table
+from persisting.errors import ClosedError, ConfigError, NotFoundError
+from persisting.trajectory.fields import CHECKSUM_SUFFIX, FieldSpec, to_numpy
+from persisting.trajectory.index import StepIndex
+
+if TYPE_CHECKING:
+    from persisting.trajectory.episode import Episode
+
+__all__ = ["EPISODE_COLUMNS", "EPISODE_SCHEMA", "STATUSES", "STEP_KEYS", "EpisodeReads"]
+
+EPISODE_SCHEMA = pa.schema([
+    pa.field("episode_id", pa.int64(), nullable=False),
+    pa.field("rev", pa.int64(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("length", pa.int64()),
+    pa.field("return", pa.float64()),
+    pa.field("start_time", pa.timestamp("us", tz="UTC")),
+    pa.field("end_time", pa.timestamp("us", tz="UTC")),
+])
+EPISODE_COLUMNS = tuple(EPISODE_SCHEMA.names)
+STEP_KEYS = ("episode_id", "step")
+STATUSES = ("open", "complete", "truncated", "incomplete")
+
+
+class EpisodeReads:
+    """The read half of :class:`~persisting.trajectory.TrajectoryStore`."""
+
+    path: str
+    _lock: threading.RLock
+    _closed: bool
+    _steps: Table
+    _episodes: Table
+    _specs: dict[str, FieldSpec]
+    _index: StepIndex
+    _open: dict[int, Episode]
+
+    def _latest(self, filter: str | None = None, ids: Sequence[int] | None = None) -> pa.Table:
+        """The newest revision of each episode (matching ``filter``), by episode_id."""
+        if self._episodes.count() == 0:
+            return EPISODE_SCHEMA.empty_table()
+        revs = self._episodes.scan(columns=["episode_id", "rev"])
+        eids = revs.column("episode_id").to_numpy()
+        rv = revs.column("rev").to_numpy()
+        order = np.lexsort((rv, eids))
+        sorted_ids = eids[order]
+        last = np.r_[sorted_ids[1:] != sorted_ids[:-1], True]
+        uids, newest = sorted_ids[last], rv[order][last]
+        where = [] if filter is None else [f"({filter})"]
+        if ids is not None:
+            where.append(f"episode_id IN ({', '.join(str(int(i)) for i in ids)})")
+        rows = self._episodes.scan(filter=" AND ".join(where) if where else None)
+        rid = rows.column("episode_id").to_numpy()
+        pos = np.clip(np.searchsorted(uids, rid), 0, len(uids) - 1)
+        keep = (uids[pos] == rid) & (newest[pos] == rows.column("rev").to_numpy())
+        out = rows.filter(pa.array(keep))
+        return out.take(pa.array(np.argsort(out.column("episode_id").to_numpy(), kind="stable")))
+
+    def episodes(self, filter: str | None = None) -> pa.Table:
+        """One row per episode, newest state, sorted by id. ``filter`` is a SQL predicate on
+        the episode columns, pushed down to Lance: ``"return > 100 AND env = 'CartPole-v1'"``."""
+        with self._lock:
+            self._check_open()
+            latest = self._latest(filter)
+            return latest.drop_columns(["rev"])
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"trajectory store {self.path} is closed; open it again to use it")
+
+    def _refresh(self) -> StepIndex:
+        """The step index, after handing off open episodes' steps so reads see every step."""
+        for ep in list(self._open.values()):
+            ep.flush()
+        self._index.refresh(self._steps)
+        return self._index
+
+    @property
+    def fields(self) -> dict[str, FieldSpec]:
+        """The step fields stored so far and how each is stored."""
+        return dict(self._specs)
+
+    def _decode(self, table: pa.Table, names: Iterable[str]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for name in names:
+            if name in STEP_KEYS:
+                out[name] = table.column(name).to_numpy()
+            elif name in table.column_names:
+                out[name] = to_numpy(table, self._specs[name])
+        return out
+
+    def _columns(self, fields: Sequence[str] | None) -> list[str]:
+        stored = self._steps.schema.names if self._steps.schema is not None else []
+        names = [n for n in stored if n in self._specs] if fields is None else list(fields)
+        unknown = [n for n in names if n not in self._specs]
+        if unknown:
+            raise NotFoundError(f"trajectory store {self.path} has no step field(s) {unknown}; it has {sorted(self._specs)}")
+        names = [n for n in names if n in stored]  # a field only in steps not yet handed off reads as absent
+        cols = list(STEP_KEYS) + names
+        cols += [n + CHECKSUM_SUFFIX for n in names if self._specs[n].kind == "blob"]
+        return cols
+
+    def _take(self, positions: np.ndarray, fields: Sequence[str] | None) -> tuple[pa.Table, list[str]]:
+        """Rows at ``positions`` (any order, repeats allowed) with the given fields."""
+        cols = self._columns(fields)
+        uniq, inverse = np.unique(positions, return_inverse=True)
+        taken = self._steps.take(uniq.tolist(), columns=cols)
+        return taken.take(pa.array(inverse.astype(np.int64))), [c for c in cols if c in self._specs]
+
+    def read_episode(self, episode_id: int, *, fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """An episode's steps as ``{field: array with steps along axis 0}``, plus
+        ``episode_id`` and ``step``. Unknown ids raise NotFoundError."""
+        with self._lock:
+            self._check_open()
+            idx = self._refresh()
+            sl = idx.episode_slice(int(episode_id))
+            if sl.stop == sl.start:
+                if not len(self._latest(ids=[int(episode_id)])):
+                    raise NotFoundError(f"trajectory store {self.path} has no episode {episode_id}", episode_id=episode_id)
+                return {"episode_id": np.empty(0, np.int64), "step": np.empty(0, np.int64)}
+            table, names = self._take(idx.positions[sl], fields)
+            return self._decode(table, list(STEP_KEYS) + names)
+
+    def sample_steps(self, n: int, *, seed: int | np.random.Generator | None = None,
+                     fields: Sequence[str] | None = None, obs_field: str = "obs") -> dict[str, np.ndarray]:
+        """``n`` transitions drawn uniformly (with replacement) from every stored step.
+
+        Adds ``next_<obs_field>``: the next step's observation where the episode continues,
+        else the step's ``final_<obs_field>`` if recorded (see RecordEpisodes), else zeros/NaN;
+        ``has_next`` says which rows hold a real next observation.
+        """
+        rng = np.random.default_rng(seed)
+        with self._lock:
+            self._check_open()
+            idx = self._refresh()
+            if not len(idx.keys):
+                raise NotFoundError(f"trajectory store {self.path} has no steps to sample")
+            draw = rng.integers(0, len(idx.keys), size=n)
+            stored = self._steps.schema.names if self._steps.schema is not None else []
+            wanted = [c for c in stored if c in self._specs] if fields is None else list(fields)
+            if obs_field not in self._specs or obs_field not in stored:
+                return self._gather(idx.positions[draw], wanted)
+            final_name = "final_" + obs_field
+            extra = [c for c in (obs_field, final_name) if c in self._specs and c not in wanted]
+            nxt_pos = idx.positions[np.minimum(draw + 1, len(idx.keys) - 1)]
+            # one take for the sampled rows and their successors: each Lance take has a fixed cost
+            table, names = self._take(np.concatenate([idx.positions[draw], nxt_pos]), wanted + extra)
+            both = self._decode(table, list(STEP_KEYS) + names)
+            out = {k: v[:n] for k, v in both.items() if k not in extra}
+            nxt = both[obs_field][n:]
+            has_next = idx.has_next(draw)
+            if final_name in both and not has_next.all():
+                final_valid = np.asarray(table.column(final_name).is_valid())[:n]
+                use = ~has_next & final_valid
+                nxt = nxt.copy()
+                nxt[use] = both[final_name][:n][use]
+                has_next = has_next | final_valid
+            if not has_next.all() and nxt.dtype != object:
+                nxt = nxt.copy()
+                nxt[~has_next] = np.nan if nxt.dtype.kind == "f" else 0
+            out["next_" + obs_field] = nxt
+            out["has_next"] = has_next
+            return out
+
+    def _gather(self, positions: np.ndarray, fields: Sequence[str] | None) -> dict[str, np.ndarray]:
+        table, names = self._take(positions, fields)
+        return self._decode(table, list(STEP_KEYS) + names)
+
+    def sample_episodes(self, n: int, *, seed: int | np.random.Generator | None = None,
+                        status: Sequence[str] | None = None, replace: bool = False) -> list[dict[str, np.ndarray]]:
+        """``n`` whole episodes chosen uniformly (without replacement unless ``replace``);
+        ``status`` limits the choice, e.g. ``("complete", "truncated")``."""
+        rng = np.random.default_rng(seed)
+        with self._lock:
+            self._check_open()
+            bad = [x for x in (status or ()) if x not in STATUSES]
+            if bad:
+                raise ConfigError(f"unknown status {bad}; statuses are {STATUSES}")
+            where = None if status is None else "status IN (" + ", ".join(f"'{x}'" for x in status) + ")"
+            ids = self._latest(where).column("episode_id").to_numpy()
+            if not len(ids) or (n > len(ids) and not replace):
+                raise NotFoundError(f"cannot sample {n} episodes from {len(ids)} stored; pass replace=True or ask for fewer")
+            chosen = rng.choice(ids, size=n, replace=replace)
+            return [self.read_episode(int(e)) for e in chosen]
+
+    def sample_slices(self, n: int, length: int, *, seed: int | np.random.Generator | None = None,
+                      fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """``n`` runs of ``length`` consecutive steps, each within one episode, uniform over
+        every valid start. Arrays are shaped ``(n, length, ...)``."""
+        if length <= 0 or n <= 0:
+            raise ConfigError(f"sample_slices needs n > 0 and length > 0, got n={n}, length={length}")
+        rng = np.random.default_rng(seed)
+        with self._lock:
+            self._check_open()
+            idx = self._refresh()
+            starts = idx.slice_starts(length, rng, n)
+            sorted_idx = (starts[:, None] + np.arange(length)[None, :]).reshape(-1)
+            flat = self._gather(idx.positions[sorted_idx], fields)
+            return {k: v.reshape((n, length) + v.shape[1:]) for k, v in flat.items()}

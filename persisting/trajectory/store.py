@@ -1,0 +1,481 @@
+"""TrajectoryStore: log RL episodes step by step, then query and sample them.
+
+Layout under ``path``: three engine tables.
+
+- ``steps.lance``: one row per step: ``episode_id``, ``step`` and the user's fields (see
+  :mod:`persisting.trajectory.fields` for how values map to columns).
+- ``episodes.lance``: one row per *revision* of an episode: ``episode_id``, ``rev``,
+  ``status``, ``length``, ``return``, ``start_time``, ``end_time`` and user metadata. The
+  engine appends only, so an episode's start, its end and every later
+  :meth:`~TrajectoryStore.update_episodes` append a new revision; readers keep the newest.
+- ``ids.lance``: the episode-id high-water mark (durability ``always``). A writer reserves
+  ids in blocks before handing them out, so an id is never handed out twice, even when a
+  crash lost the episode that first had it; ``close()`` records a clean shutdown, so only a
+  reopen after a crash pays for recovery (a scan of the dead session's steps).
+
+Durability: steps are held in the episode until ``step_buffer`` of them gather, then handed
+to the steps table (that is when a step is *acknowledged*); with durability ``"batch"`` the
+table's WAL makes them durable within ``wal_sync_interval`` (1 s), :meth:`~TrajectoryStore.sync`
+makes them durable now. On reopen, episodes still ``open`` (the writer died) and steps whose
+episode row was lost become ``incomplete`` episodes with every step that survived.
+
+One writer per store: a second writer gets :class:`~persisting.errors.LockedError` at once;
+any number of ``read_only=True`` opens may read meanwhile.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, overload
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from persisting.engine.options import Durability, TableOptions
+from persisting.engine.table import Table
+from persisting.errors import (
+    ClosedError,
+    ConfigError,
+    InvalidRecordError,
+    LockedError,
+    NotFoundError,
+    PersistingError,
+    SchemaError,
+)
+from persisting.trajectory.episode import Episode, rows_of
+from persisting.trajectory.fields import (
+    FieldSpec,
+    Signature,
+    arrow_category,
+    merge,
+    normalize,
+    specs_from_schema,
+    stacked_signature,
+    stacked_to_columns,
+    to_columns,
+    value_category,
+)
+from persisting.trajectory.index import StepIndex
+from persisting.trajectory.reading import (
+    EPISODE_COLUMNS,
+    EPISODE_SCHEMA,
+    STATUSES,
+    STEP_KEYS,
+    EpisodeReads,
+)
+
+__all__ = ["TrajectoryStore"]
+
+_ID_BLOCK = 1024
+_PLAIN: dict[type, Signature] = {float: ("scalar", "float", ()), int: ("scalar", "int", ()), bool: ("scalar", "bool", ())}
+
+
+def _join(path: str, name: str) -> str:
+    return path.rstrip("/") + "/" + name
+
+
+def _metadata_value(key: str, value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (Mapping, set, frozenset)) or callable(value):
+        raise InvalidRecordError(
+            f"episode metadata {key!r} is a {type(value).__name__}; use scalars, strings or lists", field=key
+        )
+    return value
+
+
+class TrajectoryStore(EpisodeReads):
+    """Episodes and their steps in one directory (local path or object-store URI).
+
+    durability: ``"batch"`` (default; steps durable within ``wal_sync_interval``),
+        ``"always"`` (every hand-off fsynced) or ``"none"`` (durable at flush/close only).
+    step_buffer: steps an episode holds before handing them to the table.
+    blob_threshold: arrays of at least this many bytes are stored as tensor blobs.
+    ragged: fields whose array values vary in length (stored as list columns).
+    wal_dir: a local directory for the WALs and locks; required when ``path`` is remote.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        durability: Durability = "batch",
+        storage_options: dict[str, str] | None = None,
+        read_only: bool = False,
+        wal_dir: str | None = None,
+        step_buffer: int = 256,
+        blob_threshold: int = 64 * 1024,
+        ragged: Iterable[str] = (),
+        options: TableOptions | None = None,
+    ) -> None:
+        if step_buffer <= 0:
+            raise ConfigError(f"step_buffer must be positive, got {step_buffer}")
+        self.path = str(path)
+        self.read_only = read_only
+        self.step_buffer = step_buffer
+        self.blob_threshold = blob_threshold
+        self.ragged = frozenset(ragged)
+        self._lock = threading.RLock()
+        self._closed = False
+        self._open: dict[int, Episode] = {}
+        self._meta_kinds: dict[str, str | None] = {}
+        self._index = StepIndex()
+        self.recovered: list[int] = []
+        opts = options or TableOptions()
+        opts = TableOptions(**{**opts.__dict__, "durability": durability})
+        tables: list[Table] = []
+
+        def table(name: str, topts: TableOptions, schema: pa.Schema | None = None) -> Table:
+            t = Table(
+                _join(self.path, name + ".lance"), options=topts, schema=schema, storage_options=storage_options,
+                read_only=read_only, wal_dir=None if wal_dir is None else _join(wal_dir, name + ".wal"),
+                store="trajectory", name=name,
+            )
+            tables.append(t)
+            return t
+
+        try:
+            if not read_only:
+                try:
+                    self._ids = table("ids", TableOptions(durability="always", compact_fragments=16))
+                except LockedError as exc:
+                    raise LockedError(
+                        f"trajectory store {self.path} already has a writer (lock {exc.details.get('path')}); "
+                        "one writer per store: close it, or open this one with read_only=True",
+                        path=exc.details.get("path"),
+                    ) from None
+            self._steps = table("steps", opts)
+            self._episodes = table("episodes", opts, EPISODE_SCHEMA)
+            self._specs: dict[str, FieldSpec] = specs_from_schema(self._steps.schema, STEP_KEYS)
+            self._sigs = {n: s.signature for n, s in self._specs.items()}
+            if not read_only:
+                self._next_id, self._reserved = self._reserve_ids()
+                self._recover()
+        except BaseException:
+            for t in reversed(tables):
+                t.close()
+            raise
+
+    # -- ids and recovery -----------------------------------------------------------------
+    # The ids table holds one row per reservation: ``next_id`` (the first id not yet
+    # reserved), ``session_start`` (the first id of the writer session that made it) and
+    # ``clean`` (written by close() after everything else is committed). A last row that is
+    # not clean means the previous writer died: its ids start at ``session_start``.
+    def _reserve_ids(self) -> tuple[int, int]:
+        n = self._ids.count()
+        last = self._ids.take([n - 1]).to_pylist()[0] if n else {"next_id": 0, "clean": True}
+        start = int(last["next_id"])
+        self._dirty_since = None if last.get("clean") else int(last.get("session_start") or 0)
+        latest = self._latest(f"episode_id >= {start}")  # never below an id in use
+        if len(latest):
+            start = int(pc.max(latest.column("episode_id")).as_py()) + 1
+        self._session_start = start
+        self._mark_ids(start + _ID_BLOCK, clean=False)
+        return start, start + _ID_BLOCK
+
+    def _mark_ids(self, next_id: int, *, clean: bool) -> None:
+        self._ids.append([{"next_id": next_id, "session_start": self._session_start, "clean": clean}])
+
+    def _new_id(self) -> int:
+        if self._next_id >= self._reserved:
+            self._reserved = self._next_id + _ID_BLOCK
+            self._mark_ids(self._reserved, clean=False)
+        self._next_id += 1
+        return self._next_id - 1
+
+    def _recover(self) -> None:
+        """After a writer died: mark its open episodes, and its steps whose episode row was
+        lost, ``incomplete`` with the steps that survived."""
+        since = self._dirty_since
+        if since is None:
+            return
+        latest = self._latest(f"episode_id >= {since}")
+        known = {r["episode_id"]: r for r in latest.to_pylist()}
+        has_reward = "reward" in self._specs and self._specs["reward"].kind == "scalar"
+        cols = ["episode_id"] + (["reward"] if has_reward else [])
+        found = self._steps.scan(columns=cols, filter=f"episode_id >= {since}") if self._steps.count() else None
+        lengths: dict[int, int] = {}
+        returns: dict[int, float] = {}
+        if found is not None:
+            rewards = found.column("reward").to_pylist() if has_reward else None
+            for j, eid in enumerate(found.column("episode_id").to_pylist()):
+                lengths[eid] = lengths.get(eid, 0) + 1
+                if rewards is not None and rewards[j] is not None:
+                    returns[eid] = returns.get(eid, 0.0) + float(rewards[j])
+        dead = sorted({e for e, r in known.items() if r["status"] == "open"} | (set(lengths) - set(known)))
+        now = datetime.now(timezone.utc)
+        rows = []
+        for eid in dead:
+            row = dict(known.get(eid, {"episode_id": eid, "rev": -1}))
+            row.update(rev=row["rev"] + 1, status="incomplete", length=lengths.get(eid, 0), end_time=now)
+            row["return"] = returns.get(eid)
+            rows.append(row)
+        if rows:
+            self._episodes.append(rows)
+            self._episodes.flush()
+        self.recovered = dead
+
+    # -- writing --------------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise ClosedError(f"trajectory store {self.path} is closed; open it again to use it")
+        if self.read_only:
+            raise PersistingError(f"trajectory store {self.path} is open read-only; open it without read_only to write")
+
+    def _check_metadata(self, metadata: Mapping[str, Any]) -> dict[str, Any]:
+        """Copies of metadata values, refused (SchemaError) when a value's kind clashes with
+        the column already stored or offered by an episode still open."""
+        out = {}
+        schema = self._episodes.schema
+        for key, value in metadata.items():
+            if key in EPISODE_COLUMNS or not isinstance(key, str) or not key:
+                raise InvalidRecordError(f"episode metadata may not be named {key!r}: the store sets it", field=key)
+            value = _metadata_value(key, value)
+            offered = value_category(value)
+            stored: str | None
+            if schema is not None and key in schema.names:
+                stored = arrow_category(schema.field(key).type)
+            else:
+                stored = self._meta_kinds.get(key)
+            if offered is not None and stored is not None and offered != stored and {offered, stored} != {"int", "float"}:
+                raise SchemaError(
+                    f"episode metadata {key!r} is stored as {stored} but this episode offers {offered} ({value!r})",
+                    field=key, stored_type=stored, offered_type=offered,
+                )
+            out[key] = value
+        for key, value in out.items():
+            self._meta_kinds.setdefault(key, value_category(value))
+        return out
+
+    @overload
+    def episode(self, episode_id: int, /) -> dict[str, np.ndarray]: ...
+    @overload
+    def episode(self, **metadata: Any) -> Episode: ...
+
+    def episode(self, *args: int, **metadata: Any) -> Any:
+        """``episode(**metadata)`` begins an episode (use it with ``with``);
+        ``episode(episode_id)`` reads one back as a dict of numpy arrays."""
+        if args:
+            if len(args) > 1 or metadata:
+                raise InvalidRecordError("episode(episode_id) reads one episode; begin one with episode(**metadata)")
+            return self.read_episode(args[0])
+        return self.begin_episode(**metadata)
+
+    def begin_episode(self, **metadata: Any) -> Episode:
+        """Start an episode with metadata columns (``env="CartPole-v1"``, ``seed=3``...)."""
+        with self._lock:
+            self._check_writable()
+            meta = self._check_metadata(metadata)
+            ep = Episode(self, self._new_id(), meta, datetime.now(timezone.utc))
+            self._open[ep.id] = ep
+            return ep
+
+    def _append_episode_row(self, ep: Episode, *, rev: int, end: datetime | None,
+                            status: str = "open", metadata: Mapping[str, Any] | None = None) -> None:
+        row = {**(ep.metadata if metadata is None else metadata), "episode_id": ep.id, "rev": rev, "status": status,
+               "length": ep.length, "return": ep.return_, "start_time": ep.start_time, "end_time": end}
+        self._episodes.append([row])
+
+    def _normalize_steps(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Private copies of the steps, checked against the known field specs (all or nothing)."""
+        new_specs: dict[str, FieldSpec] = {}
+        sigs = self._sigs
+        out = []
+        for i, row in enumerate(rows):
+            clean: dict[str, Any] = {}
+            for name, value in row.items():
+                if name not in sigs:
+                    self._check_field_name(name, i)
+                sig = _PLAIN.get(type(value))
+                if sig is not None:  # the hot path: float, int and bool scalars
+                    stored = value
+                else:
+                    stored, sig = normalize(name, value, ragged=name in self.ragged, blob_threshold=self.blob_threshold)
+                if sig is None:
+                    continue  # a missing value: the column reads null for this step
+                if sigs.get(name) != sig:
+                    known = new_specs.get(name) or self._specs.get(name)
+                    spec = FieldSpec(name, *sig)
+                    new_specs[name] = spec if known is None else merge(known, spec)
+                clean[name] = stored
+            out.append(clean)
+        if new_specs:
+            self._specs.update(new_specs)
+            self._sigs.update({n: s.signature for n, s in new_specs.items()})
+        return out
+
+    @staticmethod
+    def _check_field_name(name: object, i: int) -> None:
+        if not isinstance(name, str) or not name:
+            raise InvalidRecordError(f"step {i}: field name {name!r} must be a non-empty str", index=i)
+        if name in STEP_KEYS or name.endswith("__xxh3"):
+            raise InvalidRecordError(f"step field {name!r} is reserved: the store sets it", field=name)
+
+    def _check_stacked(self, batch: Mapping[str, Any]) -> int | None:
+        """Validate a dict of stacked columns; return its step count, or None when it needs
+        the per-step path. Registers new field specs only when every column is valid."""
+        lengths = {k: len(v) if hasattr(v, "__len__") else -1 for k, v in batch.items()}
+        if not lengths or len(set(lengths.values())) > 1:
+            return None
+        n = next(iter(lengths.values()))
+        new_specs: dict[str, FieldSpec] = {}
+        for name, value in batch.items():
+            if name not in self._sigs:
+                self._check_field_name(name, 0)
+            sig = stacked_signature(value, n, ragged=name in self.ragged, blob_threshold=self.blob_threshold)
+            if sig is None:
+                return None
+            if self._sigs.get(name) != sig:
+                known = self._specs.get(name)
+                spec = FieldSpec(name, *sig)
+                new_specs[name] = spec if known is None else merge(known, spec)
+        self._specs.update(new_specs)
+        self._sigs.update({k: s.signature for k, s in new_specs.items()})
+        return n
+
+    def _write_stacked(self, episode_id: int, first_step: int, n: int, batch: Mapping[str, Any]) -> None:
+        fields, arrays = stacked_to_columns(batch, self._specs)
+        self._append_steps(episode_id, first_step, n, fields, arrays)
+
+    def _write_steps(self, episode_id: int, first_step: int, rows: list[dict[str, Any]]) -> None:
+        fields, arrays = to_columns(rows, self._specs)
+        self._append_steps(episode_id, first_step, len(rows), fields, arrays)
+
+    def _append_steps(self, episode_id: int, first_step: int, n: int, fields: list[pa.Field], arrays: list[pa.Array]) -> None:
+        keys = [pa.array(np.full(n, episode_id, np.int64)), pa.array(np.arange(first_step, first_step + n, dtype=np.int64))]
+        schema = pa.schema([pa.field("episode_id", pa.int64(), nullable=False), pa.field("step", pa.int64(), nullable=False), *fields])
+        self._steps.append(pa.Table.from_arrays(keys + arrays, schema=schema))
+
+    def update_episodes(self, updates: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]] | pa.Table) -> int:
+        """Merge fields into existing episodes by ``episode_id`` (e.g. rewards that arrive
+        later); new fields become columns. Unknown ids raise NotFoundError and change nothing.
+        Returns the number of episodes updated."""
+        if isinstance(updates, pa.Table):
+            updates = updates.to_pylist()
+        elif isinstance(updates, Mapping):
+            updates = rows_of(updates)
+        else:
+            updates = rows_of(updates)
+        with self._lock:
+            self._check_writable()
+            merged: dict[int, dict[str, Any]] = {}
+            for i, upd in enumerate(updates):
+                if "episode_id" not in upd:
+                    raise InvalidRecordError(f"update {i} has no 'episode_id'", index=i)
+                eid = int(upd["episode_id"])
+                fields = {k: v for k, v in upd.items() if k != "episode_id"}
+                for key in ("rev", "start_time", "end_time"):
+                    if key in fields:
+                        raise InvalidRecordError(f"update {i} sets {key!r}, which only the store sets", field=key)
+                if "status" in fields and fields["status"] not in STATUSES:
+                    raise InvalidRecordError(f"update {i}: status {fields['status']!r} is not one of {STATUSES}")
+                extra = {k: _metadata_value(k, v) for k, v in fields.items()}
+                merged.setdefault(eid, {}).update(extra)
+            if not merged:
+                return 0
+            still_open = {e: merged.pop(e) for e in list(merged) if e in self._open}
+            for eid, fields in still_open.items():
+                core = sorted(set(fields) & set(EPISODE_COLUMNS))
+                if core:
+                    raise InvalidRecordError(f"episode {eid} is still open: end it before setting {core}", episode_id=eid)
+            current = {r["episode_id"]: r for r in self._latest(ids=list(merged)).to_pylist()} if merged else {}
+            missing = sorted(set(merged) - set(current))
+            if missing:
+                raise NotFoundError(f"trajectory store {self.path} has no episode(s) {missing[:10]}; nothing was updated",
+                                    episode_ids=missing)
+            rows = [{**current[eid], **fields, "rev": current[eid]["rev"] + 1} for eid, fields in merged.items()]
+            if rows:
+                self._episodes.append(rows)
+            for eid, fields in still_open.items():  # written with the episode's end row
+                self._open[eid].metadata.update(fields)
+            return len(rows) + len(still_open)
+
+    def flush(self) -> None:
+        """Hand every open episode's steps to the tables and commit them to Lance."""
+        with self._lock:
+            self._check_writable()
+            for ep in list(self._open.values()):
+                ep.flush()
+            self._steps.flush()
+            self._episodes.flush()
+
+    def sync(self) -> None:
+        """Make every step added so far durable now (hand off, then fsync the WALs)."""
+        with self._lock:
+            self._check_writable()
+            for ep in list(self._open.values()):
+                ep.flush()
+            self._steps.sync()
+            self._episodes.sync()
+
+    def compact(self) -> None:
+        """Merge small fragments of both tables."""
+        with self._lock:
+            self._check_writable()
+            self.flush()
+            self._steps.compact()
+            self._episodes.compact()
+            self._index = StepIndex()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def num_steps(self) -> int:
+        with self._lock:
+            return self._steps.count() + sum(len(e._pending) for e in self._open.values())
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "path": self.path,
+                "steps": self.num_steps(),
+                "episode_revisions": self._episodes.count(),
+                "open_episodes": len(self._open),
+                "steps_table": self._steps.stats(),
+                "episodes_table": self._episodes.stats(),
+                "read_only": self.read_only,
+            }
+
+    def close(self) -> None:
+        """End open episodes as ``incomplete``, commit everything, release the writer lock."""
+        with self._lock:
+            if self._closed:
+                return
+            errors: list[BaseException] = []
+            try:
+                if not self.read_only:
+                    for ep in list(self._open.values()):
+                        ep.end("incomplete")
+            finally:
+                self._closed = True
+                for t in (self._steps, self._episodes):
+                    try:
+                        t.close()
+                    except Exception as exc:  # noqa: BLE001 - close every table, then raise the first error
+                        errors.append(exc)
+                if not self.read_only:
+                    try:
+                        if not errors:  # only once steps and episodes are committed
+                            self._mark_ids(self._next_id, clean=True)
+                    finally:
+                        self._ids.close()
+                if errors:
+                    raise errors[0]
+
+    def __enter__(self) -> TrajectoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.read_only else "writer"
+        return f"TrajectoryStore({self.path!r}, {mode})"
+
