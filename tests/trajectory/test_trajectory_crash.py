@@ -3,13 +3,22 @@ every step acknowledged before its last sync, and no episode id ever handed out 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
-from trajectory_child import step_fields
+
 
 from persisting.trajectory import TrajectoryStore
+
+_CHILD = Path(__file__).with_name("trajectory_child.py")
+_spec = importlib.util.spec_from_file_location("_persisting_trajectory_child", _CHILD)
+assert _spec is not None and _spec.loader is not None
+_child = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_child)
+step_fields = _child.step_fields
 
 
 def test_sigkill_mid_episode(tmp_path, spawn_child):

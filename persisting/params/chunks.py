@@ -1,0 +1,201 @@
+"""Content-addressed chunk storage for checkpoint tensors.
+
+Every tensor's raw bytes are cut into chunks of ``chunk_bytes``; a chunk's key is the xxh3-128
+digest of its bytes (hex), which is also its checksum. A chunk whose key is already stored is
+referenced, not written again, so unchanged tensors (frozen base weights, repeated saves) cost
+nothing but a hash. Rows live in one Lance table (``chunks.lance``) through the engine's
+:class:`Table` with durability ``"none"``: the fsynced commit of :meth:`ChunkTable.commit` is
+the durability point, and the manifest row that references the chunks is written after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from persisting.engine.codec import checksum
+from persisting.engine.options import TableOptions
+from persisting.engine.table import Table
+from persisting.errors import CorruptionError, NotFoundError
+
+__all__ = ["SCHEMA", "ChunkTable", "PutResult"]
+
+_BLOB = {"lance-encoding:blob": "true"}
+SCHEMA = pa.schema([
+    pa.field("hash", pa.string(), nullable=False),
+    pa.field("nbytes", pa.int64(), nullable=False),
+    pa.field("data", pa.large_binary(), metadata=_BLOB),
+])
+_DELETE_BATCH = 500  # keys per delete predicate
+_READ_BATCH_BYTES = 64 * 1024 * 1024  # chunk bytes fetched per read call
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """The chunk keys of one tensor and how much of it was new."""
+
+    hashes: tuple[str, ...]
+    new_chunks: int
+    new_bytes: int
+
+
+class ChunkTable:
+    """The ``chunks`` table plus an in-memory map from chunk key to row position."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        storage_options: dict[str, str] | None,
+        wal_dir: str | None,
+        read_only: bool,
+        commit_bytes: int,
+    ) -> None:
+        self.uri = uri
+        self._table = Table(
+            uri,
+            options=TableOptions(
+                durability="none", compact_fragments=0, flush_bytes=commit_bytes, flush_rows=1_000_000
+            ),
+            schema=SCHEMA,
+            storage_options=storage_options,
+            wal_dir=wal_dir,
+            read_only=read_only,
+            store="params",
+            name="chunks",
+        )
+        self._positions: dict[str, int] = {}
+        self._sizes: dict[str, int] = {}
+        self._rows = 0
+        self.reindex()
+
+    def reindex(self) -> None:
+        """Rebuild key -> position from the small columns (after open, delete or compaction)."""
+        t = self._table.scan(columns=["hash", "nbytes"])
+        hashes = t.column("hash").to_pylist() if t.num_rows else []
+        sizes = t.column("nbytes").to_pylist() if t.num_rows else []
+        self._positions = {h: i for i, h in enumerate(hashes)}
+        self._sizes = dict(zip(hashes, sizes))
+        self._rows = len(hashes)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._positions
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    def size(self, key: str) -> int:
+        """Stored size of chunk ``key`` (0 if unknown; reading it then raises NotFoundError)."""
+        return self._sizes.get(key, 0)
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(self._sizes.values())
+
+    def put(self, raw: memoryview, chunk_bytes: int) -> PutResult:
+        """Append the chunks of ``raw`` not stored yet (buffered until :meth:`commit`)."""
+        n = raw.nbytes
+        bounds = [(o, min(o + chunk_bytes, n)) for o in range(0, n, chunk_bytes)]
+        hashes = [checksum(raw[a:b]).hex() for a, b in bounds]
+        new: list[int] = []
+        seen: set[str] = set()
+        for i, h in enumerate(hashes):
+            if h not in self._positions and h not in seen:
+                new.append(i)
+                seen.add(h)
+        if new:
+            if len(new) == len(bounds):
+                # every chunk is new: hand Arrow the tensor's memory as it is, no copy
+                offsets = pa.array([a for a, _ in bounds] + [n], pa.int64())
+                data = pa.LargeBinaryArray.from_buffers(
+                    pa.large_binary(), len(bounds), [None, offsets.buffers()[1], pa.py_buffer(raw)]
+                )
+            else:
+                data = pa.array([raw[bounds[i][0] : bounds[i][1]] for i in new], pa.large_binary())
+            sizes = [bounds[i][1] - bounds[i][0] for i in new]
+            batch = pa.RecordBatch.from_arrays(
+                [pa.array([hashes[i] for i in new], pa.string()), pa.array(sizes, pa.int64()), data],
+                schema=SCHEMA,
+            )
+            self._table.append(batch)
+            for j, i in enumerate(new):
+                self._positions[hashes[i]] = self._rows + j
+                self._sizes[hashes[i]] = sizes[j]
+            self._rows += len(new)
+        return PutResult(tuple(hashes), len(new), sum(bounds[i][1] - bounds[i][0] for i in new))
+
+    def commit(self) -> None:
+        """Make every appended chunk durable (one fsynced Lance commit)."""
+        self._table.flush()
+
+    def read(self, keys: Iterable[str]) -> Iterator[tuple[str, np.ndarray]]:
+        """Yield (key, uint8 array) for ``keys`` (unique), verified against their checksum.
+
+        A chunk that fails its checksum raises CorruptionError and is never yielded.
+        """
+        batch: list[str] = []
+        size = 0
+        for key in keys:
+            if key not in self._positions:
+                raise NotFoundError(
+                    f"chunk {key} is referenced by a checkpoint but missing from {self.uri}; "
+                    "the store was modified outside ParamStore",
+                    key=key,
+                )
+            batch.append(key)
+            size += self._sizes.get(key, 0)
+            if size >= _READ_BATCH_BYTES:
+                yield from self._read_batch(batch)
+                batch, size = [], 0
+        if batch:
+            yield from self._read_batch(batch)
+
+    def _read_batch(self, keys: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+        # take() hands back Arrow arrays; views into them spare read_blobs' copy to Python bytes
+        column = self._table.take([self._positions[k] for k in keys], columns=["data"]).column("data")
+        views: list[np.ndarray | None] = []
+        for arr in column.chunks:
+            offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset : arr.offset + len(arr) + 1]
+            buf = arr.buffers()[2]
+            data = np.frombuffer(buf, np.uint8) if buf is not None else np.empty(0, np.uint8)
+            valid = [True] * len(arr) if arr.null_count == 0 else arr.is_valid().to_pylist()
+            views.extend(data[offsets[j] : offsets[j + 1]] if valid[j] else None for j in range(len(arr)))
+        for key, view in zip(keys, views):
+            if view is None or checksum(memoryview(view)).hex() != key:  # type: ignore[arg-type]
+                raise CorruptionError(
+                    f"chunk {key} in {self.uri} fails its xxh3-128 checksum; the stored bytes are corrupt "
+                    "and were not returned (restore the file or load another checkpoint)",
+                    key=key, where=self.uri,
+                )
+            yield key, view
+
+    def remove_unreferenced(self, referenced: set[str]) -> tuple[int, int]:
+        """Delete chunks no checkpoint references; return (chunks, bytes) removed."""
+        dead = [k for k in self._positions if k not in referenced]
+        if not dead:
+            return 0, 0
+        dead_bytes = sum(self._sizes[k] for k in dead)
+        for start in range(0, len(dead), _DELETE_BATCH):
+            keys = ", ".join(f"'{k}'" for k in dead[start : start + _DELETE_BATCH])
+            self._table.delete(f"hash IN ({keys})")
+        self.reindex()
+        return len(dead), dead_bytes
+
+    def reclaim(self, *, compact: bool) -> int:
+        """Drop old versions' files and return the bytes freed on disk.
+
+        Without ``compact`` only fragments whose every chunk was deleted go (a save's new chunks
+        share fragments, so a deleted checkpoint's own chunks usually free whole fragments);
+        ``compact`` also rewrites partly dead fragments, which copies their live chunks.
+        """
+        if compact:
+            self._table.compact()
+        freed = self._table.cleanup()
+        self.reindex()
+        return freed
+
+    def close(self) -> None:
+        self._table.close()

@@ -1,0 +1,244 @@
+"""torch.distributed.checkpoint storage backed by a :class:`ParamStore`.
+
+DCP plans what to write and resharding on load; we store the result as one checkpoint of the
+store, so DCP users get versions, retention, dedup across steps and checksums::
+
+    dcp.save(state, storage_writer=ParamStoreWriter(store, step=100))
+    dcp.load(state, storage_reader=ParamStoreReader(store))          # newest, resharded by DCP
+
+DCP's own metadata (tensor sizes, chunks, planner data) is kept as JSON, never pickled. DCP
+turns every non-tensor value of a state dict into a ``torch.save`` blob and unpickles it on load
+with ``weights_only=False``; running that on load could execute code, so such values are refused
+unless ``allow_pickled_values=True`` (keep hyper-parameters in ``ParamStore.save`` instead).
+Single process: one writer per store (multi-rank saves would need one store per rank).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint import StorageReader, StorageWriter
+from torch.distributed.checkpoint.metadata import (
+    BytesStorageMetadata,
+    ChunkStorageMetadata,
+    Metadata,
+    MetadataIndex,
+    TensorProperties,
+    TensorStorageMetadata,
+)
+from torch.distributed.checkpoint.planner import (
+    LoadItemType,
+    LoadPlan,
+    LoadPlanner,
+    SavePlan,
+    SavePlanner,
+    WriteItemType,
+)
+from torch.distributed.checkpoint.storage import WriteResult
+
+from persisting.errors import CorruptionError, InvalidRecordError
+from persisting.params.store import ParamStore
+from persisting.params.tree import decode_tree, encode_plain
+
+__all__ = ["ParamStoreReader", "ParamStoreWriter"]
+
+_ROOT = "dcp"
+
+
+def _item_key(index: MetadataIndex) -> str:
+    offset = "" if index.offset is None else ",".join(str(int(o)) for o in index.offset)
+    return f"{index.fqn}@{offset}"
+
+
+def _done(value: Any) -> torch.futures.Future[Any]:
+    f: torch.futures.Future[Any] = torch.futures.Future()
+    f.set_result(value)
+    return f
+
+
+def _name(obj: Any) -> str:
+    return str(obj).removeprefix("torch.")
+
+
+def _metadata_to_plain(md: Metadata) -> dict[str, Any]:
+    entries: dict[str, Any] = {}
+    for fqn, m in md.state_dict_metadata.items():
+        if isinstance(m, BytesStorageMetadata):
+            entries[fqn] = {"kind": "bytes"}
+        else:
+            p = m.properties
+            entries[fqn] = {
+                "kind": "tensor",
+                "dtype": _name(p.dtype), "layout": _name(p.layout), "requires_grad": bool(p.requires_grad),
+                "memory_format": _name(p.memory_format), "pin_memory": bool(p.pin_memory),
+                "size": [int(s) for s in m.size],
+                "chunks": [[[int(o) for o in c.offsets], [int(s) for s in c.sizes]] for c in m.chunks],
+            }
+    storage = [
+        [i.fqn, None if i.offset is None else [int(o) for o in i.offset], i.index, key]
+        for i, key in (md.storage_data or {}).items()
+    ]
+    return {
+        "entries": entries,
+        "planner_data": md.planner_data,
+        "storage": storage,
+        "version": getattr(md, "version", None),
+    }
+
+
+def _metadata_from_plain(doc: dict[str, Any]) -> Metadata:
+    entries: dict[str, Any] = {}
+    for fqn, e in doc["entries"].items():
+        if e["kind"] == "bytes":
+            entries[fqn] = BytesStorageMetadata()
+            continue
+        props = TensorProperties(
+            dtype=getattr(torch, e["dtype"]), layout=getattr(torch, e["layout"]),
+            requires_grad=e["requires_grad"], memory_format=getattr(torch, e["memory_format"]),
+            pin_memory=e["pin_memory"],
+        )
+        chunks = [ChunkStorageMetadata(offsets=torch.Size(o), sizes=torch.Size(s)) for o, s in e["chunks"]]
+        entries[fqn] = TensorStorageMetadata(properties=props, size=torch.Size(e["size"]), chunks=chunks)
+    storage = {
+        MetadataIndex(fqn=fqn, offset=None if off is None else torch.Size(off), index=index): key
+        for fqn, off, index, key in doc["storage"]
+    }
+    md = Metadata(state_dict_metadata=entries, planner_data=doc["planner_data"], storage_data=storage)
+    if doc.get("version") is not None and any(f.name == "version" for f in dataclasses.fields(Metadata)):
+        md.version = doc["version"]
+    return md
+
+
+class ParamStoreWriter(StorageWriter):
+    """A DCP StorageWriter that saves the whole DCP checkpoint as ``store`` step ``step``."""
+
+    def __init__(
+        self, store: ParamStore, *, step: int, tags: tuple[str, ...] = (), metadata: dict[str, Any] | None = None,
+        allow_pickled_values: bool = False,
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.step = step
+        self.tags = tags
+        self.metadata = metadata
+        self.allow_pickled_values = allow_pickled_values
+        self._tensors: dict[str, torch.Tensor] = {}
+        self._bytes: dict[str, bytes] = {}
+
+    def reset(self, checkpoint_id: Any = None) -> None:
+        self._tensors, self._bytes = {}, {}
+
+    def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
+        return plan
+
+    def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
+        return plans
+
+    def write_data(self, plan: SavePlan, planner: SavePlanner) -> torch.futures.Future[list[WriteResult]]:
+        results = []
+        for item in plan.items:
+            key = _item_key(item.index)
+            data = planner.resolve_data(item)
+            if item.type == WriteItemType.BYTE_IO:
+                if not self.allow_pickled_values:
+                    raise InvalidRecordError(
+                        f"DCP value {item.index.fqn!r} is not a tensor: DCP pickles such values and unpickles "
+                        "them on load, which can execute code; store tensors only, keep plain values in "
+                        "ParamStore.save(..., metadata=) or pass allow_pickled_values=True",
+                        key=item.index.fqn,
+                    )
+                raw = data.getvalue() if isinstance(data, io.BytesIO) else bytes(data)
+                self._bytes[key] = raw
+                size = len(raw)
+            else:
+                assert isinstance(data, torch.Tensor)
+                tensor = data.detach().to("cpu")
+                self._tensors[key] = tensor
+                size = tensor.numel() * tensor.element_size()
+            results.append(WriteResult(index=item.index, size_in_bytes=size, storage_data=key))
+        return _done(results)
+
+    def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+        metadata.storage_data = {r.index: r.storage_data for rank in results for r in rank}
+        state = {
+            _ROOT: {
+                "metadata": encode_plain(_metadata_to_plain(metadata), what="DCP metadata"),
+                "tensors": self._tensors,
+                "bytes": self._bytes,
+            }
+        }
+        self.store.save(state, step=self.step, tags=self.tags, metadata=self.metadata)
+        self._tensors, self._bytes = {}, {}
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
+        return False  # we are addressed by a store and a step, never by a path
+
+
+class ParamStoreReader(StorageReader):
+    """A DCP StorageReader over checkpoint ``step`` (newest by default) of ``store``."""
+
+    def __init__(self, store: ParamStore, *, step: int | None = None, tag: str | None = None) -> None:
+        super().__init__()
+        self.store = store
+        self.step = store.info(step, tag=tag).step
+        self._metadata: Metadata | None = None
+
+    def reset(self, checkpoint_id: Any = None) -> None:
+        self._metadata = None
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        state = self.store.load(self.step, keys=f"{_ROOT}.metadata")
+        if _ROOT not in state:
+            raise CorruptionError(f"checkpoint step {self.step} of {self.store.path} was not written by DCP")
+        doc = decode_tree(state[_ROOT]["metadata"], _no_tensor)
+        return _metadata_from_plain(doc)
+
+    def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        self._metadata = metadata
+
+    def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
+        return plan
+
+    def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:
+        return plans
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> torch.futures.Future[None]:
+        from torch.distributed._shard._utils import narrow_tensor_by_index
+
+        assert self._metadata is not None
+        storage = self._metadata.storage_data
+        keys = {storage[item.storage_index] for item in plan.items}
+        patterns = [f"{_ROOT}.{part}.{_escape(k)}" for k in keys for part in ("tensors", "bytes")]
+        loaded = self.store.load(self.step, keys=patterns).get(_ROOT, {})
+        tensors, blobs = loaded.get("tensors", {}), loaded.get("bytes", {})
+        for item in plan.items:
+            key = storage[item.storage_index]
+            if item.type == LoadItemType.BYTE_IO:
+                planner.load_bytes(item, io.BytesIO(blobs[key]))
+                continue
+            src = narrow_tensor_by_index(tensors[key], item.storage_offsets, item.lengths)
+            target = planner.resolve_tensor(item).detach()
+            target.copy_(src)
+            planner.commit_tensor(item, target)
+        return _done(None)
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
+        return False
+
+
+def _escape(key: str) -> str:
+    """A glob that matches ``key`` literally (fqns may hold '[', '*' or '?')."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in key) if any(c in key for c in "*?[") else key
+
+
+def _no_tensor(i: int) -> Any:
+    raise CorruptionError("DCP metadata refers to a tensor; it holds plain values only")
+

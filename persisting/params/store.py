@@ -1,0 +1,571 @@
+"""ParamStore: versioned, deduplicated, crash-safe checkpoints for training loops.
+
+A store is a directory (or object-store prefix) with two engine tables: ``chunks.lance``
+(content-addressed tensor chunks, see :mod:`persisting.params.chunks`) and
+``checkpoints.lance`` (one manifest row per checkpoint, see :mod:`persisting.params.manifest`).
+``save`` writes the new chunks, commits them durably, and only then commits the manifest row:
+a crash at any point leaves earlier checkpoints intact and the partial one invisible; its
+chunks are orphans that :meth:`ParamStore.gc` reclaims. Nothing is pickled: the state tree is
+JSON with tensors by reference (:mod:`persisting.params.tree`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from persisting.engine.codec import checksum, decode_tensor, dtype_name
+from persisting.engine.names import check_name
+from persisting.engine.options import TableOptions
+from persisting.engine.table import Table
+from persisting.errors import (
+    ClosedError,
+    CorruptionError,
+    InvalidRecordError,
+    NotFoundError,
+    SchemaError,
+    StorageError,
+)
+from persisting.params import manifest as mf
+from persisting.params.chunks import ChunkTable
+from persisting.params.manifest import CheckpointInfo, Manifest, TensorEntry
+from persisting.params.tree import (
+    NUMPY_SCALAR,
+    TORCH,
+    TensorRef,
+    decode_tree,
+    encode_plain,
+    encode_tree,
+    is_dict_node,
+    select,
+    top_level,
+    tree_tensor_indices,
+)
+
+__all__ = ["DEFAULT_CHUNK_BYTES", "GCReport", "ParamStore"]
+
+DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+DEFAULT_COMMIT_BYTES = 256 * 1024 * 1024
+Keys = str | Sequence[str]
+
+
+@dataclass(frozen=True)
+class GCReport:
+    """What :meth:`ParamStore.gc` reclaimed: unreferenced chunks and the disk bytes freed."""
+
+    chunks_removed: int
+    bytes_removed: int
+    bytes_freed: int
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    step: int
+    tags: tuple[str, ...]
+    metadata: Any
+    tree: Any
+    tensors: tuple[TensorRef, ...]
+
+
+class ParamStore:
+    """Versioned checkpoints of training state (model, optimizer, RNG, step...).
+
+    ``keep_last`` keeps that many newest untagged checkpoints after each save (tagged ones and
+    the newest are never deleted by retention). ``storage_options`` go to Lance for object
+    stores; a remote ``path`` also needs ``wal_dir``, a local directory for the writer locks.
+    ``chunk_bytes`` is the dedup granularity. One writer per store; ``read_only`` opens allow
+    any number of readers.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        keep_last: int | None = None,
+        storage_options: dict[str, str] | None = None,
+        wal_dir: str | os.PathLike[str] | None = None,
+        read_only: bool = False,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        commit_bytes: int = DEFAULT_COMMIT_BYTES,
+    ) -> None:
+        if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1):
+            raise SchemaError(f"keep_last must be None or an int >= 1, got {keep_last!r}", keep_last=keep_last)
+        for name, value in (("chunk_bytes", chunk_bytes), ("commit_bytes", commit_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise SchemaError(f"{name} must be a positive int, got {value!r}")
+        self.path = os.fspath(path)
+        self.keep_last = keep_last
+        self.read_only = read_only
+        self.chunk_bytes = chunk_bytes
+        root = self.path.rstrip("/")
+        if "://" not in root and not read_only:
+            os.makedirs(root, exist_ok=True)
+        wal = os.fspath(wal_dir) if wal_dir is not None else None
+        self._lock = threading.RLock()  # held by every write and read of the tables
+        self._submit_lock = threading.Lock()  # guards _inflight, so save_async never waits on a write
+        self._closed = False
+        self._executor: ThreadPoolExecutor | None = None
+        self._inflight: dict[int, Future[CheckpointInfo]] = {}
+        self._staging: dict[tuple[Any, tuple[int, ...]], list[Any]] = {}  # reusable snapshot buffers
+        self._counts = {"saves": 0, "loads": 0, "bytes_written": 0, "chunks_written": 0,
+                        "bytes_deduplicated": 0, "bytes_read": 0, "chunks_read": 0}
+        self._chunks = ChunkTable(
+            root + "/chunks.lance", storage_options=storage_options,
+            wal_dir=None if wal is None else os.path.join(wal, "chunks.wal"),
+            read_only=read_only, commit_bytes=commit_bytes,
+        )
+        try:
+            self._manifests = Table(
+                root + "/checkpoints.lance",
+                options=TableOptions(durability="none", compact_fragments=32),
+                schema=mf.SCHEMA, storage_options=storage_options,
+                wal_dir=None if wal is None else os.path.join(wal, "checkpoints.wal"),
+                read_only=read_only, store="params", name="checkpoints",
+            )
+        except BaseException:
+            self._chunks.close()
+            raise
+        self._infos = self._read_infos()
+
+    # -- reading the manifest table ---------------------------------------------------------
+    def _read_infos(self) -> dict[int, CheckpointInfo]:
+        t = self._manifests.scan(columns=mf.INFO_COLUMNS)
+        return {i.step: i for i in (mf.info_from_row(r, _decode_plain) for r in t.to_pylist())}
+
+    def _manifest(self, step: int) -> Manifest:
+        t = self._manifests.scan(columns=["manifest"], filter=f"step = {int(step)}")
+        if t.num_rows == 0:
+            raise NotFoundError(f"checkpoint step {step} has no manifest in {self.path}", step=step)
+        try:
+            return Manifest.loads(t.column("manifest")[0].as_py())
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptionError(f"manifest of step {step} in {self.path} cannot be read: {exc}", step=step) from exc
+
+    def _resolve(self, step: int | None, tag: str | None) -> CheckpointInfo:
+        if tag is not None:
+            check_name(tag, what="tag")
+            tagged = [i for i in self._infos.values() if tag in i.tags and (step is None or i.step == step)]
+            if not tagged:
+                raise NotFoundError(f"no checkpoint in {self.path} has tag {tag!r}", tag=tag)
+            return max(tagged, key=lambda i: i.step)
+        if step is None:
+            if not self._infos:
+                raise NotFoundError(f"{self.path} holds no checkpoint yet; save one first", step=None)
+            return self._infos[max(self._infos)]
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or int(step) not in self._infos:
+            have = sorted(self._infos)
+            raise NotFoundError(
+                f"{self.path} has no checkpoint at step {step!r}; steps stored: {have[-10:]}", step=step
+            )
+        return self._infos[int(step)]
+
+    # -- public API ----------------------------------------------------------------------------
+    def list(self) -> list[CheckpointInfo]:
+        """Every complete checkpoint, oldest step first."""
+        with self._lock:
+            self._check_open()
+            return [self._infos[s] for s in sorted(self._infos)]
+
+    def info(self, step: int | None = None, *, tag: str | None = None) -> CheckpointInfo:
+        """The checkpoint at ``step`` (newest by default, or the newest with ``tag``)."""
+        with self._lock:
+            self._check_open()
+            return self._resolve(step, tag)
+
+    def latest(self) -> CheckpointInfo | None:
+        """The newest checkpoint, or None when there is none."""
+        with self._lock:
+            self._check_open()
+            return self._infos[max(self._infos)] if self._infos else None
+
+    def save(
+        self, state: Any, *, step: int, tags: Iterable[str] = (), metadata: Mapping[str, Any] | None = None
+    ) -> CheckpointInfo:
+        """Store ``state`` as checkpoint ``step``; it is visible once this returns, and durable.
+
+        Bad input (an unsupported value, a key neither str nor int, a bad tag, a step that
+        exists) raises before anything is written.
+        """
+        prepared = self._prepare(state, step, tags, metadata)
+        with self._lock:
+            return self._write(prepared)
+
+    def save_async(
+        self, state: Any, *, step: int, tags: Iterable[str] = (), metadata: Mapping[str, Any] | None = None
+    ) -> Future[CheckpointInfo]:
+        """Like :meth:`save`, but only validates and copies the tensors before returning; the
+        write happens on a background thread. The caller may change its tensors at once."""
+        prepared = self._prepare(state, step, tags, metadata)  # validation, outside the write lock
+        with self._submit_lock:
+            staging, self._staging = self._staging, {}
+        snapshot = replace(prepared, tensors=tuple(_snapshot(r, staging) for r in prepared.tensors))
+        with self._submit_lock:
+            self._check_new_step(snapshot.step)
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="persisting-params-save")
+            future = self._executor.submit(self._write_locked, snapshot)
+            self._inflight[snapshot.step] = future
+        future.add_done_callback(functools.partial(self._settled, snapshot.step))
+        return future
+
+    def _settled(self, step: int, _future: Future[CheckpointInfo]) -> None:
+        with self._submit_lock:
+            self._inflight.pop(step, None)
+
+    def wait(self) -> None:
+        """Block until every :meth:`save_async` has finished (errors stay on their futures)."""
+        for f in list(self._inflight.values()):
+            f.exception()
+
+    def load(
+        self, step: int | None = None, *, tag: str | None = None, keys: Keys | None = None, into: Any = None
+    ) -> Any:
+        """The state saved at ``step`` (newest by default, or newest with ``tag``).
+
+        ``keys`` (a dotted prefix such as ``"model"`` or a glob such as ``"model.*.weight"``, or a
+        list of them) returns only matching parts and reads only their chunks. Every chunk is
+        checked against its checksum; a corrupt one raises CorruptionError.
+
+        ``into`` (a state shaped like the saved one, e.g. the live ``{"model": ..., "optim": ...}``)
+        lends its CPU tensors: a stored tensor whose name, dtype and shape match one of them is
+        read straight into it (no new allocation) and that tensor is returned in its place. If a
+        chunk turns out corrupt, those tensors may be left partly overwritten.
+        """
+        with self._lock:
+            self._check_open()
+            info = self._resolve(step, tag)
+            m = self._manifest(info.step)
+            tree = m.tree if keys is None else select(m.tree, keys)
+            wanted = sorted(set(tree_tensor_indices(tree)))
+            dest = _tensors_by_name(into) if into is not None else {}
+            values = self._materialize({i: m.tensors[i] for i in wanted}, info.step, dest)
+            self._counts["loads"] += 1
+        return decode_tree(tree, values.__getitem__)
+
+    def load_into(
+        self, module: Any, step: int | None = None, *, tag: str | None = None, key: str | None = None,
+        strict: bool = True,
+    ) -> Any:
+        """Load a model's weights into ``module`` (``load_state_dict``). ``key`` names the part of
+        the state that is the model's state dict; by default ``"model"`` if the checkpoint has
+        one, else the whole state. Returns what ``load_state_dict`` returns."""
+        with self._lock:
+            self._check_open()
+            info = self._resolve(step, tag)
+            if key is None:
+                top = top_level(self._manifest(info.step).tree)
+                key = "model" if "model" in top and is_dict_node(top["model"]) else None
+            # read straight into the module's own tensors; load_state_dict then copies nothing
+            own = module.state_dict()
+            state = self.load(info.step, keys=key, into=own if key is None else _nest(key, own))
+        if key is not None:
+            for part in key.split("."):
+                state = state[part] if part in state else state[int(part)]
+        return module.load_state_dict(state, strict=strict)
+
+    def delete(self, step: int) -> None:
+        """Remove checkpoint ``step`` (its unshared chunks go at the next :meth:`gc`)."""
+        with self._lock:
+            self._check_writable()
+            info = self._resolve(step, None)
+            self._manifests.delete(f"step = {info.step}")
+            del self._infos[info.step]
+
+    def gc(self, *, compact: bool = False) -> GCReport:
+        """Delete chunks no checkpoint references (orphans of crashed saves, chunks of deleted
+        checkpoints) and free their disk space. Waits for running saves.
+
+        Fragments left wholly dead are freed at once; ``compact=True`` also rewrites fragments
+        that are only partly dead (it copies their live chunks, so it costs I/O).
+        """
+        with self._lock:
+            self._check_writable()
+            referenced: set[str] = set()
+            for text in self._manifests.scan(columns=["manifest"]).column("manifest").to_pylist():
+                referenced |= Manifest.loads(text).chunk_keys()
+            removed, removed_bytes = self._chunks.remove_unreferenced(referenced)
+            freed = self._chunks.reclaim(compact=compact) if removed or compact else 0
+            return GCReport(removed, removed_bytes, freed)
+
+    def export_safetensors(self, step: int | None, path: str | os.PathLike[str], *, tag: str | None = None) -> None:
+        """Write checkpoint ``step`` as a safetensors file (flat dotted names)."""
+        from persisting.params.safetensors_io import export_safetensors
+
+        export_safetensors(self, step, os.fspath(path), tag=tag)
+
+    def import_safetensors(
+        self, path: str | os.PathLike[str], *, step: int, tags: Iterable[str] = (),
+        metadata: Mapping[str, Any] | None = None,
+    ) -> CheckpointInfo:
+        """Store a safetensors file as checkpoint ``step``."""
+        from persisting.params.safetensors_io import import_safetensors
+
+        return import_safetensors(self, os.fspath(path), step=step, tags=tags, metadata=metadata)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "path": self.path,
+                "checkpoints": len(self._infos),
+                "chunks": len(self._chunks),
+                "chunk_bytes_stored": self._chunks.stored_bytes,
+                **self._counts,
+            }
+
+    def close(self) -> None:
+        """Finish running saves, then close both tables; idempotent."""
+        if self._closed:
+            return
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._chunks.close()
+            finally:
+                self._manifests.close()
+
+    def __enter__(self) -> "ParamStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ParamStore({self.path!r}, checkpoints={len(self._infos)})"
+
+    # -- writing ---------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"ParamStore {self.path} is closed; open it again to use it")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.read_only:
+            raise StorageError(f"ParamStore {self.path} is open read-only; open it without read_only to write")
+
+    def _prepare(self, state: Any, step: int, tags: Iterable[str], metadata: Mapping[str, Any] | None) -> _Prepared:
+        self._check_writable()
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise InvalidRecordError(f"step must be an int >= 0, got {step!r}", step=step)
+        step = int(step)
+        if isinstance(tags, str):
+            tags = (tags,)
+        tag_tuple = tuple(check_name(t, what="tag") for t in tags)
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise InvalidRecordError(f"metadata must be a dict, got {type(metadata).__name__}")
+        meta_tree = encode_plain(dict(metadata or {}), what="metadata")
+        tree, tensors = encode_tree(state)
+        for ref in tensors:
+            value = np.asarray(ref.value) if ref.kind == NUMPY_SCALAR else ref.value
+            dtype_name(value)  # unsupported dtypes fail here, before any byte is written
+        self._check_new_step(step)
+        return _Prepared(step, tag_tuple, meta_tree, tree, tuple(tensors))
+
+    def _check_new_step(self, step: int) -> None:
+        if step in self._infos or step in self._inflight:
+            raise InvalidRecordError(
+                f"{self.path} already holds a checkpoint at step {step}; delete it first or use another step",
+                step=step,
+            )
+
+    def _write_locked(self, p: _Prepared) -> CheckpointInfo:
+        with self._lock:
+            info = self._write(p)
+        # the write is committed, nothing references the snapshot now: keep its buffers for the
+        # next save_async, whose copy then lands in memory that is already mapped (page faults
+        # on fresh memory cost more than the copy itself)
+        staging: dict[tuple[Any, tuple[int, ...]], list[Any]] = {}
+        for ref in p.tensors:
+            if ref.kind == TORCH and ref.value.device.type == "cpu":
+                staging.setdefault((ref.value.dtype, tuple(ref.value.shape)), []).append(ref.value)
+        with self._submit_lock:
+            self._staging = staging
+        return info
+
+    def _write(self, p: _Prepared) -> CheckpointInfo:
+        self._check_writable()
+        if p.step in self._infos:
+            self._check_new_step(p.step)
+        entries: list[TensorEntry] = []
+        new_bytes = new_chunks = num_chunks = nbytes = 0
+        for ref in p.tensors:
+            value = np.asarray(ref.value) if ref.kind == NUMPY_SCALAR else ref.value
+            raw, dtype, shape = _raw_view(value)
+            put = self._chunks.put(raw, self.chunk_bytes)
+            digest = checksum("".join(put.hashes).encode()).hex()  # over the chunk keys: no second pass
+            entries.append(TensorEntry(ref.name, ref.kind, dtype, shape, raw.nbytes, digest, put.hashes))
+            new_bytes += put.new_bytes
+            new_chunks += put.new_chunks
+            num_chunks += len(put.hashes)
+            nbytes += raw.nbytes
+        self._chunks.commit()  # every chunk durable before the manifest row that makes it visible
+        info = CheckpointInfo(
+            step=p.step, created_at=time.time(), tags=p.tags, metadata=decode_tree(p.metadata, _no_tensor),
+            nbytes=nbytes, new_bytes=new_bytes, num_tensors=len(entries), num_chunks=num_chunks,
+            new_chunks=new_chunks,
+        )
+        row = {
+            "step": info.step, "created_at": info.created_at, "tags": json.dumps(list(p.tags)),
+            "metadata": json.dumps(p.metadata, allow_nan=False), "nbytes": nbytes, "new_bytes": new_bytes,
+            "num_tensors": len(entries), "num_chunks": num_chunks, "new_chunks": new_chunks,
+            "manifest": Manifest(p.tree, tuple(entries)).dumps(),
+        }
+        self._manifests.append(pa.RecordBatch.from_pylist([row], schema=mf.SCHEMA))
+        self._manifests.flush()  # the commit point: the checkpoint exists from here on
+        self._infos[p.step] = info
+        self._counts["saves"] += 1
+        self._counts["bytes_written"] += new_bytes
+        self._counts["chunks_written"] += new_chunks
+        self._counts["bytes_deduplicated"] += nbytes - new_bytes
+        self._apply_retention()
+        return info
+
+    def _apply_retention(self) -> None:
+        if self.keep_last is None or len(self._infos) <= self.keep_last:
+            return
+        steps = sorted(self._infos, reverse=True)
+        untagged = [s for s in steps if not self._infos[s].tags]
+        keep = set(untagged[: self.keep_last]) | {steps[0]} | {s for s in steps if self._infos[s].tags}
+        doomed = [s for s in steps if s not in keep]
+        if not doomed:
+            return
+        self._manifests.delete(f"step IN ({', '.join(str(s) for s in doomed)})")
+        for s in doomed:
+            del self._infos[s]
+        self.gc()
+
+    # -- reading tensors -------------------------------------------------------------------
+    def _materialize(self, entries: Mapping[int, TensorEntry], step: int, dest: Mapping[str, Any]) -> dict[int, Any]:
+        """Build the tensors of ``entries`` from their chunks, each chunk read once; ``dest``
+        offers existing tensors by name to read into."""
+        buffers: dict[int, np.ndarray] = {}
+        outputs: dict[int, Any] = {}
+        targets: dict[str, list[tuple[int, int]]] = {}
+        for i, e in entries.items():
+            if e.kind == TORCH:
+                import torch
+
+                t: Any = dest.get(e.name)
+                if not _fits(t, e):
+                    t = torch.empty(e.shape, dtype=getattr(torch, e.dtype))
+                outputs[i] = t
+                t = t.detach()
+                buffers[i] = t.reshape(-1).view(torch.uint8).numpy() if e.nbytes else np.empty(0, np.uint8)
+            else:
+                buffers[i] = np.empty(e.nbytes, np.uint8)
+            offset = 0
+            for key in e.chunks:
+                targets.setdefault(key, []).append((i, offset))
+                offset += self._chunks.size(key)
+            if offset != e.nbytes:
+                raise CorruptionError(
+                    f"tensor {e.name!r} of step {step}: its chunks hold {offset} bytes, its manifest says {e.nbytes}",
+                    step=step, key=e.name,
+                )
+        for key, data in self._chunks.read(targets):
+            src = data
+            for i, off in targets[key]:
+                buffers[i][off : off + len(src)] = src
+            self._counts["bytes_read"] += len(src)
+            self._counts["chunks_read"] += 1
+        for i, e in entries.items():
+            if e.kind != TORCH:
+                raw = memoryview(buffers[i])  # type: ignore[arg-type]  # numpy stubs lack Buffer
+                arr = decode_tensor(raw, dtype=e.dtype, shape=e.shape, framework="numpy", copy=False)
+                outputs[i] = arr[()] if e.kind == NUMPY_SCALAR else arr
+        return outputs
+
+
+def _raw_view(x: Any) -> tuple[memoryview, str, tuple[int, ...]]:
+    """Zero-copy bytes (a copy only if not contiguous), dtype name and shape of a tensor.
+
+    Like ``codec.encode_tensor`` without its whole-tensor checksum: the chunk hashes already
+    cover every byte, so hashing twice would only slow saves down.
+    """
+    name = dtype_name(x)
+    if isinstance(x, np.ndarray):
+        arr = np.ascontiguousarray(x)
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        return memoryview(arr.reshape(-1).view(np.uint8)), name, tuple(int(s) for s in x.shape)  # type: ignore[arg-type]
+    import torch
+
+    t = x.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    shape = tuple(int(s) for s in t.shape)
+    flat = t.contiguous().reshape(-1)
+    raw = flat.view(torch.uint8).numpy() if flat.numel() else np.empty(0, np.uint8)
+    return memoryview(raw).cast("B"), name, shape  # type: ignore[arg-type]
+
+
+def _tensors_by_name(state: Any, path: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The torch tensors of a nested state by dotted name (the names the manifest uses)."""
+    out = {} if out is None else out
+    if isinstance(state, Mapping):
+        for k, v in state.items():
+            _tensors_by_name(v, f"{path}.{k}" if path else str(k), out)
+    elif isinstance(state, (list, tuple)):
+        for i, v in enumerate(state):
+            _tensors_by_name(v, f"{path}.{i}" if path else str(i), out)
+    elif type(state).__module__.startswith("torch") and hasattr(state, "is_contiguous"):
+        out[path or "<root>"] = state
+    return out
+
+
+def _nest(key: str, value: Any) -> Any:
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def _fits(t: Any, e: TensorEntry) -> bool:
+    """Can stored tensor ``e`` be read straight into ``t``?"""
+    return (
+        t is not None and str(t.dtype).removeprefix("torch.") == e.dtype and tuple(t.shape) == e.shape
+        and t.device.type == "cpu" and t.is_contiguous() and e.nbytes > 0
+    )
+
+
+def _decode_plain(tree: Any) -> Any:
+    return decode_tree(tree, _no_tensor)
+
+
+def _no_tensor(i: int) -> Any:
+    raise CorruptionError(f"metadata refers to tensor {i}; metadata holds plain values only")
+
+
+def _snapshot(ref: TensorRef, staging: dict[tuple[Any, tuple[int, ...]], list[Any]]) -> TensorRef:
+    """A private copy of a tensor, so the caller may change the original at once; into a
+    buffer of ``staging`` (same dtype and shape) when one is left."""
+    if ref.kind == TORCH:
+        t = ref.value.detach()
+        spare = staging.get((t.dtype, tuple(t.shape)))
+        if spare:
+            buf = spare.pop()
+            buf.copy_(t)
+            return TensorRef(ref.name, ref.kind, buf)
+        copy = t.to("cpu", copy=True) if t.device.type != "cpu" else t.clone(memory_format=_contiguous())
+        return TensorRef(ref.name, ref.kind, copy)
+    if ref.kind == NUMPY_SCALAR:
+        return ref
+    return TensorRef(ref.name, ref.kind, np.array(ref.value, copy=True, order="C"))
+
+
+def _contiguous() -> Any:
+    import torch
+
+    return torch.contiguous_format
