@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AlreadyExistsError",
     "ClosedError",
     "ConfigError",
     "CorruptionError",
@@ -49,6 +50,10 @@ def _rebuild(cls: type[PersistingError], message: str, details: dict[str, Any]) 
 
 class NotFoundError(PersistingError, KeyError):
     """A key, version, tag, checkpoint or episode that does not exist."""
+
+
+class AlreadyExistsError(PersistingError, FileExistsError):
+    """A key, step or name that is already taken (e.g. a checkpoint step saved twice)."""
 
 
 class SchemaError(PersistingError, ValueError):

@@ -26,6 +26,7 @@ __all__ = [
     "decompress",
     "dtype_name",
     "encode_tensor",
+    "raw_view",
 ]
 
 COMPRESSIONS = (None, "zstd", "lz4", "snappy")
@@ -140,8 +141,10 @@ def dtype_name(x: Any) -> str:
     return name
 
 
-def _raw_bytes(x: Any) -> tuple[memoryview, str, tuple[int, ...]]:
-    """Zero-copy byte view of a tensor's contents (one copy only if it is not contiguous)."""
+def raw_view(x: Any) -> tuple[memoryview, str, tuple[int, ...]]:
+    """(bytes, dtype name, shape) of a numpy array or torch tensor: a zero-copy view of its
+    memory (one copy only if it is not contiguous, little-endian and on the CPU). For callers
+    that hash or chunk the bytes themselves; :func:`encode_tensor` adds compression and a checksum."""
     if _is_torch(x):
         import torch
 
@@ -170,7 +173,7 @@ def encode_tensor(x: Any, *, compression: str | None = None, level: int | None =
     Without compression the payload is a view of the tensor's memory, not a copy: store it
     before the caller mutates the tensor.
     """
-    raw, name, shape = _raw_bytes(x)
+    raw, name, shape = raw_view(x)
     data = compress(raw, compression, level=level)
     return EncodedTensor(
         data=data,

@@ -171,8 +171,18 @@ class TableReads:
         return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
     def read_blobs(self, column: str, positions: Sequence[int]) -> list[bytes | None]:
-        """Bytes of a blob column for the rows at ``positions``."""
-        return self.take(positions, columns=[column]).column(column).to_pylist()
+        """Bytes of a blob column for the rows at ``positions``: committed rows are read once,
+        straight from Lance's blob files into ``bytes`` (no Arrow copy in between)."""
+        with self._lock:
+            self._check_open()
+            ds = self._ds
+            if ds is None or column not in ds.schema.names or not is_blob(ds.schema.field(column)) or any(
+                not 0 <= p < self._flushed_rows for p in positions
+            ):
+                return self.take(positions, columns=[column]).column(column).to_pylist()
+        out = [None if b is None else read_blob(b) for b in ds.take_blobs(column, indices=list(positions))]
+        self.metrics.bytes_read.inc(sum(len(v) for v in out if v is not None))
+        return out
 
     def iter_batches(
         self, *, columns: list[str] | None = None, filter: str | None = None, batch_rows: int = 65536

@@ -100,6 +100,7 @@ class Table(TableReads):
         try:
             self._ds = open_dataset(self.uri, storage_options, version)
             self._declared = schema
+            self._version = version
             self._load_state()
             if version is None:
                 self._open_reader() if self.read_only else self._recover()
@@ -494,6 +495,20 @@ class Table(TableReads):
                 raise NotFoundError(f"table {self.uri} has no tag {name!r}", tag=name)
             assert self._ds is not None
             self._ds.tags.delete(name)
+
+    def refresh(self) -> None:
+        """Read-only tables: see what the writer committed or logged since this one opened."""
+        with self._lock:
+            self._check_open()
+            if not self.read_only:
+                return  # a writer always sees its own state
+            if self._version is not None:
+                return  # a checked-out version never changes
+            self._ds = open_dataset(self.uri, self.storage_options)
+            self._pending = Pending()
+            self.recovery_report = ReplayReport()
+            self._load_state()
+            self._open_reader()
 
     # -- closing -----------------------------------------------------------------------------
     def close(self) -> None:

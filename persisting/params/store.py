@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from persisting.engine.codec import checksum, decode_tensor, dtype_name
+from persisting.engine.codec import checksum, decode_tensor, dtype_name, raw_view
 from persisting.engine.names import check_name
 from persisting.engine.options import TableOptions
 from persisting.engine.table import Table
 from persisting.errors import (
+    AlreadyExistsError,
     ClosedError,
     CorruptionError,
     InvalidRecordError,
@@ -337,7 +338,7 @@ class ParamStore:
             finally:
                 self._manifests.close()
 
-    def __enter__(self) -> "ParamStore":
+    def __enter__(self) -> ParamStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -376,7 +377,7 @@ class ParamStore:
 
     def _check_new_step(self, step: int) -> None:
         if step in self._infos or step in self._inflight:
-            raise InvalidRecordError(
+            raise AlreadyExistsError(
                 f"{self.path} already holds a checkpoint at step {step}; delete it first or use another step",
                 step=step,
             )
@@ -403,7 +404,7 @@ class ParamStore:
         new_bytes = new_chunks = num_chunks = nbytes = 0
         for ref in p.tensors:
             value = np.asarray(ref.value) if ref.kind == NUMPY_SCALAR else ref.value
-            raw, dtype, shape = _raw_view(value)
+            raw, dtype, shape = raw_view(value)
             put = self._chunks.put(raw, self.chunk_bytes)
             digest = checksum("".join(put.hashes).encode()).hex()  # over the chunk keys: no second pass
             entries.append(TensorEntry(ref.name, ref.kind, dtype, shape, raw.nbytes, digest, put.hashes))
@@ -487,29 +488,6 @@ class ParamStore:
                 arr = decode_tensor(raw, dtype=e.dtype, shape=e.shape, framework="numpy", copy=False)
                 outputs[i] = arr[()] if e.kind == NUMPY_SCALAR else arr
         return outputs
-
-
-def _raw_view(x: Any) -> tuple[memoryview, str, tuple[int, ...]]:
-    """Zero-copy bytes (a copy only if not contiguous), dtype name and shape of a tensor.
-
-    Like ``codec.encode_tensor`` without its whole-tensor checksum: the chunk hashes already
-    cover every byte, so hashing twice would only slow saves down.
-    """
-    name = dtype_name(x)
-    if isinstance(x, np.ndarray):
-        arr = np.ascontiguousarray(x)
-        if arr.dtype.byteorder == ">":
-            arr = arr.astype(arr.dtype.newbyteorder("<"))
-        return memoryview(arr.reshape(-1).view(np.uint8)), name, tuple(int(s) for s in x.shape)  # type: ignore[arg-type]
-    import torch
-
-    t = x.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    shape = tuple(int(s) for s in t.shape)
-    flat = t.contiguous().reshape(-1)
-    raw = flat.view(torch.uint8).numpy() if flat.numel() else np.empty(0, np.uint8)
-    return memoryview(raw).cast("B"), name, shape  # type: ignore[arg-type]
 
 
 def _tensors_by_name(state: Any, path: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:

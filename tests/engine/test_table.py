@@ -258,3 +258,32 @@ def test_int_to_float_widening_never_fails_at_commit(uri: str) -> None:
         t.append([{"x": 0.5}])  # widens the column to float64 while `big` is still buffered
         t.flush()  # must not raise: the row was acknowledged
         assert t.scan().column("x").to_pylist() == [float(big), 0.5]
+
+
+def test_reader_refresh_sees_new_commits_and_wal(uri: str) -> None:
+    with Table(uri) as w:
+        w.append(rows(0, 3))
+        w.flush()
+        r = Table(uri, read_only=True)
+        assert r.count() == 3
+        w.append(rows(3, 2))  # only in the writer's WAL
+        w.sync()
+        r.refresh()
+        assert r.scan().column("seq").to_pylist() == list(range(5))
+        w.flush()
+        w.append(rows(5, 1))
+        r.refresh()
+        assert r.count() == 6
+        assert r.read_blobs  # read-only tables expose reads only
+        r.close()
+
+
+def test_read_blobs_direct_path_matches_take(uri: str) -> None:
+    schema = pa.schema([pa.field("k", pa.int64()),
+                        pa.field("b", pa.large_binary(), metadata={"lance-encoding:blob": "true"})])
+    with Table(uri, schema=schema, options=TableOptions(durability="none")) as t:
+        t.append([{"k": i, "b": bytes([i]) * (i + 1)} for i in range(10)])
+        t.flush()
+        t.append([{"k": 10, "b": b"pending"}])
+        assert t.read_blobs("b", [3, 0, 9]) == [b"\x03" * 4, b"\x00", b"\x09" * 10]
+        assert t.read_blobs("b", [10, 2]) == [b"pending", b"\x02" * 3]  # mixed: through take()

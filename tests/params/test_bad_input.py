@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from persisting.errors import (
+    AlreadyExistsError,
     CorruptionError,
     InvalidNameError,
     InvalidRecordError,
@@ -66,7 +67,7 @@ def test_bad_tags_steps_and_metadata(store_path: str) -> None:
         for tag in ("../escape", "", "a/b", "nul\x00"):
             with pytest.raises(InvalidNameError):
                 store.save({"w": torch.ones(8)}, step=2, tags=[tag])
-        with pytest.raises(InvalidRecordError):
+        with pytest.raises(AlreadyExistsError, match="step 1"):
             store.save({"w": torch.zeros(8)}, step=1)  # the step exists
         for step in (-1, 1.5, "3", True):
             with pytest.raises(InvalidRecordError):
