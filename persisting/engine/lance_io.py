@@ -60,11 +60,16 @@ def open_dataset(
 
 def applied_lsn(ds: lance.LanceDataset | None) -> int:
     """The highest WAL LSN applied to ``ds``: from the newest commit that recorded one, or
-    from the dataset config that maintenance (compaction, cleanup) keeps up to date."""
+    from the dataset config that maintenance (compaction, cleanup) keeps up to date.
+
+    Walks back from the newest version one transaction at a time (listing every version
+    first costs seconds once thousands accumulate) and stops at the first commit that carries
+    the LSN, or at the config update that recorded it: nothing older can hold a higher one.
+    """
     if ds is None:
         return 0
     best = int(ds.config().get(LSN_KEY, 0) or 0)
-    for v in sorted((v["version"] for v in ds.versions()), reverse=True):
+    for v in range(ds.version, 0, -1):
         try:
             tx = ds.read_transaction(v)
         except Exception:  # noqa: BLE001 - an old version's transaction may be cleaned up
@@ -72,6 +77,9 @@ def applied_lsn(ds: lance.LanceDataset | None) -> int:
         props = getattr(tx, "transaction_properties", None) or {}
         if LSN_KEY in props:
             return max(best, int(props[LSN_KEY]))
+        updates = getattr(getattr(getattr(tx, "operation", None), "config_updates", None), "updates", None)
+        if updates and LSN_KEY in updates:
+            return best
     return best
 
 
