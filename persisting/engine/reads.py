@@ -7,6 +7,7 @@ by Lance to committed rows and to an in-memory Lance copy of the pending ones.
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -183,6 +184,19 @@ class TableReads:
         out = [None if b is None else read_blob(b) for b in ds.take_blobs(column, indices=list(positions))]
         self.metrics.bytes_read.inc(sum(len(v) for v in out if v is not None))
         return out
+
+    def open_blobs(self, column: str, positions: Sequence[int], *, buffer_size: int = 8 << 20) -> list[Any]:
+        """File-like handles (``read``/``readinto``, context managers) on a blob column's values:
+        Lance blob files for committed rows, in-memory files for pending ones. For large
+        payloads read straight into the caller's buffers, without intermediate copies."""
+        with self._lock:
+            self._check_open()
+            ds = self._ds
+            committed = ds is not None and column in ds.schema.names and is_blob(ds.schema.field(column))
+            if not committed or any(not 0 <= p < self._flushed_rows for p in positions):
+                return [io.BytesIO(b or b"") for b in self.read_blobs(column, positions)]
+        assert ds is not None
+        return list(ds.take_blobs(column, indices=list(positions), buffer_size=buffer_size))
 
     def iter_batches(
         self, *, columns: list[str] | None = None, filter: str | None = None, batch_rows: int = 65536

@@ -1,0 +1,183 @@
+"""The in-memory index of a KV cache: which chunk keys exist, where, and how recently used.
+
+Chunks form a tree: each key names a whole prefix, and its parent is the key of the prefix one
+chunk shorter (the namespace seed for chunk 0). Eviction must never leave a chunk whose parent
+is gone, since no lookup could ever reach it. Recency is a counter, not a clock: touching a
+chain gives every chunk on it the same tick, so a parent's tick is never older than any of its
+children's, and the least recent chunk -- ties broken deepest first -- is always a leaf.
+"""
+
+from __future__ import annotations
+
+import gc
+import heapq
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["ChunkIndex", "Entry"]
+
+
+@dataclass(eq=False, slots=True)
+class Entry:
+    """One stored chunk: its key, parent key, depth (chunk number), payload size, row position."""
+
+    key: str
+    parent: str
+    depth: int
+    nbytes: int
+    position: int
+    tick: int = 0
+    children: list[str] | None = None
+
+
+class ChunkIndex:
+    """Key -> Entry, with the byte total and an LRU order over leaves."""
+
+    def __init__(self, seed: str) -> None:
+        self.seed = seed
+        self.entries: dict[str, Entry] = {}
+        self.nbytes = 0
+        self._tick = 0
+        self._heap: list[tuple[int, int, str]] | None = None  # built on the first eviction
+        self._tree = True
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    # -- building ----------------------------------------------------------------------------
+    def load(self, keys: Sequence[str], parents: Sequence[str], depths: Sequence[int], nbytes: Sequence[int]) -> list[int]:
+        """Rebuild from the table's rows (in row order); return positions of rows to drop:
+        duplicates and orphans (chunks whose parent is not stored)."""
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # 100k new objects would trigger full collections that find nothing
+        try:
+            return self._load(keys, parents, depths, nbytes)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _load(self, keys: Sequence[str], parents: Sequence[str], depths: Sequence[int], nbytes: Sequence[int]) -> list[int]:
+        entries: dict[str, Entry] = {}
+        seed = self.seed
+        drop: list[int] = []
+        total = 0
+        order = np.argsort(np.asarray(depths, dtype=np.int64), kind="stable").tolist()  # parents first
+        for i in order:
+            key, parent = keys[i], parents[i]
+            if key in entries or (parent != seed and parent not in entries):
+                drop.append(i)  # a duplicate, or an orphan whose parent is gone
+                continue
+            size = nbytes[i]
+            entries[key] = Entry(key, parent, depths[i], size, i, i + 1)  # recency at open: row order
+            total += size
+        self.entries, self.nbytes = entries, total
+        self._tick = len(keys) + 1
+        self._heap = None
+        self._tree = False  # children and the recency invariant are set up on first removal
+        return sorted(drop)
+
+    def _ensure_tree(self) -> None:
+        """Link children and make every parent at least as recent as its children; only
+        eviction and removal need either, so opening does not pay for them."""
+        if self._tree:
+            return
+        for e in self.entries.values():
+            e.children = None
+        for e in sorted(self.entries.values(), key=lambda e: -e.depth):
+            p = self.entries.get(e.parent)
+            if p is not None:
+                if p.children is None:
+                    p.children = [e.key]
+                else:
+                    p.children.append(e.key)
+                p.tick = max(p.tick, e.tick)
+        self._tree = True
+
+    def add(self, key: str, parent: str, depth: int, nbytes: int, position: int) -> None:
+        """A chunk just committed; its chain should be touched by the caller."""
+        if parent != self.seed:
+            p = self.entries.get(parent)
+            if p is None:
+                raise KeyError(f"parent {parent} of chunk {key} is not indexed")
+            if self._tree:
+                if p.children is None:
+                    p.children = [key]
+                else:
+                    p.children.append(key)
+        self.entries[key] = Entry(key, parent, depth, nbytes, position, self._tick)
+        self.nbytes += nbytes
+
+    def set_positions(self, keys_in_row_order: Sequence[str]) -> None:
+        """Row positions shift when rows are deleted; reassign them from a fresh scan."""
+        for pos, key in enumerate(keys_in_row_order):
+            e = self.entries.get(key)
+            if e is not None:
+                e.position = pos
+
+    # -- reading -----------------------------------------------------------------------------
+    def longest_prefix(self, keys: Iterable[str]) -> list[Entry]:
+        """Entries of the longest run of ``keys`` (a chain, in order) that is indexed."""
+        out = []
+        for key in keys:
+            e = self.entries.get(key)
+            if e is None:
+                break
+            out.append(e)
+        return out
+
+    def touch(self, chain: Sequence[Entry]) -> None:
+        """Mark a chain (root first) as used now: one tick for all of it."""
+        if not chain:
+            return
+        self._tick += 1
+        for e in chain:
+            e.tick = self._tick
+        if self._heap is not None:
+            for e in chain:
+                heapq.heappush(self._heap, (e.tick, -e.depth, e.key))
+            if len(self._heap) > 4 * len(self.entries) + 1024:
+                self._heap = None  # rebuilt from the live entries when next needed
+
+    # -- removing ----------------------------------------------------------------------------
+    def remove_subtree(self, key: str) -> list[Entry]:
+        """Remove a chunk and every chunk below it; return them, deepest first."""
+        root = self.entries.get(key)
+        if root is None:
+            return []
+        self._ensure_tree()
+        found, stack = [], [root]
+        while stack:
+            e = stack.pop()
+            found.append(e)
+            if e.children:
+                stack.extend(self.entries[c] for c in e.children if c in self.entries)
+        found.sort(key=lambda e: -e.depth)
+        for e in found:
+            del self.entries[e.key]
+            self.nbytes -= e.nbytes
+        p = self.entries.get(root.parent)
+        if p is not None and p.children:
+            p.children.remove(root.key)
+        return found
+
+    def pop_lru(self) -> list[Entry]:
+        """Remove the least recently used leaf (and, defensively, anything below it)."""
+        if self._heap is None:
+            self._rebuild_heap()
+        assert self._heap is not None
+        while self._heap:
+            tick, _, key = heapq.heappop(self._heap)
+            e = self.entries.get(key)
+            if e is not None and e.tick == tick:
+                return self.remove_subtree(key)
+        return []
+
+    def _rebuild_heap(self) -> None:
+        self._ensure_tree()
+        self._heap = [(e.tick, -e.depth, e.key) for e in self.entries.values()]
+        heapq.heapify(self._heap)

@@ -1,0 +1,554 @@
+"""KVCacheStore: save the attention KV cache of prompt prefixes and find it again after a restart.
+
+One Lance table per namespace (``<path>/<namespace>.lance``), one row per chunk of
+``chunk_size`` tokens: its chained key (see :mod:`persisting.kvcache.hashing`), its parent's key,
+its depth, dtype, shape, checksum and the payload in a blob column. Payloads skip the WAL
+(durability ``"none"``): each ``put`` ends with one fsynced Lance commit, which is the
+durability point, so a crash leaves whole committed chunks or nothing. The key index lives in
+memory, rebuilt from the small columns at open; ``lookup`` never reads a payload.
+
+Every 64 puts a maintenance pass drops old Lance versions and, while the store is small enough
+for it to be cheap, merges the per-put fragments: both would otherwise make opening slow.
+Evicted and corrupt chunks are deleted at once; their space comes back with compaction.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from persisting.engine.codec import COMPRESSIONS, checksum, decode_tensor, dtype_name, encode_tensor
+from persisting.engine.names import check_name
+from persisting.engine.options import TableOptions
+from persisting.engine.table import Table
+from persisting.errors import (
+    ClosedError,
+    CorruptionError,
+    InvalidRecordError,
+    PersistingError,
+    SchemaError,
+    StorageError,
+)
+from persisting.kvcache.hashing import as_token_array, iter_chunk_keys, namespace_seed
+from persisting.kvcache.index import ChunkIndex, Entry
+from persisting.kvcache.metrics import KVCacheMetrics
+
+__all__ = ["KVCacheStore", "Layout"]
+
+Framework = Literal["numpy", "torch"]
+
+_BLOB = {"lance-encoding:blob": "true"}
+SCHEMA = pa.schema([
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("parent", pa.string(), nullable=False),
+    pa.field("depth", pa.int32(), nullable=False),
+    pa.field("dtype", pa.string(), nullable=False),
+    pa.field("shape", pa.list_(pa.int64()), nullable=False),
+    pa.field("token_axis", pa.int32(), nullable=False),
+    pa.field("framework", pa.string(), nullable=False),
+    pa.field("compression", pa.string()),
+    pa.field("checksum", pa.binary(), nullable=False),
+    pa.field("raw_nbytes", pa.int64(), nullable=False),
+    pa.field("nbytes", pa.int64(), nullable=False),
+    pa.field("payload", pa.large_binary(), metadata=_BLOB),
+])
+_META_COLUMNS = ["key", "dtype", "shape", "token_axis", "compression", "checksum", "raw_nbytes"]
+_APPEND_BYTES = 64 * 1024 * 1024  # rows are handed to the table in groups of about this size
+_MAINTAIN_EVERY = 64  # puts between maintenance passes (drop old versions, merge fragments)
+_COMPACT_MAX_BYTES = 1024 * 1024 * 1024  # merge fragments only while the store holds at most this
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What every chunk of a namespace shares: dtype, token axis and the other dimensions."""
+
+    dtype: str
+    token_axis: int
+    other_dims: tuple[int, ...]
+
+    def shape(self, n_tokens: int) -> tuple[int, ...]:
+        dims = list(self.other_dims)
+        dims.insert(self.token_axis, n_tokens)
+        return tuple(dims)
+
+    def describe(self) -> str:
+        return f"dtype {self.dtype}, shape {self.shape(-1)} with tokens on axis {self.token_axis}".replace("-1", "seq")
+
+
+def _is_torch(x: object) -> bool:
+    return type(x).__module__.startswith("torch") and "torch" in sys.modules
+
+
+def _key_list(keys: list[str]) -> str:
+    return "key IN (" + ", ".join(f"'{k}'" for k in keys) + ")"
+
+
+class KVCacheStore:
+    """A persistent, namespaced, chunked store of attention KV caches.
+
+    ``namespace`` names model, weights revision, dtype and layout; namespaces never see each
+    other's entries (their keys start from different seeds and live in different tables).
+    ``capacity_bytes`` bounds the payload bytes held: least recently used chunks are evicted,
+    suffixes before their prefixes. ``compression`` is None, ``"zstd"``, ``"lz4"`` or
+    ``"snappy"``. ``storage_options`` and ``wal_dir`` (a local directory for the writer lock,
+    required when ``path`` is an object store) are passed to the engine.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        namespace: str,
+        chunk_size: int = 256,
+        capacity_bytes: int | None = None,
+        compression: str | None = None,
+        storage_options: dict[str, str] | None = None,
+        read_only: bool = False,
+        wal_dir: str | None = None,
+    ) -> None:
+        check_name(namespace, what="namespace")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+            raise SchemaError(f"chunk_size must be a positive int, got {chunk_size!r}", chunk_size=chunk_size)
+        if capacity_bytes is not None and (isinstance(capacity_bytes, bool) or not isinstance(capacity_bytes, int) or capacity_bytes < 0):
+            raise SchemaError(f"capacity_bytes must be None or an int >= 0, got {capacity_bytes!r}")
+        if compression not in COMPRESSIONS:
+            raise SchemaError(f"compression {compression!r} is not one of {COMPRESSIONS}", compression=compression)
+        self.path = os.fspath(path)
+        self.namespace = namespace
+        self.chunk_size = chunk_size
+        self.capacity_bytes = capacity_bytes
+        self.compression = compression
+        self.read_only = read_only
+        self._seed = namespace_seed(namespace, chunk_size)
+        self._lock = threading.RLock()
+        self._metrics = KVCacheMetrics(namespace)
+        self._counts = {"hits": 0, "misses": 0, "hit_tokens": 0, "evictions": 0, "corrupt": 0,
+                        "bytes_written": 0, "bytes_read": 0}
+        self._dead_bytes = 0
+        self._buffered = False  # a failed put may leave rows in the table's buffer
+        self._commits = 0
+        self._stage: np.ndarray | None = None  # reused staging buffer for payloads being written
+        self._last_sizes: list[int] = []
+        self._read_buf = bytearray()  # reused buffer for payloads being read
+        self._layout: Layout | None = None
+        self._index = ChunkIndex(self._seed.hex())
+        uri = self.path.rstrip("/") + "/" + namespace + ".lance"
+        if "://" not in self.path:
+            os.makedirs(self.path, exist_ok=True)
+        self._table = Table(
+            uri,
+            options=TableOptions(durability="none", compact_fragments=0, flush_bytes=2 * _APPEND_BYTES),
+            schema=SCHEMA,
+            storage_options=storage_options,
+            read_only=read_only,
+            wal_dir=wal_dir,
+            store="kvcache",
+            name=namespace,
+        )
+        self._closed = False
+        self._rebuild_index()
+
+    # -- index -------------------------------------------------------------------------------
+    def _rebuild_index(self) -> None:
+        """Read the small columns, rebuild keys, tree and layout; drop orphans left by a crash."""
+        t = self._table.scan(columns=["key", "parent", "depth", "nbytes"])
+        cols = {c: t.column(c).to_pylist() for c in t.column_names} if t.num_rows else {}
+        drop = self._index.load(cols.get("key", []), cols.get("parent", []), cols.get("depth", []), cols.get("nbytes", []))
+        orphans = sorted({cols["key"][i] for i in drop} - self._index.entries.keys()) if drop else []
+        if orphans and not self.read_only:
+            # chunks whose parent is gone can never be reached; a duplicate row is harmless
+            for start in range(0, len(orphans), 1000):
+                self._table.delete(_key_list(orphans[start : start + 1000]))
+            self._refresh_positions()
+        self._layout = None
+        if self._index.entries:
+            first = min(self._index.entries.values(), key=lambda e: e.position)
+            row = self._table.take([first.position], columns=["dtype", "shape", "token_axis"]).to_pylist()[0]
+            axis = int(row["token_axis"])
+            shape = list(row["shape"])
+            del shape[axis]
+            self._layout = Layout(row["dtype"], axis, tuple(shape))
+        self._update_gauges()
+
+    def _refresh_positions(self) -> None:
+        self._index.set_positions(self._table.scan(columns=["key"]).column("key").to_pylist())
+
+    def _update_gauges(self) -> None:
+        self._metrics.entries.set(len(self._index))
+        self._metrics.bytes.set(self._index.nbytes)
+
+    def _keys(self, toks: np.ndarray) -> Any:
+        return (k.hex() for k in iter_chunk_keys(self._seed, toks, self.chunk_size))
+
+    # -- public API --------------------------------------------------------------------------
+    def lookup(self, tokens: Any) -> int:
+        """Length in tokens of the longest cached prefix of ``tokens`` (a multiple of chunk_size)."""
+        with self._lock:
+            self._check_open()
+            toks = as_token_array(tokens)
+            return len(self._index.longest_prefix(self._keys(toks))) * self.chunk_size
+
+    def put(self, tokens: Any, kv: Any, *, token_axis: int = -2) -> int:
+        """Store the KV of every full chunk of ``tokens`` not stored yet; return tokens newly stored.
+
+        ``kv`` (torch tensor or numpy array) runs over ``tokens`` on ``token_axis``. Bad input
+        raises before anything is written: InvalidRecordError for tokens or kv of the wrong kind,
+        SchemaError when kv's length, dtype or shape disagrees with tokens or the namespace.
+        """
+        with self._lock:
+            self._check_writable()
+            toks = as_token_array(tokens)
+            if toks.size == 0:
+                raise InvalidRecordError("tokens is empty: there is nothing to store")
+            layout, framework = self._check_kv(kv, token_axis, len(toks))
+            keys = list(self._keys(toks))
+            chain = self._index.longest_prefix(keys)
+            new = [(i, k) for i, k in enumerate(keys) if i >= len(chain)]
+            if not new:
+                self._index.touch(chain)
+                return 0
+            try:
+                self._buffered = True
+                written = self._write_chunks(kv, layout, framework, keys, new)
+                self._buffered = False
+            except BaseException:
+                self._stage = None  # rows left in the table's buffer may still point into it
+                self._rebuild_index()  # rows committed (or still buffered) are indexed, no others
+                raise
+            self._layout = layout
+            start = self._table.count() - len(new)
+            for n, (i, key) in enumerate(new):
+                parent = keys[i - 1] if i else self._index.seed
+                self._index.add(key, parent, i, written[n], start + n)
+            self._index.touch(self._index.longest_prefix(keys))
+            self._counts["bytes_written"] += sum(written)
+            self._metrics.bytes_written.inc(sum(written))
+            self._evict()
+            self._commits += 1
+            if self._commits % _MAINTAIN_EVERY == 0:
+                self._maintain()
+            self._update_gauges()
+            return len(new) * self.chunk_size
+
+    def get(self, tokens: Any, *, token_axis: int = -2, framework: Framework | None = None) -> Any:
+        """KV of the longest cached prefix of ``tokens``, concatenated on the token axis, or None.
+
+        Returned with the dtype and shape it was stored with, as the framework it was put as
+        (torch in, torch out; numpy in, numpy out) unless ``framework`` says otherwise. A chunk
+        that fails its checksum is counted, removed with everything after it, and not served.
+        """
+        with self._lock:
+            self._check_open()
+            toks = as_token_array(tokens)
+            keys = [e.key for e in self._index.longest_prefix(self._keys(toks))]
+            while True:
+                chain = self._index.longest_prefix(keys)  # shorter after a corrupt chunk is removed
+                if not chain:
+                    self._counts["misses"] += 1
+                    self._metrics.misses.inc()
+                    return None
+                assert self._layout is not None
+                ndim = len(self._layout.other_dims) + 1
+                if not -ndim <= token_axis < ndim or token_axis % ndim != self._layout.token_axis:
+                    raise SchemaError(
+                        f"namespace {self.namespace!r} stores tokens on axis {self._layout.token_axis}, "
+                        f"not {token_axis}; pass token_axis={self._layout.token_axis}",
+                    )
+                out = self._read_chain(chain, framework)
+                if out is not None:
+                    break
+            self._index.touch(chain)
+            n = len(chain) * self.chunk_size
+            self._counts["hits"] += 1
+            self._counts["hit_tokens"] += n
+            self._metrics.hits.inc()
+            self._metrics.hit_tokens.inc(n)
+            return out
+
+    def stats(self) -> dict[str, Any]:
+        """Entries, bytes, hits, misses, hit rate, evictions and corrupt chunks (this session)."""
+        with self._lock:
+            c = self._counts
+            asked = c["hits"] + c["misses"]
+            return {
+                "namespace": self.namespace,
+                "chunk_size": self.chunk_size,
+                "entries": len(self._index),
+                "bytes": self._index.nbytes,
+                "capacity_bytes": self.capacity_bytes,
+                **c,
+                "hit_rate": c["hits"] / asked if asked else 0.0,
+                "fragments": self._table.stats()["fragments"],
+            }
+
+    def compact(self) -> None:
+        """Reclaim the disk space of evicted and removed chunks (rewrites live chunks)."""
+        with self._lock:
+            self._check_writable()
+            self._table.compact()
+            self._table.cleanup()
+            self._dead_bytes = 0
+            self._refresh_positions()
+
+    def _maintain(self) -> None:
+        """Every put commits a fragment and a version; thousands of them make opening slow
+        (Lance lists every version, scans every fragment). Drop old versions always; merge
+        fragments while that rewrites little. Engine gap: size-tiered compaction (merge only
+        small fragments) would bound fragments for large stores too."""
+        if self._index.nbytes <= _COMPACT_MAX_BYTES:
+            self._table.compact()
+            self._dead_bytes = 0
+        self._table.cleanup()
+        self._refresh_positions()
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._table.close()
+
+    def __enter__(self) -> KVCacheStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __repr__(self) -> str:
+        return f"KVCacheStore({self.path!r}, namespace={self.namespace!r}, entries={len(self._index)})"
+
+    # -- internals ---------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"KVCacheStore {self.path} ({self.namespace}) is closed; open it again")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.read_only:
+            raise StorageError(f"KVCacheStore {self.path} ({self.namespace}) is open read-only; open it without read_only to put")
+
+    def _check_kv(self, kv: Any, token_axis: int, n_tokens: int) -> tuple[Layout, Framework]:
+        if _is_torch(kv):
+            framework: Framework = "torch"
+        elif isinstance(kv, np.ndarray):
+            framework = "numpy"
+        else:
+            raise InvalidRecordError(f"kv must be a torch tensor or numpy array, got {type(kv).__name__}", value_type=type(kv).__name__)
+        dtype = dtype_name(kv)
+        shape = tuple(int(s) for s in kv.shape)
+        if isinstance(token_axis, bool) or not isinstance(token_axis, int) or not -len(shape) <= token_axis < len(shape):
+            raise SchemaError(f"token_axis {token_axis!r} is not an axis of kv with shape {shape}")
+        axis = token_axis % len(shape)
+        if shape[axis] != n_tokens:
+            raise SchemaError(
+                f"kv has {shape[axis]} positions on token axis {token_axis} (shape {shape}) but "
+                f"{n_tokens} tokens were given; they must match",
+                shape=shape,
+            )
+        layout = Layout(dtype, axis, shape[:axis] + shape[axis + 1 :])
+        if self._layout is not None and layout != self._layout:
+            raise SchemaError(
+                f"namespace {self.namespace!r} holds {self._layout.describe()}; this kv has "
+                f"{layout.describe()}. Use another namespace for another model, dtype or layout",
+                namespace=self.namespace,
+            )
+        return layout, framework
+
+    def _write_chunks(self, kv: Any, layout: Layout, framework: Framework, keys: list[str], new: list[tuple[int, str]]) -> list[int]:
+        """Write the new chunks in groups of about _APPEND_BYTES, one fsynced commit per group
+        (parents always commit before their children); return each chunk's stored byte size.
+
+        Uncompressed chunks are copied once, from kv into a staging buffer the store keeps and
+        reuses: touching fresh pages costs more than the copy itself. Reuse is safe because a
+        group is committed, and Lance done with the buffer, before the next is staged.
+        """
+        raw_nbytes = _ITEMSIZE[layout.dtype] * int(np.prod(layout.shape(self.chunk_size), dtype=np.int64))
+        per_group = max(1, _APPEND_BYTES // max(raw_nbytes, 1))
+        sizes: list[int] = []
+        for g in range(0, len(new), per_group):
+            batch = self._prepare_group(kv, layout, framework, keys, new[g : g + per_group])
+            self._table.append(batch)
+            self._table.flush()
+            del batch
+            sizes.extend(self._last_sizes)
+        return sizes
+
+    def _staging(self, nbytes: int) -> np.ndarray:
+        if self._stage is None or self._stage.nbytes < nbytes:
+            self._stage = np.empty(nbytes, dtype=np.uint8)
+        return self._stage[:nbytes]
+
+    def _prepare_group(self, kv: Any, layout: Layout, framework: Framework, keys: list[str], group: list[tuple[int, str]]) -> pa.Table:
+        """The rows of one group of new chunks, payloads copied out of kv and checksummed."""
+        cs = self.chunk_size
+        chunk_shape = layout.shape(cs)
+        raw_nbytes = _ITEMSIZE[layout.dtype] * int(np.prod(chunk_shape, dtype=np.int64))
+        direct = self.compression is None and (framework == "torch" or kv.dtype.isnative)
+        rows: dict[str, Any] = {
+            "key": [k for _, k in group],
+            "parent": [keys[i - 1] if i else self._index.seed for i, _ in group],
+            "depth": [i for i, _ in group],
+            "dtype": [layout.dtype] * len(group),
+            "shape": [list(chunk_shape)] * len(group),
+            "token_axis": [layout.token_axis] * len(group),
+            "framework": [framework] * len(group),
+            "compression": [self.compression] * len(group),
+        }
+        if direct:
+            data = self._staging(raw_nbytes * len(group))
+            sums = []
+            for n, (i, _) in enumerate(group):
+                dest = data[n * raw_nbytes : (n + 1) * raw_nbytes]
+                _copy_chunk(kv, layout.token_axis, i * cs, cs, dest, chunk_shape)
+                sums.append(checksum(dest.data))
+            payload_sizes = [raw_nbytes] * len(group)
+        else:
+            encoded = [self._encode_chunk(kv, layout.token_axis, i * cs, cs) for i, _ in group]
+            payload_sizes = [len(e[0]) for e in encoded]
+            data = np.empty(sum(payload_sizes), dtype=np.uint8)
+            at = 0
+            for e in encoded:
+                data[at : at + len(e[0])] = np.frombuffer(e[0], dtype=np.uint8)
+                at += len(e[0])
+            sums = [e[1] for e in encoded]
+        offsets = np.zeros(len(group) + 1, dtype=np.int64)
+        np.cumsum(payload_sizes, out=offsets[1:])
+        rows["checksum"] = sums
+        rows["raw_nbytes"] = [raw_nbytes] * len(group)
+        rows["nbytes"] = payload_sizes
+        self._last_sizes = payload_sizes
+        rows["payload"] = pa.LargeBinaryArray.from_buffers(
+            pa.large_binary(), len(group), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+        )
+        return pa.table(rows, schema=SCHEMA)
+
+    def _encode_chunk(self, kv: Any, axis: int, start: int, length: int) -> tuple[Any, bytes, int]:
+        """(payload, checksum, raw byte size) of kv[start:start+length] on ``axis``, compressed."""
+        if _is_torch(kv):
+            part = kv.narrow(axis, start, length)
+        else:
+            index = [slice(None)] * kv.ndim
+            index[axis] = slice(start, start + length)
+            part = kv[tuple(index)]
+        enc = encode_tensor(part, compression=self.compression)
+        return enc.data, enc.checksum, enc.raw_nbytes
+
+    def _read_chain(self, chain: list[Entry], framework: Framework | None) -> Any:
+        """Assemble the chain's KV; on a corrupt chunk, remove it and its suffix, return None.
+
+        Each payload is read into one reused buffer, checked, and copied once into the output.
+        """
+        assert self._layout is not None
+        layout, cs = self._layout, self.chunk_size
+        positions = [e.position for e in chain]
+        meta = self._table.take(positions, columns=_META_COLUMNS + ["framework"]).to_pylist()
+        if framework is None:
+            framework = meta[0]["framework"]
+        shape = layout.shape(len(chain) * cs)
+        proxy = _proxy(layout.dtype)
+        out = np.empty(int(np.prod(shape, dtype=np.int64)) * proxy.itemsize, dtype=np.uint8)
+        out_view = out.view(proxy).reshape(shape)
+        index: list[Any] = [slice(None)] * len(shape)
+        if len(self._read_buf) != chain[0].nbytes:  # kept across gets: fresh pages cost more than the copy
+            self._read_buf = bytearray(chain[0].nbytes)
+        scratch = self._read_buf
+        read = 0
+        for n, (e, m, blob) in enumerate(zip(chain, meta, _blob_files(self._table, positions, self._buffered))):
+            if m["key"] != e.key:
+                raise PersistingError(f"KV cache index of {self.namespace!r} is out of step with its table at row {e.position}; reopen the store")
+            data = _read_into(blob, scratch, e.nbytes)
+            try:
+                raw = decode_tensor(
+                    data, dtype="uint8", shape=(m["raw_nbytes"],), checksum_=m["checksum"],
+                    compression=m["compression"], copy=False, where=f"{self._table.uri} chunk {e.key} (row {e.position})",
+                )
+            except CorruptionError:
+                self._remove_corrupt(e)
+                return None
+            index[layout.token_axis] = slice(n * cs, (n + 1) * cs)
+            out_view[tuple(index)] = raw.view(proxy).reshape(m["shape"])
+            read += len(data)
+        self._counts["bytes_read"] += read
+        self._metrics.bytes_read.inc(read)
+        self._table.metrics.bytes_read.inc(read)
+        return decode_tensor(out.data, dtype=layout.dtype, shape=shape, framework=framework, copy=False)
+
+    def _remove_corrupt(self, entry: Entry) -> None:
+        removed = self._index.remove_subtree(entry.key)
+        self._counts["corrupt"] += 1
+        self._metrics.corrupt.inc()
+        if not self.read_only:
+            self._delete(removed)
+        self._update_gauges()
+
+    def _evict(self) -> None:
+        cap = self.capacity_bytes
+        if cap is None or self._index.nbytes <= cap:
+            return
+        victims: list[Entry] = []
+        while self._index.nbytes > cap:
+            popped = self._index.pop_lru()
+            if not popped:
+                break
+            victims.extend(popped)
+        self._counts["evictions"] += len(victims)
+        self._metrics.evictions.inc(len(victims))
+        self._delete(victims)
+
+    def _delete(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        for start in range(0, len(entries), 1000):
+            self._table.delete(_key_list([e.key for e in entries[start : start + 1000]]))
+        self._dead_bytes += sum(e.nbytes for e in entries)
+        if self._dead_bytes >= max(self._index.nbytes // 2, 64 * 1024 * 1024):
+            self.compact()
+        else:
+            self._refresh_positions()
+
+
+_ITEMSIZE = {"bool": 1, "uint8": 1, "int8": 1, "float8_e4m3fn": 1, "float8_e5m2": 1, "uint16": 2, "int16": 2,
+             "float16": 2, "bfloat16": 2, "uint32": 4, "int32": 4, "float32": 4, "uint64": 8, "int64": 8,
+             "float64": 8, "complex64": 8, "complex128": 16}
+_PROXY: dict[int, np.dtype[Any]] = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8"), 16: np.dtype("<c16")}
+
+
+def _proxy(dtype: str) -> np.dtype:
+    """An integer dtype of the same item size, to move elements of any dtype (bfloat16 too) as bits."""
+    return _PROXY[_ITEMSIZE[dtype]]
+
+
+def _copy_chunk(kv: Any, axis: int, start: int, length: int, dest: np.ndarray, chunk_shape: tuple[int, ...]) -> None:
+    """Copy kv[start:start+length] on ``axis`` into the byte buffer ``dest`` (C order), in one pass."""
+    if _is_torch(kv):
+        import torch
+
+        target = torch.from_numpy(dest).view(kv.dtype).view(chunk_shape)
+        target.copy_(kv.detach().narrow(axis, start, length))
+        return
+    index = [slice(None)] * kv.ndim
+    index[axis] = slice(start, start + length)
+    np.copyto(dest.view(kv.dtype).reshape(chunk_shape), kv[tuple(index)], casting="no")
+
+
+def _blob_files(table: Table, positions: list[int], buffered: bool) -> list[Any]:
+    """File-like handles on the payloads at ``positions`` (read straight into our buffers)."""
+    return table.open_blobs("payload", positions)
+
+
+def _read_into(blob: Any, scratch: bytearray, nbytes: int) -> memoryview | bytes:
+    """The blob's bytes, read into ``scratch`` when it has exactly their size (Lance's
+    ``readinto`` copies through a temporary unless handed a whole bytearray)."""
+    with blob as f:
+        if nbytes != len(scratch):
+            return f.read()
+        got = f.readinto(scratch)
+    return memoryview(scratch)[:got]
