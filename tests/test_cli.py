@@ -16,6 +16,10 @@ def test_demo_recovers_every_acknowledged_record(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert re.search(r"records recovered after the kill\s+500 of 500", out.stdout), out.stdout
     assert re.search(r"records read back\s+300 of 300", out.stdout), out.stdout
+    assert re.search(r"generated tokens equal a fresh run\s+yes", out.stdout), out.stdout
+    assert re.search(r"equal an uninterrupted run\s+yes, bit for bit", out.stdout), out.stdout
+    assert re.search(r"actions identical to the env's\s+30 of 30", out.stdout), out.stdout
+    assert "FAILED" not in out.stdout and "skipped" not in out.stdout
     assert re.search(r"duplicates\s+0\b", out.stdout), out.stdout
     assert (tmp_path / "demo" / "engine" / "events.lance" / "_versions").is_dir()
 
