@@ -227,8 +227,8 @@ class Table(TableReads):
         that fitted once still fits and changes nothing (skips evolve on the hot path)."""
         return self._merged is not None and schema.equals(self._merged, check_metadata=True)
 
-    def _buffer_batch(self, batch: pa.RecordBatch) -> None:
-        if not self._fits(batch.schema):
+    def _buffer_batch(self, batch: pa.RecordBatch, fits: bool = False) -> None:
+        if not fits and not self._fits(batch.schema):
             evolution = evolve(self._schema, batch.schema)
             self._schema = self._with_compression(evolution.schema, evolution.added)
             self._merged = batch.schema
@@ -259,13 +259,14 @@ class Table(TableReads):
             if self._flush_error is not None:
                 self.flush()  # retry the failed background commit; raises if it still fails
             batch = self._to_batch(rows)
-            if not self._fits(batch.schema):
+            fits = self._fits(batch.schema)
+            if not fits:
                 evolve(self._schema, batch.schema)  # raises SchemaError before anything is written
             if batch.num_rows == 0:
                 return self._next_lsn - 1
             lsn = self._wal.append(encode_batch(batch)) if self._wal is not None else self._next_lsn
             self._next_lsn = lsn + 1
-            self._buffer_batch(batch)
+            self._buffer_batch(batch, fits)
             self.metrics.records.inc(batch.num_rows)
             self.metrics.buffer.set(self._pending.rows)
             self._update_wal_metric()

@@ -270,6 +270,7 @@ class WAL:
         self._sealed: list[tuple[str, int, int]] = [
             (path, next_lsn - 1, os.path.getsize(path)) for _, path in list_segments(directory)
         ]
+        self._sealed_bytes = sum(size for _, _, size in self._sealed)
         self._fd = -1
         self._path = ""
         self._size = 0
@@ -303,6 +304,7 @@ class WAL:
         self._synced_lsn = self._next_lsn - 1
         self._pending = 0
         self._sealed.append((self._path, self._last_lsn, self._size))
+        self._sealed_bytes += self._size
         self._open_segment()
 
     # -- writing -----------------------------------------------------------------------------
@@ -382,6 +384,7 @@ class WAL:
                 else:
                     keep.append((path, last, size))
             self._sealed = keep
+            self._sealed_bytes = sum(size for _, _, size in keep)
 
     @property
     def next_lsn(self) -> int:
@@ -389,8 +392,8 @@ class WAL:
 
     @property
     def size_bytes(self) -> int:
-        with self._lock:
-            return self._size + sum(s for _, _, s in self._sealed)
+        """Bytes in every segment (a snapshot read without the lock: a metric, not a bound)."""
+        return self._size + self._sealed_bytes
 
     def close(self) -> None:
         """Sync and close; idempotent."""
