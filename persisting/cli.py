@@ -1,4 +1,5 @@
-"""The ``persisting`` command. ``persisting demo`` shows the product working on local disk."""
+"""The ``persisting`` command. ``persisting demo`` shows the product working on local disk; the
+operator commands (ls, inspect, verify, compact, gc, export, metrics serve) live in :mod:`persisting.ops`."""
 
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run every store end to end on local disk and print what happened")
     demo.add_argument("--path", default=None, help="directory to use (default ./persisting-demo)")
     demo.set_defaults(func=cmd_demo)
+    from persisting.ops.commands import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -1,7 +1,8 @@
 """Prometheus collectors shared by every store, labelled by store and table.
 
-They live in prometheus_client's default registry, so one ``start_http_server`` (or the
-``persisting metrics serve`` command) exports every store in the process.
+They live in prometheus_client's default registry, so one ``start_http_server`` in a process
+exports every store that process has open. ``persisting metrics serve PATH`` is the
+out-of-process view: it reads the stores under PATH from disk on every scrape.
 """
 
 from __future__ import annotations

@@ -1,0 +1,203 @@
+"""Find the stores and tables under a directory, read-only.
+
+A Lance table is a directory with ``_versions/``; its WAL (if any) is ``<name>.wal`` beside
+``<name>.lance``. Tables are grouped by the directory that holds them, and each group is
+recognised by its layout: ``chunks`` + ``checkpoints`` is a ParamStore, ``steps`` + ``episodes``
+a TrajectoryStore, ``bucket_<id>`` tables a queue topic, tables with the KV chunk schema a
+KVCacheStore (one table per namespace); anything else is a plain table. Kinds use the same
+names as the ``store`` label of the engine's metrics.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import lance
+
+from persisting.engine.batches import decode_batch
+from persisting.engine.lance_io import applied_lsn, default_wal_dir
+from persisting.engine.wal import ReplayReport, list_segments, read_frames
+
+__all__ = ["KINDS", "StoreInfo", "TableInfo", "discover", "find_tables", "table_info", "wal_pending_rows"]
+
+KINDS = ("params", "trajectory", "kvcache", "queue", "table")
+_KV_COLUMNS = {"key", "parent", "depth", "checksum", "payload"}
+_SKIP_DIRS = {"_versions", "_transactions", "_deletions", "_indices", "data", "_refs"}
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """One table as it is on disk; ``pending_rows`` are in the WAL, above the applied LSN."""
+
+    path: str
+    name: str
+    wal_dir: str | None
+    committed_rows: int
+    pending_rows: int
+    bytes_on_disk: int
+    wal_bytes: int
+    versions: int
+    version: int
+    applied_lsn: int
+    last_write: float | None
+    columns: tuple[str, ...]
+    error: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.committed_rows + self.pending_rows
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path, "name": self.name, "rows": self.rows, "committed_rows": self.committed_rows,
+            "pending_rows": self.pending_rows, "bytes": self.bytes_on_disk, "wal_bytes": self.wal_bytes,
+            "versions": self.versions, "version": self.version, "applied_lsn": self.applied_lsn,
+            "last_write": _iso(self.last_write), "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """A directory of tables recognised as one store."""
+
+    kind: str
+    path: str
+    tables: tuple[TableInfo, ...] = field(default_factory=tuple)
+
+    @property
+    def rows(self) -> int:
+        return sum(t.rows for t in self.tables)
+
+    @property
+    def bytes_on_disk(self) -> int:
+        return sum(t.bytes_on_disk + t.wal_bytes for t in self.tables)
+
+    @property
+    def last_write(self) -> float | None:
+        times = [t.last_write for t in self.tables if t.last_write is not None]
+        return max(times) if times else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "path": self.path, "rows": self.rows, "bytes": self.bytes_on_disk,
+            "versions": sum(t.versions for t in self.tables), "last_write": _iso(self.last_write),
+            "tables": [t.to_json() for t in self.tables],
+        }
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+
+
+def is_table(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, "_versions"))
+
+
+def find_tables(root: str) -> list[str]:
+    """Every Lance table directory at or under ``root``, sorted."""
+    root = os.path.abspath(root)
+    if is_table(root):
+        return [root]
+    found = []
+    for dirpath, dirnames, _ in os.walk(root):
+        keep = []
+        for d in sorted(dirnames):
+            full = os.path.join(dirpath, d)
+            if is_table(full):
+                found.append(full)
+            elif d not in _SKIP_DIRS and not d.endswith(".wal"):
+                keep.append(d)
+        dirnames[:] = keep
+    return sorted(found)
+
+
+def _tree_size(path: str) -> tuple[int, float | None]:
+    total, newest = 0, None
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                st = os.stat(os.path.join(dirpath, f))
+            except FileNotFoundError:
+                continue  # removed by a live writer
+            total += st.st_size
+            newest = st.st_mtime if newest is None else max(newest, st.st_mtime)
+    return total, newest
+
+
+def wal_pending_rows(wal_dir: str, after_lsn: int) -> int:
+    """Rows in WAL frames above ``after_lsn`` (point-in-time, read-only)."""
+    rows = 0
+    for frame in read_frames(wal_dir, after_lsn=after_lsn, report=ReplayReport()):
+        rows += decode_batch(frame.payload, where=f"{wal_dir} frame lsn {frame.lsn}").num_rows
+    return rows
+
+
+def table_info(path: str, *, wal_rows: bool = True) -> TableInfo:
+    """What is on disk for one table, without opening it for writing or changing a file."""
+    path = os.path.abspath(path)
+    name = os.path.basename(path).removesuffix(".lance")
+    wal_dir = default_wal_dir(path)
+    wal_dir_or_none = wal_dir if os.path.isdir(wal_dir) else None
+    size, mtime = _tree_size(path)
+    wal_bytes = 0
+    if wal_dir_or_none is not None:
+        for _, seg in list_segments(wal_dir):
+            try:
+                st = os.stat(seg)
+            except FileNotFoundError:
+                continue
+            wal_bytes += st.st_size
+            mtime = st.st_mtime if mtime is None else max(mtime, st.st_mtime)
+    committed = pending = versions = version = lsn = 0
+    columns: tuple[str, ...] = ()
+    error = None
+    try:
+        ds = lance.dataset(path)
+        committed = ds.count_rows()
+        versions = len(ds.versions())
+        version = ds.version
+        lsn = applied_lsn(ds)
+        columns = tuple(ds.schema.names)
+        if wal_rows and wal_dir_or_none is not None and wal_bytes:
+            pending = wal_pending_rows(wal_dir, lsn)
+    except Exception as exc:  # noqa: BLE001 - kept in TableInfo.error, shown by ls and exported as unreadable
+        error = f"{type(exc).__name__}: {exc}"
+    return TableInfo(path, name, wal_dir_or_none, committed, pending, size, wal_bytes, versions, version, lsn,
+                     mtime, columns, error)
+
+
+def _kind(names: set[str], tables: list[TableInfo]) -> str:
+    if {"chunks", "checkpoints"} <= names:
+        return "params"
+    if {"steps", "episodes"} <= names:
+        return "trajectory"
+    if all(n.startswith("bucket_") for n in names):
+        return "queue"
+    if all(_KV_COLUMNS <= set(t.columns) for t in tables):
+        return "kvcache"
+    return "table"
+
+
+def discover(root: str, *, wal_rows: bool = True) -> list[StoreInfo]:
+    """The stores under ``root``, each with its tables; a lone table is a store of kind ``table``."""
+    by_dir: dict[str, list[TableInfo]] = {}
+    for path in find_tables(root):
+        by_dir.setdefault(os.path.dirname(path), []).append(table_info(path, wal_rows=wal_rows))
+    stores: list[StoreInfo] = []
+    for directory, tables in sorted(by_dir.items()):
+        kind = _kind({t.name for t in tables}, tables)
+        if kind == "table":
+            stores.extend(StoreInfo("table", t.path, (t,)) for t in tables)
+        else:
+            stores.append(StoreInfo(kind, directory, tuple(tables)))
+    return stores
+
+
+def iter_tables(stores: list[StoreInfo]) -> Iterator[tuple[StoreInfo, TableInfo]]:
+    for s in stores:
+        for t in s.tables:
+            yield s, t
