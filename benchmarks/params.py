@@ -23,6 +23,7 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
 
 import argparse
 import shutil
+import subprocess
 import statistics
 import tempfile
 import time
@@ -188,10 +189,30 @@ def main() -> None:
             keys = [k for i, k in enumerate(state) if i % 10 == 0]
             part_t = timed(lambda: store.load(keys=keys), args.repeat)
             full_t = timed(lambda: store.load(), args.repeat)
+
+        # peak RSS of a load, in a fresh process: the peak (VmHWM, reset after the imports and
+        # the open through /proc/self/clear_refs) over the resident size just before the load
+        rss_child = (
+            "import sys\n"
+            "from persisting.params import ParamStore\n"
+            "def status(key):\n"
+            "    for line in open('/proc/self/status'):\n"
+            "        if line.startswith(key):\n"
+            "            return int(line.split()[1]) * 1024\n"
+            "store = ParamStore(sys.argv[1], read_only=True)\n"
+            "open('/proc/self/clear_refs', 'w').write('5')\n"
+            "before = status('VmRSS')\n"
+            "state = store.load()\n"
+            "print(status('VmHWM') - before)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", rss_child, p], capture_output=True, text=True, check=True)
+        rss_growth = int(out.stdout.strip().splitlines()[-1])
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
     gib = nbytes / 2**30
+    print(f"peak RSS of a load over the RSS before it (new process, store.load()): {rss_growth / 2**20:.0f} MiB = "
+          f"{rss_growth / nbytes:.2f}x the checkpoint (target <= 1.3x)")
     print(f"state: {len(state)} tensors (fp32 + every 5th bf16), {nbytes / 2**20:.0f} MiB; median of {args.repeat}; "
           f"each save fsynced; load = copy into an existing state dict; warm page cache")
     print(f"{'contender':32s} {'save s':>8s} {'GiB/s':>7s} {'load s':>8s} {'GiB/s':>7s}")
