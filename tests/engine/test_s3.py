@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,31 +13,22 @@ import pytest
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
 boto3 = pytest.importorskip("boto3", reason="boto3 is not installed")
 
-from persisting.engine import Table, TableOptions  # noqa: E402
-from persisting.errors import LockedError, NotFoundError, WALError  # noqa: E402
+from persisting.engine import Table, TableOptions
+from persisting.errors import LockedError, NotFoundError, WALError
 
 REGION = "us-east-1"
 KEY_ID = "testing"
 SECRET = "testing"
 
 
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+@pytest.fixture
+def endpoint(s3_endpoint: str) -> str:
+    return s3_endpoint  # the session's moto server (tests/conftest.py)
 
 
 @pytest.fixture
-def bucket(endpoint: str) -> str:
-    name = f"persisting-{uuid.uuid4().hex[:12]}"
-    _s3(endpoint).create_bucket(Bucket=name)
-    return name
+def bucket(s3_bucket: str) -> str:
+    return s3_bucket
 
 
 def _s3(endpoint: str) -> Any:
