@@ -13,13 +13,18 @@ from persisting.demos import table
 from persisting.kvcache import KVCacheStore
 from persisting.kvcache.hf import load_cache, save_cache
 
-CONFIG = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
-              num_key_value_heads=4, vocab_size=2000, max_position_embeddings=2048)
+VOCAB = 2000
+
+
+def _config() -> transformers.LlamaConfig:
+    return transformers.LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                                    num_attention_heads=8, num_key_value_heads=4, vocab_size=VOCAB,
+                                    max_position_embeddings=2048)
 
 
 def _model() -> transformers.PreTrainedModel:
     torch.manual_seed(0)  # "weights revision": the same random weights every time
-    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**CONFIG)).eval()
+    return transformers.LlamaForCausalLM(_config()).eval()
 
 
 @torch.no_grad()
@@ -27,15 +32,15 @@ def run(root: str) -> None:
     path = os.path.join(root, "kvcache")
     namespace = "tiny-llama-random-seed0-fp32"
     model = _model()
-    prompt = torch.randint(0, CONFIG["vocab_size"], (1, 1024), generator=torch.Generator().manual_seed(1))
-    question = torch.randint(0, CONFIG["vocab_size"], (1, 8), generator=torch.Generator().manual_seed(2))
+    prompt = torch.randint(0, VOCAB, (1, 1024), generator=torch.Generator().manual_seed(1))
+    question = torch.randint(0, VOCAB, (1, 8), generator=torch.Generator().manual_seed(2))
 
     start = time.perf_counter()
     cache = model(prompt, use_cache=True).past_key_values
     prefill = time.perf_counter() - start
     with KVCacheStore(path, namespace=namespace, chunk_size=128) as store:
         stored = save_cache(store, prompt, cache)
-    fresh = model.generate(torch.cat([prompt, question], 1), max_new_tokens=8, do_sample=False)
+    fresh = model.generate(torch.cat([prompt, question], 1), max_new_tokens=8, do_sample=False)  # type: ignore[operator]
     print(f"   session 1: prefilled a {prompt.shape[1]}-token prompt in {prefill * 1000:.0f} ms, stored {stored} tokens of KV")
 
     model = _model()  # session 2: a new model object, the store reopened from disk
@@ -44,7 +49,7 @@ def run(root: str) -> None:
         loaded, n = load_cache(store, prompt, config=model.config)
         load = time.perf_counter() - start
         ids = torch.cat([prompt, question], 1)
-        reused = model.generate(ids, past_key_values=loaded, max_new_tokens=8, do_sample=False)
+        reused = model.generate(ids, past_key_values=loaded, max_new_tokens=8, do_sample=False)  # type: ignore[operator]
         stats = store.stats()
     with KVCacheStore(path, namespace="another-model", chunk_size=128) as other:
         other_hit = other.lookup(prompt[0])
