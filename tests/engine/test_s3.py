@@ -17,8 +17,7 @@ from persisting.engine import Table, TableOptions
 from persisting.errors import LockedError, NotFoundError, WALError
 
 REGION = "us-east-1"
-KEY_ID = "testing"
-SECRET = "testing"
+KEY_ID = SECRET = "testing"  # moto accepts any credentials; Lance's options come from tests/conftest.py
 
 
 @pytest.fixture
@@ -37,16 +36,6 @@ def _s3(endpoint: str) -> Any:
     )
 
 
-def _storage_options(endpoint: str) -> dict[str, str]:
-    return {
-        "aws_access_key_id": KEY_ID,
-        "aws_secret_access_key": SECRET,
-        "aws_endpoint": endpoint,
-        "aws_region": REGION,
-        "allow_http": "true",
-    }
-
-
 def _values(table: Table, column: str = "i") -> list[Any]:
     return table.scan(columns=[column]).column(column).to_pylist()
 
@@ -56,10 +45,10 @@ def _keys(endpoint: str, bucket: str, prefix: str) -> list[str]:
     return [o["Key"] for o in listing.get("Contents", [])]
 
 
-def test_append_close_reopen_read_back(endpoint: str, bucket: str, tmp_path: os.PathLike[str]) -> None:
+def test_append_close_reopen_read_back(s3_options: dict[str, str], endpoint: str, bucket: str, tmp_path: os.PathLike[str]) -> None:
     uri = f"s3://{bucket}/t.lance"
     wal_dir = os.path.join(tmp_path, "wal")
-    opts = _storage_options(endpoint)
+    opts = s3_options
     with Table(uri, wal_dir=wal_dir, storage_options=opts, options=TableOptions(durability="batch")) as table:
         table.append([{"i": i, "s": f"row-{i}"} for i in range(10)])
         table.append([{"i": 10, "s": "row-10"}])
@@ -77,28 +66,28 @@ def test_append_close_reopen_read_back(endpoint: str, bucket: str, tmp_path: os.
         assert _values(reader) == list(range(11))
 
 
-def test_remote_writer_without_wal_dir_raises_wal_error(endpoint: str, bucket: str) -> None:
+def test_remote_writer_without_wal_dir_raises_wal_error(s3_options: dict[str, str], endpoint: str, bucket: str) -> None:
     uri = f"s3://{bucket}/nowal.lance"
     with pytest.raises(WALError) as info:
-        Table(uri, storage_options=_storage_options(endpoint))
+        Table(uri, storage_options=s3_options)
     assert uri in str(info.value)
     assert "wal_dir" in str(info.value)
     assert _keys(endpoint, bucket, "nowal.lance") == []
 
 
-def test_second_remote_writer_on_same_wal_dir_is_locked(endpoint: str, bucket: str, tmp_path: os.PathLike[str]) -> None:
+def test_second_remote_writer_on_same_wal_dir_is_locked(s3_options: dict[str, str], endpoint: str, bucket: str, tmp_path: os.PathLike[str]) -> None:
     uri = f"s3://{bucket}/t.lance"
     wal_dir = os.path.join(tmp_path, "wal")
-    opts = _storage_options(endpoint)
+    opts = s3_options
     with Table(uri, wal_dir=wal_dir, storage_options=opts) as table:
         table.append([{"i": 1}])
         with pytest.raises(LockedError):
             Table(uri, wal_dir=wal_dir, storage_options=opts)
 
 
-def test_versions_tags_and_checkout(endpoint: str, bucket: str, tmp_path: os.PathLike[str]) -> None:
+def test_versions_tags_and_checkout(s3_options: dict[str, str], endpoint: str, bucket: str, tmp_path: os.PathLike[str]) -> None:
     uri = f"s3://{bucket}/v.lance"
-    opts = _storage_options(endpoint)
+    opts = s3_options
     with Table(uri, wal_dir=os.path.join(tmp_path, "wal"), storage_options=opts) as table:
         table.append([{"i": 0}, {"i": 1}])
         table.flush()
@@ -151,12 +140,12 @@ def _crash_writer(uri: str, wal_dir: str, opts: dict[str, str], n: int, flush_at
 
 
 @pytest.mark.parametrize("flush_at", [0, 15], ids=["never-flushed", "half-flushed"])
-def test_crash_without_close_recovers_every_record_exactly_once(
+def test_crash_without_close_recovers_every_record_exactly_once(s3_options: dict[str, str], 
     endpoint: str, bucket: str, tmp_path: os.PathLike[str], flush_at: int
 ) -> None:
     uri = f"s3://{bucket}/crash.lance"
     wal_dir = os.path.join(tmp_path, "wal")
-    opts = _storage_options(endpoint)
+    opts = s3_options
     n = 40
     state = _crash_writer(uri, wal_dir, opts, n, flush_at)
     assert state["last_lsn"] >= n
@@ -185,10 +174,10 @@ def test_crash_without_close_recovers_every_record_exactly_once(
         assert _values(reader) == list(range(n + 1))
 
 
-def test_two_crashes_in_a_row_lose_and_duplicate_nothing(endpoint: str, bucket: str, tmp_path: os.PathLike[str]) -> None:
+def test_two_crashes_in_a_row_lose_and_duplicate_nothing(s3_options: dict[str, str], endpoint: str, bucket: str, tmp_path: os.PathLike[str]) -> None:
     uri = f"s3://{bucket}/twice.lance"
     wal_dir = os.path.join(tmp_path, "wal")
-    opts = _storage_options(endpoint)
+    opts = s3_options
     _crash_writer(uri, wal_dir, opts, 10, 0)
     # the second writer recovers the first one's rows, appends its own, and crashes too
     _crash_writer(uri, wal_dir, opts, 10, 5)
