@@ -60,26 +60,41 @@ class DirectorySnapshot:
                         names.add(name)
         return names
 
-    def fsync_new_files(self) -> int:
-        """fsync files and directories added since the snapshot; return how many files."""
+    def fsync_new_files(self) -> list[str]:
+        """fsync what appeared since the snapshot, in an order a power cut cannot break; return
+        the new files' paths relative to the root, sorted.
+
+        Data first, manifest last: every new file's contents, then every directory that gained
+        an entry (deepest first), with ``_versions`` (the manifest's directory, whose entry is
+        the commit point) and the dataset root after everything else. A power cut then leaves
+        either the old version or a new manifest whose data files are all durable.
+        """
         after = self._list()
         new = after - self.names
         dirs = {""}
-        count = 0
+        files: list[str] = []
         for name in sorted(new):
             if name.endswith("/"):
                 dirs.add(name.rstrip("/"))
             else:
-                fsync_path(os.path.join(self.root, name))
-                count += 1
+                files.append(name)
             dirs.add(os.path.dirname(name.rstrip("/")))
+        manifests = [f for f in files if f.startswith("_versions/")]
+        for name in files:
+            if not name.startswith("_versions/"):
+                fsync_path(os.path.join(self.root, name))
         hint = os.path.join(self.root, "_versions", "latest_version_hint.json")
+        for d in sorted(dirs - {"", "_versions"}, key=lambda d: (-d.count("/"), d)):
+            fsync_path(os.path.join(self.root, d))
+        for name in manifests:
+            fsync_path(os.path.join(self.root, name))
         if os.path.exists(hint):
             fsync_path(hint)
-        for d in sorted(dirs, key=len, reverse=True):
-            fsync_path(os.path.join(self.root, d) if d else self.root)
+        if "_versions" in dirs or manifests:
+            fsync_path(os.path.join(self.root, "_versions"))
+        fsync_path(self.root)
         parent = os.path.dirname(os.path.abspath(self.root))
-        if "" in dirs and not self.names:
+        if not self.names:
             fsync_path(parent)  # the dataset directory itself is new
         self.names = after
-        return count
+        return files
