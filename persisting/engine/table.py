@@ -618,6 +618,11 @@ class Table(TableReads):
             self._release_locks()
 
     @property
+    def writer_wal_dir(self) -> str | None:
+        """This writer's own WAL directory (under ``wal_dir/writers/``), if it logs."""
+        return self._writer.path if self._writer is not None else None
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
