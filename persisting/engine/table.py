@@ -55,8 +55,17 @@ from persisting.engine.pending import Pending
 from persisting.engine.reads import TableReads
 from persisting.engine.schema import conform, evolve, records_to_batch
 from persisting.engine.wal import FRAME_BATCH, WAL, ReplayReport, read_frames
-from persisting.engine.writers import Orphan, TableLock, WriterDir, find_orphans, live_writer_ids, new_writer_id
-from persisting.errors import ClosedError, NotFoundError, PersistingError, StorageError, WALError
+from persisting.engine.writers import (
+    Orphan,
+    TableLock,
+    WriterDir,
+    find_orphans,
+    live_writer_ids,
+    new_writer_id,
+    read_base,
+    writer_wal_dirs,
+)
+from persisting.errors import ClosedError, CorruptionError, NotFoundError, PersistingError, StorageError, WALError
 
 __all__ = ["LSN_KEY", "WRITER_KEY", "Table", "applied_lsn", "writer_applied_lsn"]
 
@@ -102,6 +111,7 @@ class Table(TableReads):
         self._commit_lock = threading.Lock()
         self._closed = False
         self._auto_follow = follow
+        self._attempted_lsn = 0  # the last LSN a commit was attempted for (retries check Lance first)
         self._table_lock: TableLock | None = None
         self._writer: WriterDir | None = None
         self.writer_id = new_writer_id()  # replaced by the WAL directory's id when there is one
@@ -124,8 +134,8 @@ class Table(TableReads):
             self._declared = schema
             self._version = version
             self._load_state()
-            if version is None and not self.read_only:
-                self._recover()
+            if version is None:
+                self._replay_for_reader() if self.read_only else self._recover()
         except BaseException:
             self._release_locks()
             raise
@@ -141,6 +151,35 @@ class Table(TableReads):
         self._flushed_rows = self._ds.count_rows() if self._ds is not None else 0
         self._applied = 0  # this writer's own LSNs start at 1 in its fresh WAL
         self._next_lsn = 1
+
+    def _replay_for_reader(self) -> None:
+        """A reader also shows rows acknowledged but not yet committed: every writer's WAL
+        frames above that writer's applied LSN (no locks taken). A live writer may commit and
+        drop segments meanwhile; then read the newer version and replay again."""
+        if self.wal_dir is None or not os.path.isdir(self.wal_dir):
+            return
+        for attempt in range(5):
+            pending, report = Pending(), ReplayReport()
+            try:
+                for wid, path in writer_wal_dirs(self.wal_dir):
+                    floor_version, floor_lsn = read_base(path) if wid else (0, 0)
+                    applied = writer_applied_lsn(self._ds, wid, floor_version, floor_lsn)
+                    for frame in read_frames(path, after_lsn=applied, mode=self.options.recovery, report=report):
+                        if frame.type == FRAME_BATCH:
+                            batch = decode_batch(frame.payload, where=f"{path} frame lsn {frame.lsn}")
+                            self._evolve_schema(batch.schema)
+                            pending.add(batch)
+            except CorruptionError:
+                latest = open_dataset(self.uri, self.storage_options)
+                moved = latest is not None and (self._ds is None or latest.version != self._ds.version)
+                if attempt == 4 or not moved:
+                    raise
+                self._ds = latest
+                self._flushed_rows = latest.count_rows()
+                self._schema = logical_schema(latest.schema)
+                continue
+            self._pending, self.recovery_report = pending, report
+            return
 
     def _release_locks(self) -> None:
         if self._writer is not None:
@@ -180,6 +219,9 @@ class Table(TableReads):
         """
         wd = orphan.writer
         floor_version, floor_lsn = wd.read_base() if not orphan.legacy else (0, 0)
+        # the writer may have committed after this table opened and before it died: look at
+        # the newest version, not the one this open started from
+        self._ds = open_dataset(self.uri, self.storage_options) or self._ds
         applied = writer_applied_lsn(self._ds, wd.writer_id, floor_version, floor_lsn)
         report = self.recovery_report
         pending = Pending()
@@ -381,6 +423,16 @@ class Table(TableReads):
         ds = ds if ds is not None else self._ds
         snapshot = DirectorySnapshot(local_path(self.uri)) if is_local(self.uri) else None
         props = commit_properties(writer_id, last_lsn)
+        own = writer_id == self.writer_id
+        if own and last_lsn <= self._attempted_lsn:
+            # an earlier attempt at these rows raised: it may have failed after Lance committed
+            latest = open_dataset(self.uri, self.storage_options)
+            if latest is not None and writer_applied_lsn(latest, writer_id, ds.version if ds else 0) >= last_lsn:
+                if snapshot is not None:
+                    snapshot.fsync_new_files()
+                return latest
+        if own:
+            self._attempted_lsn = max(self._attempted_lsn, last_lsn)
         created = False
         if ds is None:
             try:
@@ -576,6 +628,8 @@ class Table(TableReads):
                 return
             self._ds = fresh
             self._flushed_rows = fresh.count_rows()
+            if self.read_only:
+                self._pending = Pending()  # replayed WAL rows may be committed now: replay again
             stored = logical_schema(fresh.schema)
             if self._schema is None:
                 self._schema = stored
@@ -585,6 +639,8 @@ class Table(TableReads):
                 except PersistingError:
                     self._schema = stored
             self._merged = None
+            if self.read_only:
+                self._replay_for_reader()
 
     def refresh(self) -> None:
         """See every writer's commits up to now (reads do this on their own unless the

@@ -25,7 +25,9 @@ from persisting.engine.durable import fsync_path
 from persisting.engine.wal import list_segments
 from persisting.errors import LockedError, StorageError
 
-__all__ = ["Orphan", "TableLock", "WriterDir", "find_orphans", "live_writer_ids", "new_writer_id"]
+__all__ = [
+    "Orphan", "TableLock", "WriterDir", "find_orphans", "live_writer_ids", "new_writer_id", "read_base", "writer_wal_dirs",
+]
 
 _WRITERS = "writers"
 
@@ -102,12 +104,19 @@ class WriterDir:
     def create(cls, wal_dir: str, base_version: int) -> WriterDir:
         """A fresh directory for a new writer, durable before any append is acknowledged."""
         writer_id = new_writer_id()
-        path = os.path.join(wal_dir, _WRITERS, writer_id)
-        _makedirs_durable(path)
-        fd = os.open(os.path.join(path, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+        root = os.path.join(wal_dir, _WRITERS)
+        _makedirs_durable(root)
+        # built under a hidden name and renamed in locked: nobody can take it for an orphan
+        tmp = os.path.join(root, f".new-{writer_id}")
+        os.mkdir(tmp)
+        fd = os.open(os.path.join(tmp, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
-        wd = cls(writer_id, path, fd)
+        wd = cls(writer_id, tmp, fd)
         wd.write_base(base_version, 0, durable=True)
+        path = os.path.join(root, writer_id)
+        os.rename(tmp, path)
+        fsync_path(root)
+        wd.path = path
         return wd
 
     def write_base(self, version: int, lsn: int, *, durable: bool = False) -> None:
@@ -189,6 +198,9 @@ def find_orphans(wal_dir: str) -> list[Orphan]:
         return found
     for name in names:
         path = os.path.join(root, name)
+        if name.startswith("."):
+            _remove_abandoned(path)
+            continue
         try:
             fd = os.open(os.path.join(path, "LOCK"), os.O_RDWR)
         except (FileNotFoundError, NotADirectoryError):
@@ -210,3 +222,34 @@ def live_writer_ids(wal_dir: str) -> set[str]:
         return set(os.listdir(os.path.join(wal_dir, _WRITERS)))
     except FileNotFoundError:
         return set()
+
+
+def _remove_abandoned(path: str) -> None:
+    """A writer directory whose creator died before renaming it in: it holds no frames."""
+    try:
+        fd = os.open(os.path.join(path, "LOCK"), os.O_RDWR)
+    except FileNotFoundError:
+        return
+    try:
+        if _try_flock(fd, fcntl.LOCK_EX):
+            for name in os.listdir(path):
+                os.unlink(os.path.join(path, name))
+            os.rmdir(path)
+    except OSError:
+        pass  # another process removed it first
+    finally:
+        os.close(fd)
+
+
+def writer_wal_dirs(wal_dir: str) -> list[tuple[str, str]]:
+    """``(writer id, directory)`` of every WAL under ``wal_dir``, live or dead, for readers
+    (no locks taken): the single-writer layout as id ``""``, then each writer directory."""
+    out: list[tuple[str, str]] = []
+    if os.path.isdir(wal_dir) and list_segments(wal_dir):
+        out.append(("", wal_dir))
+    root = os.path.join(wal_dir, _WRITERS)
+    try:
+        names = sorted(n for n in os.listdir(root) if not n.startswith("."))
+    except FileNotFoundError:
+        return out
+    return out + [(n, os.path.join(root, n)) for n in names]
