@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import lance
 import pyarrow as pa
 
-from persisting.engine.lance_io import BLOB_METADATA, is_blob, read_blob
+from persisting.engine.lance_io import BLOB_METADATA, GuardedBlob, is_blob, lance_errors, read_blob
 from persisting.engine.schema import conform
 from persisting.errors import ClosedError, NotFoundError
 
@@ -63,9 +63,10 @@ class TableReads:
             self._check_open()
             if filter is None:
                 return self._flushed_rows + self._pending.rows
-            n = self._ds.count_rows(filter=filter) if self._ds is not None else 0
-            if self._pending and self._schema is not None:
-                n += self._pending.dataset(self._schema).count_rows(filter=filter)
+            with lance_errors(self.uri, "rows", filter=filter, schema=self._schema):
+                n = self._ds.count_rows(filter=filter) if self._ds is not None else 0
+                if self._pending and self._schema is not None:
+                    n += self._pending.dataset(self._schema).count_rows(filter=filter)
             return n
 
     def __len__(self) -> int:
@@ -97,10 +98,11 @@ class TableReads:
             if filter is None:
                 return self._scan_positional(target, limit, offset)
             parts = []
-            if self._ds is not None:
-                parts.append(_lance_scan(self._ds, target, filter))
-            if self._pending:
-                parts.append(_lance_scan(self._pending.dataset(self._schema), target, filter))
+            with lance_errors(self.uri, "rows", filter=filter, schema=self._schema):
+                if self._ds is not None:
+                    parts.append(_lance_scan(self._ds, target, filter))
+                if self._pending:
+                    parts.append(_lance_scan(self._pending.dataset(self._schema), target, filter))
             out = pa.concat_tables([conform(p, target) for p in parts]) if parts else target.empty_table()
             return out.slice(offset, limit) if (offset or limit is not None) else out
 
@@ -109,7 +111,8 @@ class TableReads:
         end = None if limit is None else offset + limit
         if self._ds is not None and offset < self._flushed_rows and (end is None or end > 0):
             n = None if end is None else min(end, self._flushed_rows) - offset
-            parts.append(_lance_scan(self._ds, target, None, limit=n, offset=offset or None))
+            with lance_errors(self.uri, "rows"):
+                parts.append(_lance_scan(self._ds, target, None, limit=n, offset=offset or None))
         if self._pending:
             start = max(0, offset - self._flushed_rows)
             stop = None if end is None else max(0, end - self._flushed_rows)
@@ -134,7 +137,8 @@ class TableReads:
             pending = [p - self._flushed_rows for p in positions if p >= self._flushed_rows]
             parts = []
             if flushed:
-                parts.append(conform(self._take_committed(flushed, target), target))
+                with lance_errors(self.uri, f"rows at positions {flushed[:8]}"):
+                    parts.append(conform(self._take_committed(flushed, target), target))
             if pending:
                 rows = self._pending.table(self._schema).select(target.names)
                 parts.append(rows.take(pa.array(pending, pa.int64())))
@@ -181,7 +185,8 @@ class TableReads:
                 not 0 <= p < self._flushed_rows for p in positions
             ):
                 return self.take(positions, columns=[column]).column(column).to_pylist()
-        out = [None if b is None else read_blob(b) for b in ds.take_blobs(column, indices=list(positions))]
+        with lance_errors(self.uri, f"blob column {column!r} at positions {list(positions)[:8]}"):
+            out = [None if b is None else read_blob(b) for b in ds.take_blobs(column, indices=list(positions))]
         self.metrics.bytes_read.inc(sum(len(v) for v in out if v is not None))
         return out
 
@@ -196,7 +201,9 @@ class TableReads:
             if not committed or any(not 0 <= p < self._flushed_rows for p in positions):
                 return [io.BytesIO(b or b"") for b in self.read_blobs(column, positions)]
         assert ds is not None
-        return list(ds.take_blobs(column, indices=list(positions), buffer_size=buffer_size))
+        with lance_errors(self.uri, f"blob column {column!r} at positions {list(positions)[:8]}"):
+            blobs = list(ds.take_blobs(column, indices=list(positions), buffer_size=buffer_size))
+        return [b if b is None else GuardedBlob(b, self.uri, column, p) for b, p in zip(blobs, positions)]
 
     def iter_batches(
         self, *, columns: list[str] | None = None, filter: str | None = None, batch_rows: int = 65536
@@ -208,17 +215,25 @@ class TableReads:
                 return
             target = self._target(columns)
             ds = self._ds
+            schema = self._schema
             pending = None
             if self._pending:
-                pending = (
-                    self._pending.table(self._schema) if filter is None
-                    else self._pending.dataset(self._schema).to_table(filter=filter)
-                )
+                with lance_errors(self.uri, "rows", filter=filter, schema=schema):
+                    pending = (
+                        self._pending.table(self._schema) if filter is None
+                        else self._pending.dataset(self._schema).to_table(filter=filter)
+                    )
         if ds is not None:
             cols = [c for c in target.names if c in ds.schema.names]
-            scanner = ds.scanner(columns=cols, filter=filter, batch_size=batch_rows, scan_in_order=True,
-                                 blob_handling="all_binary")
-            for b in scanner.to_batches():
+            with lance_errors(self.uri, "rows", filter=filter, schema=schema):
+                scanner = ds.scanner(columns=cols, filter=filter, batch_size=batch_rows, scan_in_order=True,
+                                     blob_handling="all_binary")
+                batches = iter(scanner.to_batches())
+            while True:
+                with lance_errors(self.uri, "rows", filter=filter, schema=schema):
+                    b = next(batches, None)
+                if b is None:
+                    break
                 yield from conform(b, target).to_batches()
         if pending is not None:
             yield from conform(pending, target).to_batches(max_chunksize=batch_rows)
