@@ -27,6 +27,7 @@ import lance
 import pyarrow as pa
 
 from persisting.engine.batches import decode_batch, encode_batch
+from persisting.engine import integrity
 from persisting.engine.durable import DirectorySnapshot, is_local, local_path
 from persisting.engine.lance_io import (
     LSN_KEY,
@@ -351,7 +352,7 @@ class Table(TableReads):
                 )
             _kill_point("after_commit")
             if snapshot is not None:
-                snapshot.fsync_new_files()
+                integrity.fsync_and_record(snapshot)
             _kill_point("after_fsync")
             with self._lock:
                 self._ds = ds
@@ -388,7 +389,7 @@ class Table(TableReads):
         if new:
             ds.add_columns(new)
         if snapshot is not None:
-            snapshot.fsync_new_files()
+            integrity.fsync_and_record(snapshot)
         return ds
 
     def _rewrite_with(self, ds: lance.LanceDataset, schema: pa.Schema) -> lance.LanceDataset:
@@ -430,7 +431,7 @@ class Table(TableReads):
             result = action(ds)
             fresh = lance.dataset(self.uri, storage_options=self.storage_options)
             if snapshot is not None:
-                snapshot.fsync_new_files()
+                integrity.fsync_and_record(snapshot)
             with self._lock:
                 self._ds = fresh
                 self._flushed_rows = fresh.count_rows()
@@ -445,7 +446,7 @@ class Table(TableReads):
         ds.optimize.compact_files(materialize_deletions_threshold=0.0)
         fresh = lance.dataset(self.uri, storage_options=self.storage_options)
         if snapshot is not None:
-            snapshot.fsync_new_files()
+            integrity.fsync_and_record(snapshot)
         with self._lock:
             self._ds = fresh
 
@@ -487,7 +488,7 @@ class Table(TableReads):
             snapshot = DirectorySnapshot(local_path(self.uri)) if is_local(self.uri) else None
             self._ds.tags.create(name, version if version is not None else self._ds.version)
             if snapshot is not None:
-                snapshot.fsync_new_files()  # a tag keeps its version from cleanup: make it stick
+                integrity.fsync_and_record(snapshot)  # a tag keeps its version from cleanup: make it stick
 
     def delete_tag(self, name: str) -> None:
         with self._lock:
