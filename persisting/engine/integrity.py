@@ -155,7 +155,8 @@ def fsync_and_record(snapshot: DirectorySnapshot) -> list[str]:
     """Make what a commit wrote durable (data first, manifest last), then record its digests
     and forget the files the commit removed (cleanup). Returns the new files."""
     before = snapshot.names
-    new_files = snapshot.fsync_new_files()
+    snapshot.fsync_new_files()
+    new_files = sorted(n for n in snapshot.names - before if not n.endswith("/"))
     removed = sorted(n for n in before - snapshot.names if not n.endswith("/"))
     try:
         record(snapshot.root, new_files, removed)
