@@ -164,7 +164,9 @@ def table_info(path: str, *, wal_rows: bool = True) -> TableInfo:
         columns = tuple(ds.schema.names)
         if wal_rows and wal_dir_or_none is not None and wal_bytes:
             pending = wal_pending_rows(wal_dir, lsn)
-    except Exception as exc:  # noqa: BLE001 - kept in TableInfo.error, shown by ls and exported as unreadable
+    except BaseException as exc:  # noqa: BLE001 - kept in TableInfo.error, shown by ls and exported as unreadable
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise  # KeyboardInterrupt, SystemExit; a Rust panic in a damaged file is an error like any
         error = f"{type(exc).__name__}: {exc}"
     return TableInfo(path, name, wal_dir_or_none, committed, pending, size, wal_bytes, versions, version, lsn,
                      mtime, columns, error)

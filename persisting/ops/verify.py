@@ -9,7 +9,11 @@ payload checksums (xxh3-128 over the stored bytes) are checked where a store kee
 - kvcache namespaces: ``payload`` against ``checksum``;
 - trajectory ``steps`` (and any table): a column ``X`` against ``X__xxh3``.
 
-Checkpoint manifests must reference only chunks that exist.
+Checkpoint manifests must reference only chunks that exist. Every committed Lance file
+(manifests, data, blob, deletion, index and transaction files) is hashed against the xxh3-128
+digest recorded at its commit (:mod:`persisting.engine.integrity`): a changed, truncated or
+missing file is a problem, and so is a committed file that no digest record covers (its
+record was lost, so its bytes cannot be vouched for).
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from typing import Any
 import lance
 import pyarrow as pa
 
+from persisting.engine import integrity
 from persisting.engine.batches import decode_batch
 from persisting.engine.codec import checksum
-from persisting.engine.lance_io import applied_lsn, is_blob
+from persisting.engine.lance_io import applied_lsn, is_blob, is_panic
 from persisting.engine.wal import ReplayReport, read_frames
 from persisting.errors import CorruptionError, PersistingError
 from persisting.ops.catalog import StoreInfo, TableInfo, discover
@@ -100,6 +105,7 @@ def verify(root: str, *, progress: Callable[[str], None] | None = None) -> Verif
             if progress is not None:
                 progress(t.path)
             report.tables += 1
+            _verify_digests(t, report)
             _verify_wal(t, report)
             keys = _verify_rows(store, t, report)
             if store.kind == "params" and t.name == "chunks":
@@ -109,12 +115,51 @@ def verify(root: str, *, progress: Callable[[str], None] | None = None) -> Verif
     return report
 
 
+def _verify_digests(t: TableInfo, report: VerifyReport) -> None:
+    """Hash every recorded file of the table; flag changed, missing and unrecorded files."""
+    try:
+        recorded = integrity.load(t.path)
+    except CorruptionError as exc:
+        report.findings.append(Finding("problem", str(exc.details.get("path", t.path)), str(exc)))
+        recorded = {}
+    if recorded is None:
+        report.findings.append(Finding(
+            "warning", t.path, "no digests recorded (written before digests existed): only payload "
+            "checksums can be checked"))
+        return
+    for rel in sorted(recorded):
+        problem = integrity.check_file(t.path, rel, recorded[rel], cache=False)
+        if problem is not None:
+            report.findings.append(Finding("problem", os.path.join(t.path, rel), problem))
+    for rel in _committed_files(t.path):
+        if rel not in recorded:
+            report.findings.append(Finding(
+                "problem", os.path.join(t.path, rel),
+                "no digest record covers this committed file (its record was lost or damaged, or a crash "
+                "came between its commit and the record): its bytes cannot be verified"))
+
+
+def _committed_files(root: str) -> list[str]:
+    out = []
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            rel = os.path.relpath(os.path.join(dirpath, n), root)
+            if integrity.is_immutable(rel):
+                out.append(rel)
+    return sorted(out)
+
+
 def _current_lsn(t: TableInfo) -> tuple[int, int]:
     """(version, applied LSN) of the table as committed now."""
     if t.error is not None:
         return t.version, t.applied_lsn
-    ds = lance.dataset(t.path)
-    return ds.version, applied_lsn(ds)
+    try:
+        ds = lance.dataset(t.path)
+        return ds.version, applied_lsn(ds)
+    except BaseException as exc:  # noqa: BLE001 - the row check reports a table Lance cannot open
+        if not isinstance(exc, Exception) and not is_panic(exc):
+            raise
+        return t.version, t.applied_lsn
 
 
 def _verify_wal(t: TableInfo, report: VerifyReport) -> None:
@@ -203,7 +248,9 @@ def _verify_rows(store: StoreInfo, t: TableInfo, report: VerifyReport) -> set[st
                             f"column {data_col!r}{key} fails its checksum ({sum_col!r}): the stored bytes are corrupt",
                             row=row + i))
             row += batch.num_rows
-    except Exception as exc:  # noqa: BLE001 - any failure to read is reported as a problem with its place
+    except BaseException as exc:  # noqa: BLE001 - any failure to read is reported as a problem with its place
+        if not isinstance(exc, Exception) and not is_panic(exc):
+            raise
         report.findings.append(Finding("problem", t.path, f"cannot read rows after row {row}: {exc}", row=row))
     report.rows += row
     if row != expected:
@@ -218,7 +265,9 @@ def _verify_manifests(store: StoreInfo, chunk_keys: set[str], report: VerifyRepo
     path = os.path.join(store.path, "checkpoints.lance")
     try:
         t = lance.dataset(path).to_table(columns=["step", "manifest"])
-    except (OSError, ValueError) as exc:
+    except BaseException as exc:  # noqa: BLE001 - a damaged table (Rust panics included) is a finding
+        if not isinstance(exc, Exception) and not is_panic(exc):
+            raise
         report.findings.append(Finding("problem", path, f"cannot read manifests: {exc}"))
         return
     for i, (step, text) in enumerate(zip(t.column("step").to_pylist(), t.column("manifest").to_pylist())):
