@@ -4,18 +4,25 @@ Evolution rules (DESIGN.md): a new field becomes a nullable column; compatible w
 (int32 -> int64, int -> float, float32 -> float64, string -> large_string, binary ->
 large_binary, and the same inside list types) is applied; anything else raises SchemaError
 naming the field, the stored type and the offered type, and changes nothing.
+
+Field names are checked here too, whatever the records came as (dicts or Arrow): a name Lance
+cannot commit or query (see :func:`persisting.engine.names.field_name_problem`) raises
+InvalidRecordError naming the field before anything is logged or buffered, so an acknowledged
+row can never make the table uncommittable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
 
+from persisting.engine.names import field_name_problem
+from persisting.engine.wal import LostRange, ReplayReport
 from persisting.errors import InvalidRecordError, SchemaError
 
-__all__ = ["Evolution", "conform", "evolve", "records_to_batch"]
+__all__ = ["Evolution", "check_field_names", "conform", "evolve", "records_to_batch", "screen_replayed"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,9 @@ def records_to_batch(records: Sequence[Mapping[str, object]], schema: pa.Schema 
             )
         for key in rec:
             if not isinstance(key, str) or not key:
-                raise InvalidRecordError(f"record {i} has field name {key!r}; field names must be non-empty str", index=i)
+                raise InvalidRecordError(
+                    f"record {i} has field name {key!r}; field names must be non-empty str", index=i, field=key
+                )
             names[key] = None
     arrays, fields = [], []
     for name in names:
@@ -160,8 +169,57 @@ def _widen(stored: pa.DataType, offered: pa.DataType) -> pa.DataType | None:
     return None
 
 
+def check_field_names(schema: pa.Schema, known: Collection[str] = ()) -> None:
+    """Raise InvalidRecordError for the first field of ``schema`` (not in ``known``, the names
+    already stored) whose name, or whose nested struct field's name, Lance cannot store."""
+    names = schema.names
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise InvalidRecordError(
+            f"field {dup!r} appears twice in the offered columns; give each column its own name",
+            field=dup, reason="duplicate",
+        )
+    for f in schema:
+        if f.name not in known:
+            _check_field(f.name, f.type, (), top_level=True)
+
+
+def _check_field(name: object, t: pa.DataType, parents: tuple[str, ...], *, top_level: bool) -> None:
+    problem = field_name_problem(name, top_level=top_level)
+    path = (*parents, str(name))
+    if problem is not None:
+        where = f" (inside {' -> '.join(map(repr, parents))})" if parents else ""
+        raise InvalidRecordError(
+            f"field name {name!r}{where} {problem}; nothing was written",
+            field=" -> ".join(path), reason=problem,
+        )
+    _check_type(t, path)
+
+
+def _check_type(t: pa.DataType, path: tuple[str, ...]) -> None:
+    """The struct fields inside ``t`` (also inside lists and maps, whose own element field
+    names are Arrow's, not the caller's)."""
+    if pa.types.is_struct(t):
+        children = [t.field(i).name for i in range(t.num_fields)]
+        if len(set(children)) != len(children):
+            dup = next(n for n in children if children.count(n) > 1)
+            raise InvalidRecordError(
+                f"field {dup!r} appears twice inside {' -> '.join(map(repr, path))}; nothing was written",
+                field=" -> ".join((*path, dup)), reason="duplicate",
+            )
+        for i in range(t.num_fields):
+            _check_field(t.field(i).name, t.field(i).type, path, top_level=False)
+    elif pa.types.is_map(t):
+        _check_type(t.key_type, path)
+        _check_type(t.item_type, path)
+    elif isinstance(t, (pa.ListType, pa.LargeListType, pa.FixedSizeListType)):
+        _check_type(t.value_type, path)
+
+
 def evolve(stored: pa.Schema | None, offered: pa.Schema) -> Evolution:
-    """Merge ``offered`` into ``stored`` by the evolution rules, or raise SchemaError."""
+    """Merge ``offered`` into ``stored`` by the evolution rules, or raise SchemaError
+    (InvalidRecordError for a new field whose name Lance cannot store)."""
+    check_field_names(offered, () if stored is None else stored.names)
     if stored is None:
         return Evolution(offered, tuple(offered.names), ())
     fields = list(stored)
@@ -205,3 +263,41 @@ def conform(batch: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Table:
         else:
             columns.append(pa.nulls(batch.num_rows, type=f.type))
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def screen_replayed(
+    batch: pa.RecordBatch, stored: pa.Schema | None, *, mode: str, wal_dir: str, lsn: int, report: ReplayReport
+) -> pa.RecordBatch | None:
+    """A WAL batch being replayed, checked by the same field-name rules as an append.
+
+    Frames logged by a version that did not check names can hold a field Lance refuses: with
+    recovery ``point_in_time`` that raises InvalidRecordError saying to salvage; with
+    ``salvage`` the frame's rows are given up and listed in ``report.lost``, and a zero-row
+    batch of its acceptable columns stands in for it, so the next commit records the frame's
+    LSN as applied and the log is dropped (None when no column is acceptable).
+    """
+    known = () if stored is None else stored.names
+    try:
+        check_field_names(batch.schema, known)
+        return batch
+    except InvalidRecordError as exc:
+        if mode != "salvage":
+            raise InvalidRecordError(
+                f"{wal_dir}: WAL frame lsn {lsn} holds {batch.num_rows} row(s) that cannot be committed: "
+                f"{exc.message.removesuffix('; nothing was written')} (logged by a version that did not check "
+                "field names). Open with recovery='salvage' to skip the frame; its rows are lost and "
+                "listed in recovery_report.lost",
+                path=wal_dir, lsn=lsn, field=exc.details.get("field"),
+            ) from None
+        report.lost.append(LostRange(wal_dir, 0, 0, f"frame lsn {lsn}: {batch.num_rows} row(s) refused, "
+                                                     f"field {exc.details.get('field')!r} {exc.details.get('reason')}"))
+    keep = []
+    for f in batch.schema:
+        try:
+            check_field_names(pa.schema([f]), known)
+        except InvalidRecordError:
+            continue
+        keep.append(f.name)
+    if keep:
+        return batch.select(keep).slice(0, 0)
+    return None if stored is None else pa.RecordBatch.from_pylist([], schema=stored)

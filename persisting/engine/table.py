@@ -41,7 +41,7 @@ from persisting.engine.metrics import TableMetrics
 from persisting.engine.options import TableOptions
 from persisting.engine.pending import Pending
 from persisting.engine.reads import TableReads
-from persisting.engine.schema import conform, evolve, records_to_batch
+from persisting.engine.schema import conform, evolve, records_to_batch, screen_replayed
 from persisting.engine.wal import FRAME_BATCH, WAL, ReplayReport, list_segments, read_frames, truncate_torn
 from persisting.errors import ClosedError, CorruptionError, LockedError, NotFoundError, StorageError, WALError
 
@@ -178,7 +178,11 @@ class Table(TableReads):
             assert self.wal_dir is not None
             for frame in read_frames(self.wal_dir, after_lsn=self._applied, mode=self.options.recovery, report=report):
                 if frame.type == FRAME_BATCH:
-                    self._buffer_batch(decode_batch(frame.payload, where=f"{self.wal_dir} frame lsn {frame.lsn}"))
+                    batch = screen_replayed(decode_batch(frame.payload, where=f"{self.wal_dir} frame lsn {frame.lsn}"),
+                                            self._schema, mode=self.options.recovery, wal_dir=self.wal_dir,
+                                            lsn=frame.lsn, report=report)
+                    if batch is not None:
+                        self._buffer_batch(batch)
             self._next_lsn = max(self._next_lsn, report.last_lsn + 1)
             if not self.read_only:
                 truncate_torn(report)

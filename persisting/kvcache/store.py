@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from persisting.engine.codec import COMPRESSIONS, checksum, decode_tensor, dtype_name, encode_tensor
+from persisting.engine.codec import COMPRESSIONS, check_framework, checksum, decode_tensor, dtype_name, encode_tensor
 from persisting.engine.names import check_name
 from persisting.engine.options import TableOptions
 from persisting.engine.table import Table
@@ -243,6 +243,7 @@ class KVCacheStore:
         (torch in, torch out; numpy in, numpy out) unless ``framework`` says otherwise. A chunk
         that fails its checksum is counted, removed with everything after it, and not served.
         """
+        check_framework(framework, allow_none=True)
         with self._lock:
             self._check_open()
             toks = as_token_array(tokens)
