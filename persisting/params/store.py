@@ -48,6 +48,7 @@ from persisting.params.tree import (
     encode_plain,
     encode_tree,
     is_dict_node,
+    match_tensors,
     select,
     top_level,
     tree_tensor_indices,
@@ -238,9 +239,11 @@ class ParamStore:
         checked against its checksum; a corrupt one raises CorruptionError.
 
         ``into`` (a state shaped like the saved one, e.g. the live ``{"model": ..., "optim": ...}``)
-        lends its CPU tensors: a stored tensor whose name, dtype and shape match one of them is
-        read straight into it (no new allocation) and that tensor is returned in its place. If a
-        chunk turns out corrupt, those tensors may be left partly overwritten.
+        lends its CPU tensors: a stored tensor whose position (key by key: ``"a.b"`` and nested
+        ``a -> b`` are different places), dtype and shape match one of them is read straight
+        into it (no new allocation) and that tensor is returned in its place. If a chunk turns
+        out corrupt, those tensors may be left partly overwritten. (``keys`` match dotted paths,
+        so ``"a.b"`` selects both of those places.)
         """
         with self._lock:
             self._check_open()
@@ -248,7 +251,7 @@ class ParamStore:
             m = self._manifest(info.step)
             tree = m.tree if keys is None else select(m.tree, keys)
             wanted = sorted(set(tree_tensor_indices(tree)))
-            dest = _tensors_by_name(into) if into is not None else {}
+            dest = match_tensors(tree, into, _is_torch) if into is not None else {}
             values = self._materialize({i: m.tensors[i] for i in wanted}, info.step, dest)
             self._counts["loads"] += 1
         return decode_tree(tree, values.__getitem__)
@@ -449,9 +452,9 @@ class ParamStore:
         self.gc()
 
     # -- reading tensors -------------------------------------------------------------------
-    def _materialize(self, entries: Mapping[int, TensorEntry], step: int, dest: Mapping[str, Any]) -> dict[int, Any]:
+    def _materialize(self, entries: Mapping[int, TensorEntry], step: int, dest: Mapping[int, Any]) -> dict[int, Any]:
         """Build the tensors of ``entries`` from their chunks, each chunk read once; ``dest``
-        offers existing tensors by name to read into."""
+        offers existing tensors, by tensor reference, to read into."""
         buffers: dict[int, np.ndarray] = {}
         outputs: dict[int, Any] = {}
         targets: dict[str, list[tuple[int, int]]] = {}
@@ -459,7 +462,7 @@ class ParamStore:
             if e.kind == TORCH:
                 import torch
 
-                t: Any = dest.get(e.name)
+                t: Any = dest.get(i)
                 if not _fits(t, e):
                     t = torch.empty(e.shape, dtype=getattr(torch, e.dtype))
                 outputs[i] = t
@@ -490,18 +493,8 @@ class ParamStore:
         return outputs
 
 
-def _tensors_by_name(state: Any, path: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The torch tensors of a nested state by dotted name (the names the manifest uses)."""
-    out = {} if out is None else out
-    if isinstance(state, Mapping):
-        for k, v in state.items():
-            _tensors_by_name(v, f"{path}.{k}" if path else str(k), out)
-    elif isinstance(state, (list, tuple)):
-        for i, v in enumerate(state):
-            _tensors_by_name(v, f"{path}.{i}" if path else str(i), out)
-    elif type(state).__module__.startswith("torch") and hasattr(state, "is_contiguous"):
-        out[path or "<root>"] = state
-    return out
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "is_contiguous")
 
 
 def _nest(key: str, value: Any) -> Any:
