@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DIGEST_DIR",
     "Digest",
+    "check_blob_files",
     "check_dataset",
     "check_file",
     "fsync_and_record",
@@ -282,6 +283,27 @@ def check_dataset(uri: str, ds: lance.LanceDataset | None) -> None:
         if problem is not None:
             raise CorruptionError(f"table {uri}: {problem}; restore it from a backup or drop the table",
                                   path=os.path.join(root, rel))
+
+
+def check_blob_files(uri: str, ds: lance.LanceDataset | None) -> None:
+    """Raise CorruptionError if a blob file of this version fails its digest. Called before
+    blob bytes are served by reads that have no per-payload checksum of their own (once per
+    file and process); the streaming path (``open_blobs``) leaves it to the stores' payload
+    checksums, so a KV hit or a checkpoint load never hashes more than it reads."""
+    if ds is None or not is_local(uri):
+        return
+    root = local_path(uri)
+    recorded = load(root)
+    if not recorded:
+        return
+    stems = tuple("data/" + f.path.removesuffix(".lance") + "/" for frag in ds.get_fragments()
+                  for f in frag.metadata.files)
+    for rel in sorted(recorded):
+        if rel.startswith(stems):
+            problem = check_file(root, rel, recorded[rel])
+            if problem is not None:
+                raise CorruptionError(f"table {uri}: {problem}; restore it from a backup or drop the table",
+                                      path=os.path.join(root, rel))
 
 
 def describe(recorded: dict[str, Any] | None) -> str:

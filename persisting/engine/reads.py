@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import lance
 import pyarrow as pa
 
+from persisting.engine import integrity
 from persisting.engine.lance_io import BLOB_METADATA, GuardedBlob, is_blob, lance_errors, read_blob
 from persisting.engine.schema import conform
 from persisting.errors import ClosedError, NotFoundError
@@ -159,6 +160,8 @@ class TableReads:
         cols = [c for c in target.names if c in stored.names]
         blob_cols = {c for c in cols if is_blob(stored.field(c))}
         plain = [c for c in cols if c not in blob_cols]
+        if blob_cols:
+            integrity.check_blob_files(self.uri, self._ds)
         taken = self._ds.take(positions, columns=plain) if plain else None
         arrays, fields = [], []
         for c in cols:
@@ -185,6 +188,7 @@ class TableReads:
                 not 0 <= p < self._flushed_rows for p in positions
             ):
                 return self.take(positions, columns=[column]).column(column).to_pylist()
+        integrity.check_blob_files(self.uri, ds)
         with lance_errors(self.uri, f"blob column {column!r} at positions {list(positions)[:8]}"):
             out = [None if b is None else read_blob(b) for b in ds.take_blobs(column, indices=list(positions))]
         self.metrics.bytes_read.inc(sum(len(v) for v in out if v is not None))
@@ -225,6 +229,8 @@ class TableReads:
                     )
         if ds is not None:
             cols = [c for c in target.names if c in ds.schema.names]
+            if any(is_blob(ds.schema.field(c)) for c in cols):
+                integrity.check_blob_files(self.uri, ds)
             with lance_errors(self.uri, "rows", filter=filter, schema=schema):
                 scanner = ds.scanner(columns=cols, filter=filter, batch_size=batch_rows, scan_in_order=True,
                                      blob_handling="all_binary")
@@ -296,6 +302,8 @@ def _lance_scan(
     limit: int | None = None, offset: int | None = None,
 ) -> pa.Table:
     cols = [c for c in target.names if c in ds.schema.names]
+    if any(is_blob(ds.schema.field(c)) for c in cols) and ds.uri and not ds.uri.startswith("memory://"):
+        integrity.check_blob_files(ds.uri, ds)
     return ds.scanner(
         columns=cols, filter=filter, limit=limit, offset=offset, scan_in_order=True, blob_handling="all_binary",
     ).to_table()

@@ -465,8 +465,8 @@ class KVCacheStore:
         for n, (e, m, blob) in enumerate(zip(chain, meta, _blob_files(self._table, positions, self._buffered))):
             if m["key"] != e.key:
                 raise PersistingError(f"KV cache index of {self.namespace!r} is out of step with its table at row {e.position}; reopen the store")
-            data = _read_into(blob, scratch, e.nbytes)
             try:
+                data = _read_into(blob, scratch, e.nbytes)  # a damaged blob file: CorruptionError, a miss
                 raw = decode_tensor(
                     data, dtype="uint8", shape=(m["raw_nbytes"],), checksum_=m["checksum"],
                     compression=m["compression"], copy=False, where=f"{self._table.uri} chunk {e.key} (row {e.position})",
