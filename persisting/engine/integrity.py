@@ -60,6 +60,13 @@ _records: dict[str, dict[str, dict[str, Digest]]] = {}  # root -> record file na
 _verified: set[tuple[str, int]] = set()  # (absolute path, size) hashed and found good
 
 
+def forget() -> None:
+    """Drop this process's caches of parsed records and verified files (another process's view)."""
+    with _lock:
+        _records.clear()
+        _verified.clear()
+
+
 def is_immutable(rel: str) -> bool:
     """Files Lance never rewrites: everything but the version hint (and our own sidecar)."""
     if rel.startswith(_IMMUTABLE_DIRS):
@@ -272,7 +279,7 @@ def check_dataset(uri: str, ds: lance.LanceDataset | None) -> None:
             mine.append(rel)
         elif v > version and not os.path.exists(os.path.join(root, rel)):
             raise CorruptionError(
-                f"table {uri}: the manifest for version {v} ({rel}) is missing, but version {v} was "
+                f"table {uri}: the manifest for version {v} is missing ({rel}), but version {v} was "
                 f"committed; opening would silently serve version {version}. Restore the file from a backup",
                 path=os.path.join(root, rel), version=v)
     for rel in mine + version_files(ds):
