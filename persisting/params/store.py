@@ -6,7 +6,9 @@ A store is a directory (or object-store prefix) with two engine tables: ``chunks
 ``save`` writes the new chunks, commits them durably, and only then commits the manifest row:
 a crash at any point leaves earlier checkpoints intact and the partial one invisible; its
 chunks are orphans that :meth:`ParamStore.gc` reclaims. Nothing is pickled: the state tree is
-JSON with tensors by reference (:mod:`persisting.params.tree`).
+JSON with tensors by reference (:mod:`persisting.params.tree`). A local store also keeps
+``checkpoints.head.json`` (:mod:`persisting.params.head`), so a lost newest manifest raises
+CorruptionError on open instead of silently rolling the store back a checkpoint.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from persisting.errors import (
 )
 from persisting.params import manifest as mf
 from persisting.params.chunks import ChunkTable
+from persisting.params.head import HEAD_NAME, Head, check_head, read_head, write_head
 from persisting.params.manifest import CheckpointInfo, Manifest, TensorEntry
 from persisting.params.tree import (
     NUMPY_SCALAR,
@@ -112,6 +115,9 @@ class ParamStore:
         root = self.path.rstrip("/")
         if "://" not in root and not read_only:
             os.makedirs(root, exist_ok=True)
+        # read before the table opens: a live writer can then only move the table past it
+        self._head_path = os.path.join(root, HEAD_NAME) if "://" not in root else None
+        head = read_head(self._head_path) if self._head_path is not None else None
         wal = os.fspath(wal_dir) if wal_dir is not None else None
         self._lock = threading.RLock()  # held by every write and read of the tables
         self._submit_lock = threading.Lock()  # guards _inflight, so save_async never waits on a write
@@ -137,7 +143,15 @@ class ParamStore:
         except BaseException:
             self._chunks.close()
             raise
-        self._infos = self._read_infos()
+        try:
+            self._infos = self._read_infos()
+            if self._head_path is not None:
+                check_head(head, path=self._head_path, table=root + "/checkpoints.lance",
+                           version=self._manifests.version, steps=list(self._infos))
+        except BaseException:
+            self._chunks.close()
+            self._manifests.close()
+            raise
 
     # -- reading the manifest table ---------------------------------------------------------
     def _read_infos(self) -> dict[int, CheckpointInfo]:
@@ -284,6 +298,7 @@ class ParamStore:
             info = self._resolve(step, None)
             self._manifests.delete(f"step = {info.step}")
             del self._infos[info.step]
+            self._record_head()
 
     def gc(self, *, compact: bool = False) -> GCReport:
         """Delete chunks no checkpoint references (orphans of crashed saves, chunks of deleted
@@ -435,7 +450,13 @@ class ParamStore:
         self._counts["chunks_written"] += new_chunks
         self._counts["bytes_deduplicated"] += nbytes - new_bytes
         self._apply_retention()
+        self._record_head()
         return info
+
+    def _record_head(self) -> None:
+        """After a commit of the checkpoint table: durably note its version (see head.py)."""
+        if self._head_path is not None:
+            write_head(self._head_path, Head(self._manifests.version, max(self._infos) if self._infos else None))
 
     def _apply_retention(self) -> None:
         if self.keep_last is None or len(self._infos) <= self.keep_last:
