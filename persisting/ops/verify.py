@@ -112,6 +112,8 @@ def verify(root: str, *, progress: Callable[[str], None] | None = None) -> Verif
                 chunk_keys = keys
         if store.kind == "params" and chunk_keys is not None:
             _verify_manifests(store, chunk_keys, report)
+        if store.kind == "params":
+            _verify_head(store, report)
     return report
 
 
@@ -257,6 +259,35 @@ def _verify_rows(store: StoreInfo, t: TableInfo, report: VerifyReport) -> set[st
         report.findings.append(Finding(
             "problem", t.path, f"read {row} rows but the table's manifest counts {expected}"))
     return keys
+
+
+def _verify_head(store: StoreInfo, report: VerifyReport) -> None:
+    """The ParamStore's record of its newest checkpoint: readable, and not ahead of the table."""
+    from persisting.params.head import HEAD_NAME, read_head
+
+    path = os.path.join(store.path, HEAD_NAME)
+    table = os.path.join(store.path, "checkpoints.lance")
+    try:
+        head = read_head(path)
+    except PersistingError as exc:
+        report.findings.append(Finding("problem", path, str(exc)))
+        return
+    if head is None:
+        if integrity.load(table):
+            report.findings.append(Finding(
+                "problem", path, "the record of the newest checkpoint is missing (the store was written "
+                "with one): a lost newest checkpoint could not be noticed; reopen the store as a writer"))
+        return
+    try:
+        version = lance.dataset(table).version
+    except BaseException as exc:  # noqa: BLE001 - reported by the row check already
+        if not isinstance(exc, Exception) and not is_panic(exc):
+            raise
+        return
+    if head.version > version:
+        report.findings.append(Finding(
+            "problem", path, f"records checkpoint table version {head.version} (step {head.step}) but the "
+            f"table opens at version {version}: its newest manifest is lost"))
 
 
 def _verify_manifests(store: StoreInfo, chunk_keys: set[str], report: VerifyReport) -> None:
