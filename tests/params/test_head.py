@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any
 
 import pytest
@@ -29,6 +30,23 @@ def test_deleting_the_newest_manifest_is_detected(tmp_path: Any) -> None:
         store.save({"w": torch.full((4,), 2.0)}, step=2)
         version = store._manifests.version
     os.unlink(_newest_manifest(path))
+    for read_only in (False, True):
+        with pytest.raises(CorruptionError, match=f"version {version}"):
+            ParamStore(path, read_only=read_only)
+
+
+def test_a_checkpoint_table_rolled_back_whole_is_detected(tmp_path: Any) -> None:
+    """checkpoints.lance replaced by an older copy of itself (a restore, a sync tool, a lost
+    directory): everything inside it is self-consistent, only the record beside it knows."""
+    path = str(tmp_path / "ckpt")
+    table = os.path.join(path, "checkpoints.lance")
+    with ParamStore(path) as store:
+        store.save({"w": torch.ones(4)}, step=1)
+        shutil.copytree(table, str(tmp_path / "backup"))
+        store.save({"w": torch.full((4,), 2.0)}, step=2)
+        version = store._manifests.version
+    shutil.rmtree(table)
+    shutil.copytree(str(tmp_path / "backup"), table)
     for read_only in (False, True):
         with pytest.raises(CorruptionError) as info:
             ParamStore(path, read_only=read_only)
