@@ -118,6 +118,8 @@ def _encode(entries: dict[str, Digest]) -> bytes:
 def _decode(path: str, raw: bytes) -> dict[str, Digest]:
     try:
         doc = json.loads(raw)
+        if set(doc) != {"check", "files", "format"} or doc["format"] != 1:
+            raise ValueError(f"unexpected header {sorted(doc)!r}")
         files = doc["files"]
         body = json.dumps(files, separators=(",", ":"), sort_keys=True)
         if doc.get("check") != xxhash.xxh3_64_hexdigest(body.encode()):

@@ -123,7 +123,7 @@ def _verify_digests(t: TableInfo, report: VerifyReport) -> None:
         recorded = integrity.load(t.path)
     except CorruptionError as exc:
         report.findings.append(Finding("problem", str(exc.details.get("path", t.path)), str(exc)))
-        recorded = {}
+        return
     if recorded is None:
         report.findings.append(Finding(
             "warning", t.path, "no digests recorded (written before digests existed): only payload "
