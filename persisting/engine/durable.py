@@ -102,8 +102,8 @@ class DirectorySnapshot:
             fsync_path(os.path.join(self.root, d))
         for name in manifests:
             fsync_path(os.path.join(self.root, name))
-        if os.path.exists(hint):
-            fsync_path(hint)
+        if os.path.exists(hint) and "_versions/latest_version_hint.json" not in manifests:
+            fsync_path(hint)  # rewritten in place by this commit, so not new
         if "_versions" in dirs or manifests:
             fsync_path(os.path.join(self.root, "_versions"))
         fsync_path(self.root)

@@ -120,6 +120,35 @@ def queue_case(root: str, kind: str, rng: random.Random) -> None:
     asyncio.run(run())
 
 
+def order_case(root: str) -> None:
+    """Two appends (``always``) and two commits, each step marked for the fsync-order test.
+
+    ``MARK <what> <n>``: ``n`` is how many fsyncs the shim had logged when ``<what>`` returned
+    (-1 without the shim; under strace the mark's own write to stdout places it).
+    """
+    from persisting.engine import Table, TableOptions
+
+    log = os.path.join(os.environ.get("PCUT_SHADOW", "/nonexistent"), "events.log")
+
+    def mark(what: str) -> None:
+        try:
+            with open(log) as f:
+                n = sum(1 for _ in f)
+        except FileNotFoundError:
+            n = -1 if "PCUT_SHADOW" not in os.environ else 0
+        say(f"MARK {what} {n}")
+
+    t = Table(os.path.join(root, "t.lance"), options=TableOptions(durability="always", background_flush=False))
+    mark("open")
+    for i in range(2):
+        t.append([expected(i)])
+        mark(f"ack{i}")
+        t.flush()
+        mark(f"commit{i}")
+    t.close()
+    mark("closed")
+
+
 def main() -> None:
     case, root, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
     rng = random.Random(seed)
@@ -131,6 +160,8 @@ def main() -> None:
         params_case(root, rng)
     elif case == "traj":
         traj_case(root, rng)
+    elif case == "order":
+        order_case(root)
     elif case.startswith("queue-"):
         queue_case(root, case.removeprefix("queue-"), rng)
     else:

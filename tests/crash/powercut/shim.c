@@ -9,7 +9,8 @@
  * image. Every intercepted sync is also appended to $PCUT_SHADOW/events.log as
  * "<seq-free line>: <pid> <tid> <call> <kind> <path>" for order checks.
  * With $PCUT_KILL_AT=N the process SIGKILLs itself right after recording its N-th event,
- * so a test can cut the power exactly between any two fsyncs.
+ * so a test can cut the power exactly between any two fsyncs; with $PCUT_KILL_MATCH=suffix
+ * only events on paths ending in suffix count (cut right after the N-th "_versions" fsync).
  * Calls outside the root (or with the env unset) go straight to libc.
  */
 #define _GNU_SOURCE
@@ -35,12 +36,14 @@ static int configured = -1; /* -1 unknown, 0 off, 1 on */
 static unsigned long tmp_counter;
 static long events_seen;
 static long kill_at = -1; /* $PCUT_KILL_AT: SIGKILL ourselves right after recording that event */
+static const char *kill_match; /* $PCUT_KILL_MATCH: count only events whose path ends so */
 
 static void configure(void) {
     if (configured >= 0) return;
     const char *r = getenv("PCUT_ROOT"), *s = getenv("PCUT_SHADOW");
     const char *k = getenv("PCUT_KILL_AT");
     if (k) kill_at = atol(k);
+    kill_match = getenv("PCUT_KILL_MATCH");
     configured = 0;
     if (!r || !s || !realpath(r, root) || !realpath(s, shadow)) return;
     configured = 1;
@@ -160,7 +163,9 @@ static void record(int fd, const char *call) {
     else save_dir(fd, &st, bt);
     log_event(call, S_ISREG(st.st_mode) ? "file" : "dir", path);
     if (lk >= 0) close(lk);
-    if (++events_seen == kill_at) kill(getpid(), SIGKILL); /* the power cut, between two fsyncs */
+    size_t pl = strlen(path), ml = kill_match ? strlen(kill_match) : 0;
+    if (!kill_match || (pl >= ml && !strcmp(path + pl - ml, kill_match)))
+        if (++events_seen == kill_at) kill(getpid(), SIGKILL); /* the power cut, between two fsyncs */
     pthread_mutex_unlock(&mu);
     errno = saved;
 }
