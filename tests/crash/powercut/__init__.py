@@ -21,7 +21,6 @@ import shutil
 import signal
 import struct
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -188,5 +187,3 @@ def run_until_cut(argv: list[str], env: dict[str, str], cut_after: float, *, rea
         raise RuntimeError(f"child {argv} failed with {rc}:\n{err[-4000:]}")
     return lines, rc
 
-
-PYTHON = sys.executable
