@@ -15,11 +15,13 @@ from typing import Any, Literal
 import numpy as np
 import xxhash
 
-from persisting.errors import CorruptionError, InvalidRecordError, SchemaError
+from persisting.errors import ConfigError, CorruptionError, InvalidRecordError, SchemaError
 
 __all__ = [
     "COMPRESSIONS",
+    "FRAMEWORKS",
     "EncodedTensor",
+    "check_framework",
     "checksum",
     "compress",
     "decode_tensor",
@@ -31,6 +33,7 @@ __all__ = [
 
 COMPRESSIONS = (None, "zstd", "lz4", "snappy")
 Framework = Literal["numpy", "torch"]
+FRAMEWORKS = ("numpy", "torch")
 
 # portable name -> numpy dtype string (None: numpy has no native type for it)
 _NUMPY_DTYPES: dict[str, str | None] = {
@@ -123,6 +126,14 @@ def decompress(data: bytes | memoryview, name: str | None, *, raw_nbytes: int | 
     return snappy.decompress(bytes(data))
 
 
+def check_framework(framework: object, *, allow_none: bool = False, what: str = "framework") -> None:
+    """Raise ConfigError unless ``framework`` is one a tensor can be returned as."""
+    if (framework is None and allow_none) or (isinstance(framework, str) and framework in FRAMEWORKS):
+        return
+    allowed = ", ".join(map(repr, FRAMEWORKS)) + (" or None (as stored)" if allow_none else "")
+    raise ConfigError(f"{what}={framework!r} is not supported; use {allowed}", option=what)
+
+
 def _is_torch(x: object) -> bool:
     return type(x).__module__.startswith("torch") and "torch" in sys.modules
 
@@ -149,11 +160,15 @@ def raw_view(x: Any) -> tuple[memoryview, str, tuple[int, ...]]:
         import torch
 
         t = x.detach()
+        _check_torch_storable(t)
         if t.device.type != "cpu":
             t = t.cpu()
         name = dtype_name(t)
+        t = t.resolve_conj().resolve_neg()  # lazy conjugate/negative views: store their values
         shape = tuple(int(s) for s in t.shape)
         flat = t.contiguous().reshape(-1)
+        if flat.numel() == 1 and flat.stride(0) != 1:  # torch calls a 1-element view contiguous
+            flat = torch.empty(1, dtype=flat.dtype).copy_(flat)
         raw = flat.view(torch.uint8).numpy() if flat.numel() else np.empty(0, np.uint8)
         return memoryview(raw).cast("B"), name, shape  # type: ignore[arg-type]
     if not isinstance(x, np.ndarray):
@@ -165,6 +180,21 @@ def raw_view(x: Any) -> tuple[memoryview, str, tuple[int, ...]]:
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     return memoryview(arr.reshape(-1).view(np.uint8)), name, tuple(int(s) for s in x.shape)  # type: ignore[arg-type]
+
+
+def _check_torch_storable(t: Any) -> None:
+    """Refuse tensors without plain dense memory to copy out, naming what to do instead."""
+    import torch
+
+    problem = None
+    if t.device.type == "meta":
+        problem = "is on the 'meta' device and holds no data; materialise it first (e.g. to_empty + init)"
+    elif getattr(t, "is_nested", False):
+        problem = "is a nested tensor; store its components (unbind()) instead"
+    elif t.layout != torch.strided:
+        problem = f"has layout {t.layout}; store it dense (to_dense()) or store its indices and values"
+    if problem is not None:
+        raise InvalidRecordError(f"cannot store this tensor: it {problem}", value_type=type(t).__name__)
 
 
 def encode_tensor(x: Any, *, compression: str | None = None, level: int | None = None) -> EncodedTensor:
@@ -217,6 +247,7 @@ def decode_tensor(
     A payload whose checksum does not match raises :class:`CorruptionError` naming ``where``;
     it is never returned as data. ``copy=False`` returns a read-only numpy view when possible.
     """
+    check_framework(framework)
     if dtype not in _ITEMSIZE:
         raise SchemaError(f"{where}: unknown stored dtype {dtype!r}", dtype=dtype)
     if checksum_ is not None and checksum(data) != bytes(checksum_):

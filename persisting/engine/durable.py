@@ -3,14 +3,14 @@
 A :class:`DirectorySnapshot` lists the dataset's files before a commit; after it,
 :func:`fsync_new_files` fsyncs every file that appeared and each directory that gained one,
 so a power loss cannot take away a commit whose WAL frames were already dropped.
+:func:`fsync_ancestors` makes a new directory's own entry (and its new parents') durable.
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["DirectorySnapshot", "fsync_path", "is_local", "local_path"]
-
+__all__ = ["DirectorySnapshot", "fsync_ancestors", "fsync_path", "is_local", "local_path"]
 
 
 def is_local(uri: str) -> bool:
@@ -35,6 +35,20 @@ def fsync_path(path: str, *, missing_ok: bool = False) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_ancestors(path: str) -> None:
+    """fsync every directory above ``path``, nearest first, up to its filesystem's mount point.
+
+    A new directory is durable only once its entry in its parent is, and that parent may be
+    new too (a store's root made with ``os.makedirs`` a moment earlier): fsyncing the whole
+    chain makes ``path`` reachable after a power cut whichever of its ancestors were just
+    created. Done once per new dataset or WAL open (a few ms), never per append.
+    """
+    d = os.path.abspath(path)
+    while not os.path.ismount(d):
+        d = os.path.dirname(d)
+        fsync_path(d)
 
 
 class DirectorySnapshot:
@@ -95,13 +109,12 @@ class DirectorySnapshot:
             fsync_path(os.path.join(self.root, d))
         for name in manifests:
             fsync_path(os.path.join(self.root, name), missing_ok=True)
-        if os.path.exists(hint):
-            fsync_path(hint)
+        if os.path.exists(hint) and "_versions/latest_version_hint.json" not in manifests:
+            fsync_path(hint, missing_ok=True)  # rewritten in place by this commit, so not new
         if "_versions" in dirs or manifests:
             fsync_path(os.path.join(self.root, "_versions"))
         fsync_path(self.root)
-        parent = os.path.dirname(os.path.abspath(self.root))
         if not self.names:
-            fsync_path(parent)  # the dataset directory itself is new
+            fsync_ancestors(self.root)  # the dataset directory itself is new, maybe its parents too
         self.names = after
         return files

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
 from persisting.errors import ConfigError
 
 __all__ = ["Durability", "Recovery", "TableOptions"]
+
+_MAX_INTERVAL = 86_400.0  # a day: longer is "never", and threading waits overflow near 2**33 s
 
 Durability = Literal["none", "batch", "always"]
 Recovery = Literal["point_in_time", "salvage"]
@@ -47,15 +50,38 @@ class TableOptions:
 
     def __post_init__(self) -> None:
         if self.durability not in ("none", "batch", "always"):
-            raise ConfigError(f"durability {self.durability!r} is not 'none', 'batch' or 'always'")
+            raise ConfigError(f"durability {self.durability!r} is not 'none', 'batch' or 'always'", option="durability")
         if self.recovery not in ("point_in_time", "salvage"):
-            raise ConfigError(f"recovery {self.recovery!r} is not 'point_in_time' or 'salvage'")
-        if self.wal_sync_interval < 0:
-            raise ConfigError(f"wal_sync_interval must be >= 0, got {self.wal_sync_interval}")
+            raise ConfigError(f"recovery {self.recovery!r} is not 'point_in_time' or 'salvage'", option="recovery")
         if self.column_compression not in (None, "lz4", "zstd"):
-            raise ConfigError(f"column_compression {self.column_compression!r} is not None, 'lz4' or 'zstd'")
-        if self.max_wal_size <= 0 or self.flush_rows <= 0 or self.flush_bytes <= 0:
-            raise ConfigError("max_wal_size, flush_rows and flush_bytes must be positive")
+            raise ConfigError(
+                f"column_compression {self.column_compression!r} is not None, 'lz4' or 'zstd'",
+                option="column_compression",
+            )
+        interval = self.wal_sync_interval
+        if isinstance(interval, bool) or not isinstance(interval, numbers.Real) or not 0 <= interval <= _MAX_INTERVAL:
+            raise ConfigError(
+                f"wal_sync_interval={interval!r} must be a number of seconds from 0 (fsync every append) "
+                f"to {_MAX_INTERVAL} (not NaN or infinity)",
+                option="wal_sync_interval",
+            )
+        object.__setattr__(self, "wal_sync_interval", float(interval))
+        if self.wal_sync_bytes is not None:
+            self._int("wal_sync_bytes", minimum=1)
+        for name in ("max_wal_size", "flush_rows", "flush_bytes"):
+            self._int(name, minimum=1)
+        self._int("compact_fragments", minimum=0, hint=" (0 never compacts)")
+        if not isinstance(self.background_flush, bool):
+            raise ConfigError(f"background_flush={self.background_flush!r} must be True or False", option="background_flush")
+
+    def _int(self, name: str, *, minimum: int, hint: str = "") -> None:
+        """Check an integer option (an integral float such as 1e6 is taken as that int)."""
+        value = getattr(self, name)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            raise ConfigError(f"{name}={getattr(self, name)!r} must be an int >= {minimum}{hint}", option=name)
+        object.__setattr__(self, name, int(value))
 
     @property
     def wal_enabled(self) -> bool:

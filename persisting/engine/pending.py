@@ -12,7 +12,7 @@ import time
 import lance
 import pyarrow as pa
 
-from persisting.engine.schema import conform
+from persisting.engine.schema import conform_many
 
 __all__ = ["Pending"]
 
@@ -78,7 +78,7 @@ class Pending:
             batches = self.inflight + self.buffer
             self._dataset = None
             self._table = (
-                pa.concat_tables([conform(b, schema) for b in batches]) if batches else schema.empty_table()
+                conform_many(batches, schema) if batches else schema.empty_table()
             )
         return self._table
 

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import lance
 import pyarrow as pa
 
-from persisting.engine.lance_io import BLOB_METADATA, is_blob, read_blob
+from persisting.engine import integrity
+from persisting.engine.lance_io import BLOB_METADATA, GuardedBlob, is_blob, lance_errors, read_blob
 from persisting.engine.schema import conform
 from persisting.errors import ClosedError, NotFoundError
 
@@ -67,9 +68,10 @@ class TableReads:
             self._check_open()
             if filter is None:
                 return self._flushed_rows + self._pending.rows
-            n = self._ds.count_rows(filter=filter) if self._ds is not None else 0
-            if self._pending and self._schema is not None:
-                n += self._pending.dataset(self._schema).count_rows(filter=filter)
+            with lance_errors(self.uri, "rows", filter=filter, schema=self._schema):
+                n = self._ds.count_rows(filter=filter) if self._ds is not None else 0
+                if self._pending and self._schema is not None:
+                    n += self._pending.dataset(self._schema).count_rows(filter=filter)
             return n
 
     def __len__(self) -> int:
@@ -101,10 +103,11 @@ class TableReads:
             if filter is None:
                 return self._scan_positional(target, limit, offset)
             parts = []
-            if self._ds is not None:
-                parts.append(_lance_scan(self._ds, target, filter))
-            if self._pending:
-                parts.append(_lance_scan(self._pending.dataset(self._schema), target, filter))
+            with lance_errors(self.uri, "rows", filter=filter, schema=self._schema):
+                if self._ds is not None:
+                    parts.append(_lance_scan(self._ds, target, filter))
+                if self._pending:
+                    parts.append(_lance_scan(self._pending.dataset(self._schema), target, filter))
             out = pa.concat_tables([conform(p, target) for p in parts]) if parts else target.empty_table()
             return out.slice(offset, limit) if (offset or limit is not None) else out
 
@@ -113,7 +116,8 @@ class TableReads:
         end = None if limit is None else offset + limit
         if self._ds is not None and offset < self._flushed_rows and (end is None or end > 0):
             n = None if end is None else min(end, self._flushed_rows) - offset
-            parts.append(_lance_scan(self._ds, target, None, limit=n, offset=offset or None))
+            with lance_errors(self.uri, "rows"):
+                parts.append(_lance_scan(self._ds, target, None, limit=n, offset=offset or None))
         if self._pending:
             start = max(0, offset - self._flushed_rows)
             stop = None if end is None else max(0, end - self._flushed_rows)
@@ -138,7 +142,8 @@ class TableReads:
             pending = [p - self._flushed_rows for p in positions if p >= self._flushed_rows]
             parts = []
             if flushed:
-                parts.append(conform(self._take_committed(flushed, target), target))
+                with lance_errors(self.uri, f"rows at positions {flushed[:8]}"):
+                    parts.append(conform(self._take_committed(flushed, target), target))
             if pending:
                 rows = self._pending.table(self._schema).select(target.names)
                 parts.append(rows.take(pa.array(pending, pa.int64())))
@@ -159,6 +164,8 @@ class TableReads:
         cols = [c for c in target.names if c in stored.names]
         blob_cols = {c for c in cols if is_blob(stored.field(c))}
         plain = [c for c in cols if c not in blob_cols]
+        if blob_cols:
+            integrity.check_blob_files(self.uri, self._ds)
         taken = self._ds.take(positions, columns=plain) if plain else None
         arrays, fields = [], []
         for c in cols:
@@ -185,7 +192,9 @@ class TableReads:
                 not 0 <= p < self._flushed_rows for p in positions
             ):
                 return self.take(positions, columns=[column]).column(column).to_pylist()
-        out = [None if b is None else read_blob(b) for b in ds.take_blobs(column, indices=list(positions))]
+        integrity.check_blob_files(self.uri, ds)
+        with lance_errors(self.uri, f"blob column {column!r} at positions {list(positions)[:8]}"):
+            out = [None if b is None else read_blob(b) for b in ds.take_blobs(column, indices=list(positions))]
         self.metrics.bytes_read.inc(sum(len(v) for v in out if v is not None))
         return out
 
@@ -200,7 +209,9 @@ class TableReads:
             if not committed or any(not 0 <= p < self._flushed_rows for p in positions):
                 return [io.BytesIO(b or b"") for b in self.read_blobs(column, positions)]
         assert ds is not None
-        return list(ds.take_blobs(column, indices=list(positions), buffer_size=buffer_size))
+        with lance_errors(self.uri, f"blob column {column!r} at positions {list(positions)[:8]}"):
+            blobs = list(ds.take_blobs(column, indices=list(positions), buffer_size=buffer_size))
+        return [b if b is None else GuardedBlob(b, self.uri, column, p) for b, p in zip(blobs, positions)]
 
     def iter_batches(
         self, *, columns: list[str] | None = None, filter: str | None = None, batch_rows: int = 65536
@@ -212,17 +223,27 @@ class TableReads:
                 return
             target = self._target(columns)
             ds = self._ds
+            schema = self._schema
             pending = None
             if self._pending:
-                pending = (
-                    self._pending.table(self._schema) if filter is None
-                    else self._pending.dataset(self._schema).to_table(filter=filter)
-                )
+                with lance_errors(self.uri, "rows", filter=filter, schema=schema):
+                    pending = (
+                        self._pending.table(self._schema) if filter is None
+                        else self._pending.dataset(self._schema).to_table(filter=filter)
+                    )
         if ds is not None:
             cols = [c for c in target.names if c in ds.schema.names]
-            scanner = ds.scanner(columns=cols, filter=filter, batch_size=batch_rows, scan_in_order=True,
-                                 blob_handling="all_binary")
-            for b in scanner.to_batches():
+            if any(is_blob(ds.schema.field(c)) for c in cols):
+                integrity.check_blob_files(self.uri, ds)
+            with lance_errors(self.uri, "rows", filter=filter, schema=schema):
+                scanner = ds.scanner(columns=cols, filter=filter, batch_size=batch_rows, scan_in_order=True,
+                                     blob_handling="all_binary")
+                batches = iter(scanner.to_batches())
+            while True:
+                with lance_errors(self.uri, "rows", filter=filter, schema=schema):
+                    b = next(batches, None)
+                if b is None:
+                    break
                 yield from conform(b, target).to_batches()
         if pending is not None:
             yield from conform(pending, target).to_batches(max_chunksize=batch_rows)
@@ -285,6 +306,8 @@ def _lance_scan(
     limit: int | None = None, offset: int | None = None,
 ) -> pa.Table:
     cols = [c for c in target.names if c in ds.schema.names]
+    if any(is_blob(ds.schema.field(c)) for c in cols) and ds.uri and not ds.uri.startswith("memory://"):
+        integrity.check_blob_files(ds.uri, ds)
     return ds.scanner(
         columns=cols, filter=filter, limit=limit, offset=offset, scan_in_order=True, blob_handling="all_binary",
     ).to_table()

@@ -4,18 +4,25 @@ Evolution rules (DESIGN.md): a new field becomes a nullable column; compatible w
 (int32 -> int64, int -> float, float32 -> float64, string -> large_string, binary ->
 large_binary, and the same inside list types) is applied; anything else raises SchemaError
 naming the field, the stored type and the offered type, and changes nothing.
+
+Field names are checked here too, whatever the records came as (dicts or Arrow): a name Lance
+cannot commit or query (see :func:`persisting.engine.names.field_name_problem`) raises
+InvalidRecordError naming the field before anything is logged or buffered, so an acknowledged
+row can never make the table uncommittable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
 
+from persisting.engine.names import field_name_problem
+from persisting.engine.wal import LostRange, ReplayReport
 from persisting.errors import InvalidRecordError, SchemaError
 
-__all__ = ["Evolution", "conform", "evolve", "records_to_batch"]
+__all__ = ["Evolution", "check_field_names", "conform", "conform_many", "evolve", "records_to_batch", "screen_replayed"]
 
 
 @dataclass(frozen=True)
@@ -47,12 +54,15 @@ def records_to_batch(records: Sequence[Mapping[str, object]], schema: pa.Schema 
             )
         for key in rec:
             if not isinstance(key, str) or not key:
-                raise InvalidRecordError(f"record {i} has field name {key!r}; field names must be non-empty str", index=i)
+                raise InvalidRecordError(
+                    f"record {i} has field name {key!r}; field names must be non-empty str", index=i, field=key
+                )
             names[key] = None
     arrays, fields = [], []
     for name in names:
         values = [rec.get(name) for rec in records]
-        stored = schema.field(name) if schema is not None and name in schema.names else None
+        at = schema.get_field_index(name) if schema is not None else -1  # O(1): tables can be wide
+        stored = schema.field(at) if at >= 0 else None
         arr = _to_array(name, values, stored.type if stored is not None else None)
         if pa.types.is_null(arr.type) and stored is None:
             continue  # an all-null field with no known type reads as null anyway
@@ -160,19 +170,75 @@ def _widen(stored: pa.DataType, offered: pa.DataType) -> pa.DataType | None:
     return None
 
 
+def check_field_names(schema: pa.Schema, known: pa.Schema | Collection[str] | None = None) -> None:
+    """Raise InvalidRecordError for the first field of ``schema`` (not in ``known``, the names
+    already stored) whose name, or whose nested struct field's name, Lance cannot store."""
+    names = schema.names
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise InvalidRecordError(
+            f"field {dup!r} appears twice in the offered columns; give each column its own name",
+            field=dup, reason="duplicate",
+        )
+    for f in schema:
+        if known is None:
+            stored = False
+        elif isinstance(known, pa.Schema):
+            stored = known.get_field_index(f.name) >= 0
+        else:
+            stored = f.name in known
+        if not stored:
+            _check_field(f.name, f.type, (), top_level=True)
+
+
+def _check_field(name: object, t: pa.DataType, parents: tuple[str, ...], *, top_level: bool) -> None:
+    problem = field_name_problem(name, top_level=top_level)
+    path = (*parents, str(name))
+    if problem is not None:
+        where = f" (inside {' -> '.join(map(repr, parents))})" if parents else ""
+        raise InvalidRecordError(
+            f"field name {name!r}{where} {problem}; nothing was written",
+            field=" -> ".join(path), reason=problem,
+        )
+    _check_type(t, path)
+
+
+def _check_type(t: pa.DataType, path: tuple[str, ...]) -> None:
+    """The struct fields inside ``t`` (also inside lists and maps, whose own element field
+    names are Arrow's, not the caller's)."""
+    if pa.types.is_struct(t):
+        children = [t.field(i).name for i in range(t.num_fields)]
+        if len(set(children)) != len(children):
+            dup = next(n for n in children if children.count(n) > 1)
+            raise InvalidRecordError(
+                f"field {dup!r} appears twice inside {' -> '.join(map(repr, path))}; nothing was written",
+                field=" -> ".join((*path, dup)), reason="duplicate",
+            )
+        for i in range(t.num_fields):
+            _check_field(t.field(i).name, t.field(i).type, path, top_level=False)
+    elif pa.types.is_map(t):
+        _check_type(t.key_type, path)
+        _check_type(t.item_type, path)
+    elif isinstance(t, (pa.ListType, pa.LargeListType, pa.FixedSizeListType)):
+        _check_type(t.value_type, path)
+
+
 def evolve(stored: pa.Schema | None, offered: pa.Schema) -> Evolution:
-    """Merge ``offered`` into ``stored`` by the evolution rules, or raise SchemaError."""
+    """Merge ``offered`` into ``stored`` by the evolution rules, or raise SchemaError
+    (InvalidRecordError for a new field whose name Lance cannot store). Costs O(offered)
+    lookups, so appending a few columns at a time to a wide table stays cheap."""
+    check_field_names(offered, stored)
     if stored is None:
         return Evolution(offered, tuple(offered.names), ())
-    fields = list(stored)
-    index = {f.name: i for i, f in enumerate(fields)}
+    schema = stored
     added, widened = [], []
     for f in offered:
-        if f.name not in index:
-            fields.append(pa.field(f.name, f.type, nullable=True, metadata=f.metadata))
+        i = stored.get_field_index(f.name)
+        if i < 0:
+            schema = schema.append(pa.field(f.name, f.type, nullable=True, metadata=f.metadata))
             added.append(f.name)
             continue
-        old = fields[index[f.name]]
+        old = stored.field(i)
         merged = _widen(old.type, f.type)
         if merged is None:
             raise SchemaError(
@@ -183,25 +249,95 @@ def evolve(stored: pa.Schema | None, offered: pa.Schema) -> Evolution:
                 offered_type=str(f.type),
             )
         if merged != old.type:
-            fields[index[f.name]] = old.with_type(merged)
+            schema = schema.set(i, old.with_type(merged))
             widened.append(f.name)
-    return Evolution(pa.schema(fields, metadata=stored.metadata), tuple(added), tuple(widened))
+    return Evolution(schema, tuple(added), tuple(widened))
 
 
 def conform(batch: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Table:
     """Cast ``batch`` to ``schema``: missing fields become nulls, narrower types are widened."""
+    have = {name: i for i, name in enumerate(batch.schema.names)}
     columns = []
     for f in schema:
-        if f.name in batch.schema.names:
-            col = batch.column(f.name)
-            if col.type != f.type:
-                try:
-                    col = col.cast(f.type)
-                except pa.ArrowInvalid:
-                    if not (pa.types.is_integer(col.type) and pa.types.is_floating(f.type)):
-                        raise
-                    col = col.cast(f.type, safe=False)  # int -> float widening: |x| > 2**53 rounds
-            columns.append(col)
-        else:
-            columns.append(pa.nulls(batch.num_rows, type=f.type))
+        i = have.get(f.name)
+        columns.append(pa.nulls(batch.num_rows, type=f.type) if i is None else _cast(batch.column(i), f.type))
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def conform_many(batches: Sequence[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
+    """:func:`conform` of every batch, concatenated into one chunk per column.
+
+    Works per column rather than per batch: the batches missing a column in a row become one
+    run of nulls, so many narrow batches of a wide table (each adding a field) cost what their
+    values cost, not batches x columns small arrays (2,000 x 2,000 took minutes to commit).
+    """
+    if len(batches) == 1 or not all(isinstance(b, pa.RecordBatch) for b in batches):
+        return pa.concat_tables([conform(b, schema) for b in batches])
+    starts = [0]
+    for b in batches:
+        starts.append(starts[-1] + b.num_rows)
+    present: dict[str, list[tuple[int, pa.Array]]] = {}
+    for k, b in enumerate(batches):
+        for name, col in zip(b.schema.names, b.columns):
+            present.setdefault(name, []).append((k, col))
+    columns = []
+    for f in schema:
+        pieces, row = [], 0
+        for k, col in present.get(f.name, ()):
+            if starts[k] > row:
+                pieces.append(pa.nulls(starts[k] - row, type=f.type))
+            pieces.append(_cast(col, f.type))
+            row = starts[k + 1]
+        if starts[-1] > row:
+            pieces.append(pa.nulls(starts[-1] - row, type=f.type))
+        columns.append(pieces[0] if len(pieces) == 1 else pa.concat_arrays(pieces))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _cast(col: pa.Array, t: pa.DataType) -> pa.Array:
+    if col.type == t:
+        return col
+    try:
+        return col.cast(t)
+    except pa.ArrowInvalid:
+        if not (pa.types.is_integer(col.type) and pa.types.is_floating(t)):
+            raise
+        return col.cast(t, safe=False)  # int -> float widening: |x| > 2**53 rounds
+
+
+def screen_replayed(
+    batch: pa.RecordBatch, stored: pa.Schema | None, *, mode: str, wal_dir: str, lsn: int, report: ReplayReport
+) -> pa.RecordBatch | None:
+    """A WAL batch being replayed, checked by the same field-name rules as an append.
+
+    Frames logged by a version that did not check names can hold a field Lance refuses: with
+    recovery ``point_in_time`` that raises InvalidRecordError saying to salvage; with
+    ``salvage`` the frame's rows are given up and listed in ``report.lost``, and a zero-row
+    batch of its acceptable columns stands in for it, so the next commit records the frame's
+    LSN as applied and the log is dropped (None when no column is acceptable).
+    """
+    known = stored
+    try:
+        check_field_names(batch.schema, known)
+        return batch
+    except InvalidRecordError as exc:
+        if mode != "salvage":
+            raise InvalidRecordError(
+                f"{wal_dir}: WAL frame lsn {lsn} holds {batch.num_rows} row(s) that cannot be committed: "
+                f"{exc.message.removesuffix('; nothing was written')} (logged by a version that did not check "
+                "field names). Open with recovery='salvage' to skip the frame; its rows are lost and "
+                "listed in recovery_report.lost",
+                path=wal_dir, lsn=lsn, field=exc.details.get("field"),
+            ) from None
+        report.lost.append(LostRange(wal_dir, 0, 0, f"frame lsn {lsn}: {batch.num_rows} row(s) refused, "
+                                                     f"field {exc.details.get('field')!r} {exc.details.get('reason')}"))
+    keep = []
+    for f in batch.schema:
+        try:
+            check_field_names(pa.schema([f]), known)
+        except InvalidRecordError:
+            continue
+        keep.append(f.name)
+    if keep:
+        return batch.select(keep).slice(0, 0)
+    return None if stored is None else pa.RecordBatch.from_pylist([], schema=stored)

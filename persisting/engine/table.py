@@ -32,6 +32,7 @@ import lance
 import pyarrow as pa
 
 from persisting.engine.batches import decode_batch, encode_batch
+from persisting.engine import integrity
 from persisting.engine.durable import DirectorySnapshot, is_local, local_path
 from persisting.engine.commits import (
     LSN_KEY,
@@ -53,7 +54,7 @@ from persisting.engine.metrics import TableMetrics
 from persisting.engine.options import TableOptions
 from persisting.engine.pending import Pending
 from persisting.engine.reads import TableReads
-from persisting.engine.schema import conform, evolve, records_to_batch
+from persisting.engine.schema import conform, evolve, records_to_batch, screen_replayed
 from persisting.engine.wal import FRAME_BATCH, WAL, ReplayReport, read_frames
 from persisting.engine.writers import (
     Orphan,
@@ -166,9 +167,13 @@ class Table(TableReads):
                     applied = writer_applied_lsn(self._ds, wid, floor_version, floor_lsn)
                     for frame in read_frames(path, after_lsn=applied, mode=self.options.recovery, report=report):
                         if frame.type == FRAME_BATCH:
-                            batch = decode_batch(frame.payload, where=f"{path} frame lsn {frame.lsn}")
-                            self._evolve_schema(batch.schema)
-                            pending.add(batch)
+                            batch = screen_replayed(
+                                decode_batch(frame.payload, where=f"{path} frame lsn {frame.lsn}"), self._schema,
+                                mode=self.options.recovery, wal_dir=path, lsn=frame.lsn, report=report,
+                            )
+                            if batch is not None:
+                                self._evolve_schema(batch.schema)
+                                pending.add(batch)
             except CorruptionError:
                 latest = open_dataset(self.uri, self.storage_options)
                 moved = latest is not None and (self._ds is None or latest.version != self._ds.version)
@@ -229,10 +234,15 @@ class Table(TableReads):
         for frame in read_frames(wd.path, after_lsn=applied, mode=self.options.recovery, report=report):
             if frame.type != FRAME_BATCH:
                 continue
-            batch = decode_batch(frame.payload, where=f"{wd.path} frame lsn {frame.lsn}")
+            last = frame.lsn
+            batch = screen_replayed(
+                decode_batch(frame.payload, where=f"{wd.path} frame lsn {frame.lsn}"), self._schema,
+                mode=self.options.recovery, wal_dir=wd.path, lsn=frame.lsn, report=report,
+            )
+            if batch is None:
+                continue
             self._evolve_schema(batch.schema)
             pending.add(batch)
-            last = frame.lsn
             if pending.buffer_rows >= self.options.flush_rows or pending.buffer_bytes >= self.options.flush_bytes:
                 self._commit_adopted(pending, wd.writer_id, last)
                 pending = Pending()
@@ -390,6 +400,8 @@ class Table(TableReads):
             with self._lock:
                 self._ds = ds
                 self._applied = last_lsn
+                self.metrics.bytes_written.inc(data.nbytes)
+                self.metrics.flush.observe(time.perf_counter() - start)
                 self._flushed_rows = ds.count_rows()
                 self._pending.committed()
                 if self.options.background_flush and self._buffer_full(1):
@@ -400,8 +412,6 @@ class Table(TableReads):
                 self._wal.drop_through(last_lsn)
             if self._writer is not None:
                 self._writer.write_base(ds.version, last_lsn)  # a tighter floor for an adopter
-            self.metrics.bytes_written.inc(data.nbytes)
-            self.metrics.flush.observe(time.perf_counter() - start)
             self._update_wal_metric()
             limit = self.options.compact_fragments
             if limit and len(ds.get_fragments()) >= limit:
@@ -429,7 +439,7 @@ class Table(TableReads):
             latest = open_dataset(self.uri, self.storage_options)
             if latest is not None and writer_applied_lsn(latest, writer_id, ds.version if ds else 0) >= last_lsn:
                 if snapshot is not None:
-                    snapshot.fsync_new_files()
+                    integrity.fsync_and_record(snapshot)
                 return latest
         if own:
             self._attempted_lsn = max(self._attempted_lsn, last_lsn)
@@ -459,7 +469,7 @@ class Table(TableReads):
             ds = retry_on_conflict(attempt)
         _kill_point("after_commit")
         if snapshot is not None:
-            snapshot.fsync_new_files()
+            integrity.fsync_and_record(snapshot)
         _kill_point("after_fsync")
         return ds
 
@@ -486,7 +496,7 @@ class Table(TableReads):
         if new:
             ds.add_columns(new)
         if snapshot is not None:
-            snapshot.fsync_new_files()
+            integrity.fsync_and_record(snapshot)
         return ds
 
     def _rewrite_with(self, ds: lance.LanceDataset, schema: pa.Schema) -> lance.LanceDataset:
@@ -536,7 +546,7 @@ class Table(TableReads):
             result = retry_on_conflict(attempt)
             fresh = lance.dataset(self.uri, storage_options=self.storage_options)
             if snapshot is not None:
-                snapshot.fsync_new_files()
+                integrity.fsync_and_record(snapshot)
             with self._lock:
                 self._ds = fresh
                 self._flushed_rows = fresh.count_rows()
@@ -554,7 +564,7 @@ class Table(TableReads):
                 raise
         fresh = lance.dataset(self.uri, storage_options=self.storage_options)
         if snapshot is not None:
-            snapshot.fsync_new_files()
+            integrity.fsync_and_record(snapshot)
         with self._lock:
             self._ds = fresh
 
@@ -597,7 +607,7 @@ class Table(TableReads):
             snapshot = DirectorySnapshot(local_path(self.uri)) if is_local(self.uri) else None
             self._ds.tags.create(name, version if version is not None else self._ds.version)
             if snapshot is not None:
-                snapshot.fsync_new_files()  # a tag keeps its version from cleanup: make it stick
+                integrity.fsync_and_record(snapshot)  # a tag keeps its version from cleanup: make it stick
 
     def delete_tag(self, name: str) -> None:
         with self._lock:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import crc32c
 
+from persisting.engine.durable import fsync_ancestors
 from persisting.errors import CorruptionError, WALError
 
 __all__ = ["FRAME_BATCH", "WAL", "Frame", "LostRange", "ReplayReport", "list_segments", "read_frames", "truncate_torn"]
@@ -279,6 +280,9 @@ class WAL:
         self._synced_lsn = next_lsn - 1
         self._closed = False
         self._open_segment()
+        # the directory may be new (and its parents): its entry must be durable before the
+        # first append is acknowledged, or a power cut takes every frame with it
+        fsync_ancestors(directory)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if self._sync_mode == "batch":

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from persisting.engine.codec import COMPRESSIONS, checksum, decode_tensor, dtype_name, encode_tensor
+from persisting.engine.codec import COMPRESSIONS, check_framework, checksum, decode_tensor, dtype_name, encode_tensor
 from persisting.engine.names import check_name
 from persisting.engine.options import TableOptions
 from persisting.engine.table import Table
@@ -245,6 +245,7 @@ class KVCacheStore:
         (torch in, torch out; numpy in, numpy out) unless ``framework`` says otherwise. A chunk
         that fails its checksum is counted, removed with everything after it, and not served.
         """
+        check_framework(framework, allow_none=True)
         with self._lock:
             self._check_open()
             toks = as_token_array(tokens)
@@ -466,8 +467,8 @@ class KVCacheStore:
         for n, (e, m, blob) in enumerate(zip(chain, meta, _blob_files(self._table, positions, self._buffered))):
             if m["key"] != e.key:
                 raise PersistingError(f"KV cache index of {self.namespace!r} is out of step with its table at row {e.position}; reopen the store")
-            data = _read_into(blob, scratch, e.nbytes)
             try:
+                data = _read_into(blob, scratch, e.nbytes)  # a damaged blob file: CorruptionError, a miss
                 raw = decode_tensor(
                     data, dtype="uint8", shape=(m["raw_nbytes"],), checksum_=m["checksum"],
                     compression=m["compression"], copy=False, where=f"{self._table.uri} chunk {e.key} (row {e.position})",

@@ -169,7 +169,9 @@ def table_info(path: str, *, wal_rows: bool = True) -> TableInfo:
             for wid, d in wals:
                 floor = read_base(d) if wid else (0, 0)
                 pending += wal_pending_rows(d, writer_applied_lsn(ds, wid, *floor))
-    except Exception as exc:  # noqa: BLE001 - kept in TableInfo.error, shown by ls and exported as unreadable
+    except BaseException as exc:  # noqa: BLE001 - kept in TableInfo.error, shown by ls and exported as unreadable
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise  # KeyboardInterrupt, SystemExit; a Rust panic in a damaged file is an error like any
         error = f"{type(exc).__name__}: {exc}"
     return TableInfo(path, name, wal_dir_or_none, committed, pending, size, wal_bytes, versions, version, lsn,
                      mtime, columns, error)

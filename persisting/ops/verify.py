@@ -9,7 +9,11 @@ payload checksums (xxh3-128 over the stored bytes) are checked where a store kee
 - kvcache namespaces: ``payload`` against ``checksum``;
 - trajectory ``steps`` (and any table): a column ``X`` against ``X__xxh3``.
 
-Checkpoint manifests must reference only chunks that exist.
+Checkpoint manifests must reference only chunks that exist. Every committed Lance file
+(manifests, data, blob, deletion, index and transaction files) is hashed against the xxh3-128
+digest recorded at its commit (:mod:`persisting.engine.integrity`): a changed, truncated or
+missing file is a problem, and so is a committed file that no digest record covers (its
+record was lost, so its bytes cannot be vouched for).
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ from typing import Any
 import lance
 import pyarrow as pa
 
+from persisting.engine import integrity
 from persisting.engine.batches import decode_batch
 from persisting.engine.codec import checksum
-from persisting.engine.lance_io import applied_lsn, is_blob
+from persisting.engine.commits import writer_applied_lsn
+from persisting.engine.lance_io import applied_lsn, is_blob, is_panic
 from persisting.engine.wal import ReplayReport, read_frames
+from persisting.engine.writers import read_base, writer_wal_dirs
 from persisting.errors import CorruptionError, PersistingError
 from persisting.ops.catalog import StoreInfo, TableInfo, discover
 
@@ -100,47 +107,96 @@ def verify(root: str, *, progress: Callable[[str], None] | None = None) -> Verif
             if progress is not None:
                 progress(t.path)
             report.tables += 1
+            _verify_digests(t, report)
             _verify_wal(t, report)
             keys = _verify_rows(store, t, report)
             if store.kind == "params" and t.name == "chunks":
                 chunk_keys = keys
         if store.kind == "params" and chunk_keys is not None:
             _verify_manifests(store, chunk_keys, report)
+        if store.kind == "params":
+            _verify_head(store, report)
     return report
 
 
-def _current_lsn(t: TableInfo) -> tuple[int, int]:
-    """(version, applied LSN) of the table as committed now."""
+def _verify_digests(t: TableInfo, report: VerifyReport) -> None:
+    """Hash every recorded file of the table; flag changed, missing and unrecorded files."""
+    try:
+        recorded = integrity.load(t.path)
+    except CorruptionError as exc:
+        report.findings.append(Finding("problem", str(exc.details.get("path", t.path)), str(exc)))
+        return
+    if recorded is None:
+        report.findings.append(Finding(
+            "warning", t.path, "no digests recorded (written before digests existed): only payload "
+            "checksums can be checked"))
+        return
+    for rel in sorted(recorded):
+        problem = integrity.check_file(t.path, rel, recorded[rel], cache=False)
+        if problem is not None:
+            report.findings.append(Finding("problem", os.path.join(t.path, rel), problem))
+    for rel in _committed_files(t.path):
+        if rel not in recorded:
+            report.findings.append(Finding(
+                "problem", os.path.join(t.path, rel),
+                "no digest record covers this committed file (its record was lost or damaged, or a crash "
+                "came between its commit and the record): its bytes cannot be verified"))
+
+
+def _committed_files(root: str) -> list[str]:
+    out = []
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            rel = os.path.relpath(os.path.join(dirpath, n), root)
+            if integrity.is_immutable(rel):
+                out.append(rel)
+    return sorted(out)
+
+
+def _current_lsn(t: TableInfo, writer_id: str = "", wal: str | None = None) -> tuple[int, int]:
+    """(version, applied LSN of ``writer_id``) of the table as committed now."""
     if t.error is not None:
         return t.version, t.applied_lsn
-    ds = lance.dataset(t.path)
-    return ds.version, applied_lsn(ds)
+    try:
+        ds = lance.dataset(t.path)
+        floor = read_base(wal) if (writer_id and wal) else (0, 0)
+        return ds.version, writer_applied_lsn(ds, writer_id, *floor)
+    except BaseException as exc:  # noqa: BLE001 - the row check reports a table Lance cannot open
+        if not isinstance(exc, Exception) and not is_panic(exc):
+            raise
+        return t.version, t.applied_lsn
 
 
 def _verify_wal(t: TableInfo, report: VerifyReport) -> None:
+    """Every writer's WAL of the table (live or dead), each against its own applied LSN."""
     if t.wal_dir is None:
         return
+    for writer_id, wal in writer_wal_dirs(t.wal_dir):
+        _verify_writer_wal(t, writer_id, wal, report)
+
+
+def _verify_writer_wal(t: TableInfo, writer_id: str, wal: str, report: VerifyReport) -> None:
     findings: list[Finding] = []
-    version, lsn = _current_lsn(t)
+    version, lsn = _current_lsn(t, writer_id, wal)
     for attempt in range(3):
         replay, findings = ReplayReport(), []
         try:
-            for frame in read_frames(t.wal_dir, after_lsn=lsn, mode="point_in_time", report=replay):
+            for frame in read_frames(wal, after_lsn=lsn, mode="point_in_time", report=replay):
                 try:
-                    decode_batch(frame.payload, where=f"{t.wal_dir} frame lsn {frame.lsn}")
+                    decode_batch(frame.payload, where=f"{wal} frame lsn {frame.lsn}")
                 except PersistingError as exc:
-                    findings.append(Finding("problem", t.wal_dir, f"frame lsn {frame.lsn}: {exc}"))
+                    findings.append(Finding("problem", wal, f"frame lsn {frame.lsn}: {exc}"))
         except CorruptionError as exc:
             # a live writer may have committed and dropped segments meanwhile: read again
             # against its new applied LSN before calling the log corrupt
-            now = _current_lsn(t)
+            now = _current_lsn(t, writer_id, wal)
             if now[0] != version and attempt < 2:
                 version, lsn = now
                 continue
-            path = exc.details.get("path") or t.wal_dir
+            path = exc.details.get("path") or wal
             findings.append(Finding("problem", str(path), str(exc), offset=exc.details.get("offset")))
         except (PersistingError, OSError) as exc:
-            findings.append(Finding("problem", t.wal_dir, str(exc)))
+            findings.append(Finding("problem", wal, str(exc)))
         break
     report.findings.extend(findings)
     report.wal_frames += replay.frames
@@ -203,7 +259,9 @@ def _verify_rows(store: StoreInfo, t: TableInfo, report: VerifyReport) -> set[st
                             f"column {data_col!r}{key} fails its checksum ({sum_col!r}): the stored bytes are corrupt",
                             row=row + i))
             row += batch.num_rows
-    except Exception as exc:  # noqa: BLE001 - any failure to read is reported as a problem with its place
+    except BaseException as exc:  # noqa: BLE001 - any failure to read is reported as a problem with its place
+        if not isinstance(exc, Exception) and not is_panic(exc):
+            raise
         report.findings.append(Finding("problem", t.path, f"cannot read rows after row {row}: {exc}", row=row))
     report.rows += row
     if row != expected:
@@ -212,13 +270,44 @@ def _verify_rows(store: StoreInfo, t: TableInfo, report: VerifyReport) -> set[st
     return keys
 
 
+def _verify_head(store: StoreInfo, report: VerifyReport) -> None:
+    """The ParamStore's record of its newest checkpoint: readable, and not ahead of the table."""
+    from persisting.params.head import HEAD_NAME, read_head
+
+    path = os.path.join(store.path, HEAD_NAME)
+    table = os.path.join(store.path, "checkpoints.lance")
+    try:
+        head = read_head(path)
+    except PersistingError as exc:
+        report.findings.append(Finding("problem", path, str(exc)))
+        return
+    if head is None:
+        if integrity.load(table):
+            report.findings.append(Finding(
+                "problem", path, "the record of the newest checkpoint is missing (the store was written "
+                "with one): a lost newest checkpoint could not be noticed; reopen the store as a writer"))
+        return
+    try:
+        version = lance.dataset(table).version
+    except BaseException as exc:  # noqa: BLE001 - reported by the row check already
+        if not isinstance(exc, Exception) and not is_panic(exc):
+            raise
+        return
+    if head.version > version:
+        report.findings.append(Finding(
+            "problem", path, f"records checkpoint table version {head.version} (step {head.step}) but the "
+            f"table opens at version {version}: its newest manifest is lost"))
+
+
 def _verify_manifests(store: StoreInfo, chunk_keys: set[str], report: VerifyReport) -> None:
     from persisting.params.manifest import Manifest
 
     path = os.path.join(store.path, "checkpoints.lance")
     try:
         t = lance.dataset(path).to_table(columns=["step", "manifest"])
-    except (OSError, ValueError) as exc:
+    except BaseException as exc:  # noqa: BLE001 - a damaged table (Rust panics included) is a finding
+        if not isinstance(exc, Exception) and not is_panic(exc):
+            raise
         report.findings.append(Finding("problem", path, f"cannot read manifests: {exc}"))
         return
     for i, (step, text) in enumerate(zip(t.column("step").to_pylist(), t.column("manifest").to_pylist())):

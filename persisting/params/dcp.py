@@ -7,9 +7,16 @@ store, so DCP users get versions, retention, dedup across steps and checksums::
     dcp.load(state, storage_reader=ParamStoreReader(store))          # newest, resharded by DCP
 
 DCP's own metadata (tensor sizes, chunks, planner data) is kept as JSON, never pickled. DCP
-turns every non-tensor value of a state dict into a ``torch.save`` blob and unpickles it on load
-with ``weights_only=False``; running that on load could execute code, so such values are refused
-unless ``allow_pickled_values=True`` (keep hyper-parameters in ``ParamStore.save`` instead).
+turns every non-tensor value of a state dict into a ``torch.save`` blob, and its planner
+unpickles such blobs with ``weights_only=False``: a crafted checkpoint would run code on load.
+So both ends refuse them by default. The writer takes them only with
+``ParamStoreWriter(..., allow_pickled_values=True)``; the reader, whoever wrote the store (a
+plain ``ParamStore.save`` of the same tree included), refuses them with
+:class:`~persisting.errors.InvalidRecordError` naming the value, before any tensor is loaded,
+unless ``ParamStoreReader(..., allow_pickled_values=True)``. Even then a blob is only ever
+unpickled with ``torch.load(weights_only=True)`` (torch's restricted unpickler: tensors,
+containers and plain scalars), and what DCP's planner receives is a fresh ``torch.save`` of that
+result, never the stored bytes. Keep hyper-parameters in ``ParamStore.save`` metadata instead.
 Single process: one writer per store (multi-rank saves would need one store per rank).
 """
 
@@ -184,10 +191,17 @@ class ParamStoreWriter(StorageWriter):
 class ParamStoreReader(StorageReader):
     """A DCP StorageReader over checkpoint ``step`` (newest by default) of ``store``."""
 
-    def __init__(self, store: ParamStore, *, step: int | None = None, tag: str | None = None) -> None:
+    def __init__(
+        self, store: ParamStore, *, step: int | None = None, tag: str | None = None,
+        allow_pickled_values: bool = False,
+    ) -> None:
+        """``allow_pickled_values`` lets non-tensor DCP values load; each is unpickled with
+        ``torch.load(weights_only=True)``, which still refuses anything but tensors, containers
+        and plain scalars. Only pass it for checkpoints you trust."""
         super().__init__()
         self.store = store
         self.step = store.info(step, tag=tag).step
+        self.allow_pickled_values = allow_pickled_values
         self._metadata: Metadata | None = None
 
     def reset(self, checkpoint_id: Any = None) -> None:
@@ -204,6 +218,10 @@ class ParamStoreReader(StorageReader):
         self._metadata = metadata
 
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
+        if not self.allow_pickled_values:  # refuse before any tensor of the caller changes
+            for item in plan.items:
+                if item.type == LoadItemType.BYTE_IO:
+                    _refuse(item.dest_index.fqn, self.step)
         return plan
 
     def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:
@@ -221,7 +239,12 @@ class ParamStoreReader(StorageReader):
         for item in plan.items:
             key = storage[item.storage_index]
             if item.type == LoadItemType.BYTE_IO:
-                planner.load_bytes(item, io.BytesIO(blobs[key]))
+                fqn = item.dest_index.fqn
+                if not self.allow_pickled_values:
+                    _refuse(fqn, self.step)
+                if key not in blobs:
+                    raise CorruptionError(f"DCP value {fqn!r} of step {self.step} is missing", step=self.step, key=fqn)
+                planner.load_bytes(item, _restricted_copy(blobs[key], fqn, self.step))
                 continue
             src = narrow_tensor_by_index(tensors[key], item.storage_offsets, item.lengths)
             target = planner.resolve_tensor(item).detach()
@@ -237,6 +260,36 @@ class ParamStoreReader(StorageReader):
 def _escape(key: str) -> str:
     """A glob that matches ``key`` literally (fqns may hold '[', '*' or '?')."""
     return "".join(f"[{c}]" if c in "*?[" else c for c in key) if any(c in key for c in "*?[") else key
+
+
+def _refuse(fqn: str, step: int) -> None:
+    raise InvalidRecordError(
+        f"DCP value {fqn!r} of checkpoint step {step} is a pickle (a non-tensor value); unpickling "
+        "stored bytes can execute code, so it is not loaded. Leave it out of the state dict you "
+        "load, or pass ParamStoreReader(..., allow_pickled_values=True) for a checkpoint you trust",
+        key=fqn, step=step,
+    )
+
+
+def _restricted_copy(raw: bytes, fqn: str, step: int) -> io.BytesIO:
+    """Unpickle ``raw`` with torch's restricted (weights_only) unpickler and hand back a fresh
+    ``torch.save`` of the result: the planner's own ``torch.load(weights_only=False)`` then
+    only ever sees bytes we made from vetted objects, never the stored ones."""
+    import pickle
+
+    try:
+        value = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, AttributeError, TypeError) as exc:
+        raise InvalidRecordError(
+            f"DCP value {fqn!r} of checkpoint step {step} holds objects that torch.load(weights_only=True) "
+            f"refuses ({str(exc).splitlines()[0][:200]}); it is not loaded. Store such values as plain "
+            "ParamStore metadata instead",
+            key=fqn, step=step,
+        ) from None
+    out = io.BytesIO()
+    torch.save(value, out)
+    out.seek(0)
+    return out
 
 
 def _no_tensor(i: int) -> Any:

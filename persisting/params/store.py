@@ -6,7 +6,9 @@ A store is a directory (or object-store prefix) with two engine tables: ``chunks
 ``save`` writes the new chunks, commits them durably, and only then commits the manifest row:
 a crash at any point leaves earlier checkpoints intact and the partial one invisible; its
 chunks are orphans that :meth:`ParamStore.gc` reclaims. Nothing is pickled: the state tree is
-JSON with tensors by reference (:mod:`persisting.params.tree`).
+JSON with tensors by reference (:mod:`persisting.params.tree`). A local store also keeps
+``checkpoints.head.json`` (:mod:`persisting.params.head`), so a lost newest manifest raises
+CorruptionError on open instead of silently rolling the store back a checkpoint.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from persisting.errors import (
 )
 from persisting.params import manifest as mf
 from persisting.params.chunks import ChunkTable
+from persisting.params.head import HEAD_NAME, Head, check_head, read_head, write_head
 from persisting.params.manifest import CheckpointInfo, Manifest, TensorEntry
 from persisting.params.tree import (
     NUMPY_SCALAR,
@@ -48,6 +51,7 @@ from persisting.params.tree import (
     encode_plain,
     encode_tree,
     is_dict_node,
+    match_tensors,
     select,
     top_level,
     tree_tensor_indices,
@@ -111,6 +115,9 @@ class ParamStore:
         root = self.path.rstrip("/")
         if "://" not in root and not read_only:
             os.makedirs(root, exist_ok=True)
+        # read before the table opens: a live writer can then only move the table past it
+        self._head_path = os.path.join(root, HEAD_NAME) if "://" not in root else None
+        head = read_head(self._head_path) if self._head_path is not None else None
         wal = os.fspath(wal_dir) if wal_dir is not None else None
         self._lock = threading.RLock()  # held by every write and read of the tables
         self._submit_lock = threading.Lock()  # guards _inflight, so save_async never waits on a write
@@ -136,7 +143,15 @@ class ParamStore:
         except BaseException:
             self._chunks.close()
             raise
-        self._infos = self._read_infos()
+        try:
+            self._infos = self._read_infos()
+            if self._head_path is not None:
+                check_head(head, path=self._head_path, table=root + "/checkpoints.lance",
+                           version=self._manifests.version, steps=list(self._infos))
+        except BaseException:
+            self._chunks.close()
+            self._manifests.close()
+            raise
 
     # -- reading the manifest table ---------------------------------------------------------
     def _read_infos(self) -> dict[int, CheckpointInfo]:
@@ -238,9 +253,11 @@ class ParamStore:
         checked against its checksum; a corrupt one raises CorruptionError.
 
         ``into`` (a state shaped like the saved one, e.g. the live ``{"model": ..., "optim": ...}``)
-        lends its CPU tensors: a stored tensor whose name, dtype and shape match one of them is
-        read straight into it (no new allocation) and that tensor is returned in its place. If a
-        chunk turns out corrupt, those tensors may be left partly overwritten.
+        lends its CPU tensors: a stored tensor whose position (key by key: ``"a.b"`` and nested
+        ``a -> b`` are different places), dtype and shape match one of them is read straight
+        into it (no new allocation) and that tensor is returned in its place. If a chunk turns
+        out corrupt, those tensors may be left partly overwritten. (``keys`` match dotted paths,
+        so ``"a.b"`` selects both of those places.)
         """
         with self._lock:
             self._check_open()
@@ -248,7 +265,7 @@ class ParamStore:
             m = self._manifest(info.step)
             tree = m.tree if keys is None else select(m.tree, keys)
             wanted = sorted(set(tree_tensor_indices(tree)))
-            dest = _tensors_by_name(into) if into is not None else {}
+            dest = match_tensors(tree, into, _is_torch) if into is not None else {}
             values = self._materialize({i: m.tensors[i] for i in wanted}, info.step, dest)
             self._counts["loads"] += 1
         return decode_tree(tree, values.__getitem__)
@@ -281,6 +298,7 @@ class ParamStore:
             info = self._resolve(step, None)
             self._manifests.delete(f"step = {info.step}")
             del self._infos[info.step]
+            self._record_head()
 
     def gc(self, *, compact: bool = False) -> GCReport:
         """Delete chunks no checkpoint references (orphans of crashed saves, chunks of deleted
@@ -432,7 +450,13 @@ class ParamStore:
         self._counts["chunks_written"] += new_chunks
         self._counts["bytes_deduplicated"] += nbytes - new_bytes
         self._apply_retention()
+        self._record_head()
         return info
+
+    def _record_head(self) -> None:
+        """After a commit of the checkpoint table: durably note its version (see head.py)."""
+        if self._head_path is not None:
+            write_head(self._head_path, Head(self._manifests.version, max(self._infos) if self._infos else None))
 
     def _apply_retention(self) -> None:
         if self.keep_last is None or len(self._infos) <= self.keep_last:
@@ -449,9 +473,9 @@ class ParamStore:
         self.gc()
 
     # -- reading tensors -------------------------------------------------------------------
-    def _materialize(self, entries: Mapping[int, TensorEntry], step: int, dest: Mapping[str, Any]) -> dict[int, Any]:
+    def _materialize(self, entries: Mapping[int, TensorEntry], step: int, dest: Mapping[int, Any]) -> dict[int, Any]:
         """Build the tensors of ``entries`` from their chunks, each chunk read once; ``dest``
-        offers existing tensors by name to read into."""
+        offers existing tensors, by tensor reference, to read into."""
         buffers: dict[int, np.ndarray] = {}
         outputs: dict[int, Any] = {}
         targets: dict[str, list[tuple[int, int]]] = {}
@@ -459,7 +483,7 @@ class ParamStore:
             if e.kind == TORCH:
                 import torch
 
-                t: Any = dest.get(e.name)
+                t: Any = dest.get(i)
                 if not _fits(t, e):
                     t = torch.empty(e.shape, dtype=getattr(torch, e.dtype))
                 outputs[i] = t
@@ -490,18 +514,8 @@ class ParamStore:
         return outputs
 
 
-def _tensors_by_name(state: Any, path: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The torch tensors of a nested state by dotted name (the names the manifest uses)."""
-    out = {} if out is None else out
-    if isinstance(state, Mapping):
-        for k, v in state.items():
-            _tensors_by_name(v, f"{path}.{k}" if path else str(k), out)
-    elif isinstance(state, (list, tuple)):
-        for i, v in enumerate(state):
-            _tensors_by_name(v, f"{path}.{i}" if path else str(i), out)
-    elif type(state).__module__.startswith("torch") and hasattr(state, "is_contiguous"):
-        out[path or "<root>"] = state
-    return out
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "is_contiguous")
 
 
 def _nest(key: str, value: Any) -> Any:

@@ -16,7 +16,7 @@ import fnmatch
 import math
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from persisting.errors import InvalidRecordError
 
 __all__ = [
     "NUMPY", "NUMPY_SCALAR", "TORCH", "TensorRef", "decode_tree", "encode_plain", "encode_tree",
-    "is_dict_node", "select", "top_level", "tree_tensor_indices",
+    "is_dict_node", "match_tensors", "select", "top_level", "tree_tensor_indices",
 ]
 
 # container tags: one-key JSON objects, so they never collide with a plain value
@@ -177,6 +177,47 @@ def tree_tensor_indices(tree: Any) -> Iterable[int]:
         elif tag in (_LIST, _TUPLE):
             for v in body:
                 yield from tree_tensor_indices(v)
+
+
+def match_tensors(tree: Any, state: Any, accept: Callable[[Any], bool]) -> dict[int, Any]:
+    """Tensor reference -> the object at the same position of ``state`` (a live state shaped
+    like the saved one), for those ``accept`` takes.
+
+    Positions are matched key by key, never by dotted name: a key ``"a.b"`` and a nested
+    ``a -> b`` are different places, so each stored tensor gets its own destination.
+    """
+    out: dict[int, Any] = {}
+
+    def child(node: Any, key: Any) -> Any:
+        if isinstance(node, Mapping):
+            if key in node:
+                return node[key]
+            if isinstance(key, int) and str(key) in node:  # int keys offered as str
+                return node[str(key)]
+            return _MISSING
+        if isinstance(node, (list, tuple)) and isinstance(key, int) and 0 <= key < len(node):
+            return node[key]
+        return _MISSING
+
+    def walk(t: Any, node: Any) -> None:
+        if node is _MISSING or not (isinstance(t, dict) and len(t) == 1):
+            return
+        (tag, body), = t.items()
+        if tag == _TENSOR:
+            if accept(node):
+                out[int(body)] = node
+        elif tag in (_DICT, _ODICT):
+            for k, v in body if tag == _DICT else body[0]:
+                walk(v, child(node, k))
+        elif tag in (_LIST, _TUPLE):
+            for i, v in enumerate(body):
+                walk(v, child(node, i))
+
+    walk(tree, state)
+    return out
+
+
+_MISSING = object()
 
 
 class _Matcher:

@@ -128,10 +128,10 @@ class PersistingBackendOptions(LanceBackendOptions):
                 option="compression",
             )
         interval = self.wal_sync_interval
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval >= 0:
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 <= interval <= 86_400:
             raise ConfigError(
-                f"{owner} option wal_sync_interval={interval!r} must be a number of seconds >= 0 "
-                "(0 fsyncs every write)",
+                f"{owner} option wal_sync_interval={interval!r} must be a number of seconds from 0 "
+                "(0 fsyncs every write) to 86400 (not NaN or infinity)",
                 option="wal_sync_interval",
             )
         _check_int(owner, "max_wal_size", self.max_wal_size)

@@ -29,9 +29,11 @@ import numpy as np
 import pyarrow as pa
 
 from persisting.engine.codec import decode_tensor, encode_tensor
+from persisting.engine.names import field_name_problem
+from persisting.engine.schema import check_field_names
 from persisting.errors import InvalidRecordError, SchemaError
 
-__all__ = ["CHECKSUM_SUFFIX", "FieldSpec", "Signature", "merge", "normalize", "specs_from_schema", "stacked_signature", "stacked_to_columns", "to_columns", "to_numpy"]
+__all__ = ["CHECKSUM_SUFFIX", "FieldSpec", "check_column", "Signature", "merge", "normalize", "specs_from_schema", "stacked_signature", "stacked_to_columns", "to_columns", "to_numpy"]
 
 KIND_KEY = b"persisting.kind"
 DTYPE_KEY = b"persisting.dtype"
@@ -64,6 +66,24 @@ class FieldSpec:
         if self.kind == "blob" and blob:
             meta[BLOB_KEY] = b"true"
         return meta
+
+
+def check_column(name: object, value: Any = None, *, what: str) -> None:
+    """Refuse a step field or episode metadata name (and the struct field names inside a list
+    value) that the engine would refuse when the row reaches its table: steps and metadata
+    wait in an episode first, so checking only then would leave the episode unable to flush."""
+    problem = field_name_problem(name, top_level=True)
+    if problem is not None:
+        raise InvalidRecordError(f"{what} {name!r} {problem}; nothing was written", field=name, reason=problem)
+    if isinstance(value, (list, tuple)) and value:
+        try:
+            t = pa.array([list(value)]).type
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            return  # the value itself is refused where it is converted
+        try:
+            check_field_names(pa.schema([pa.field(str(name), t)]))
+        except InvalidRecordError as exc:
+            raise InvalidRecordError(f"{what} {exc.message}", **exc.details) from None
 
 
 def _category(value: Any) -> str | None:

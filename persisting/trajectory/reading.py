@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from persisting.engine.table import Table
 from persisting.errors import ClosedError, ConfigError, NotFoundError
@@ -42,6 +43,7 @@ class EpisodeReads:
     """The read half of :class:`~persisting.trajectory.TrajectoryStore`."""
 
     path: str
+    read_only: bool
     _lock: threading.RLock
     _closed: bool
     _steps: Table
@@ -51,12 +53,22 @@ class EpisodeReads:
     _open: dict[int, Episode]
 
     def _latest(self, filter: str | None = None, ids: Sequence[int] | None = None) -> pa.Table:
-        """The newest revision of each episode (matching ``filter``), by episode_id."""
+        """The newest revision of each episode (matching ``filter``), by episode_id.
+
+        A read-only handle skips revisions that count more steps than it can see (an end row
+        whose steps the writer has not committed yet, e.g. with durability ``"none"``, where
+        the two tables commit independently): it shows the episode as it was before that row.
+        """
         if self._episodes.count() == 0:
             return EPISODE_SCHEMA.empty_table()
-        revs = self._episodes.scan(columns=["episode_id", "rev"])
+        revs = self._episodes.scan(columns=["episode_id", "rev", "status", "length"])
         eids = revs.column("episode_id").to_numpy()
         rv = revs.column("rev").to_numpy()
+        if self.read_only:
+            seen = self._visible(revs)
+            eids, rv = eids[seen], rv[seen]
+            if not len(eids):
+                return self._episodes.scan().slice(0, 0)
         order = np.lexsort((rv, eids))
         sorted_ids = eids[order]
         last = np.r_[sorted_ids[1:] != sorted_ids[:-1], True]
@@ -70,6 +82,20 @@ class EpisodeReads:
         keep = (uids[pos] == rid) & (newest[pos] == rows.column("rev").to_numpy())
         out = rows.filter(pa.array(keep))
         return out.take(pa.array(np.argsort(out.column("episode_id").to_numpy(), kind="stable")))
+
+    def _visible(self, revs: pa.Table) -> np.ndarray:
+        """Which episode revisions are backed by the steps this handle sees: open ones, and
+        ended ones whose ``length`` is at most the episode's visible step count."""
+        idx = self._refresh()
+        eids = revs.column("episode_id").to_numpy()
+        length = revs.column("length").fill_null(0).to_numpy()
+        have = np.zeros(len(eids), np.int64)
+        if len(idx.ids):
+            at = np.clip(np.searchsorted(idx.ids, eids), 0, len(idx.ids) - 1)
+            found = idx.ids[at] == eids
+            have[found] = idx.lengths[at[found]]
+        is_open = np.asarray(pc.equal(revs.column("status"), "open").fill_null(False))
+        return is_open | (length <= have)
 
     def episodes(self, filter: str | None = None) -> pa.Table:
         """One row per episode, newest state, sorted by id. ``filter`` is a SQL predicate on

@@ -48,6 +48,7 @@ from persisting.errors import (
 from persisting.trajectory.episode import Episode, rows_of
 from persisting.trajectory.fields import (
     FieldSpec,
+    check_column,
     Signature,
     arrow_category,
     merge,
@@ -78,6 +79,7 @@ def _join(path: str, name: str) -> str:
 
 
 def _metadata_value(key: str, value: Any) -> Any:
+    check_column(key, value, what="episode metadata")
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -149,8 +151,10 @@ class TrajectoryStore(EpisodeReads):
                         "one writer per store: close it, or open this one with read_only=True",
                         path=exc.details.get("path"),
                     ) from None
-            self._steps = table("steps", opts)
+            # episodes before steps: the writer hands steps to their table before the episode
+            # row that counts them, so a reader that pins episodes first sees every such step
             self._episodes = table("episodes", opts, EPISODE_SCHEMA)
+            self._steps = table("steps", opts)
             self._specs: dict[str, FieldSpec] = specs_from_schema(self._steps.schema, STEP_KEYS)
             self._sigs = {n: s.signature for n, s in self._specs.items()}
             if not read_only:
@@ -315,6 +319,7 @@ class TrajectoryStore(EpisodeReads):
             raise InvalidRecordError(f"step {i}: field name {name!r} must be a non-empty str", index=i)
         if name in STEP_KEYS or name.endswith("__xxh3"):
             raise InvalidRecordError(f"step field {name!r} is reserved: the store sets it", field=name)
+        check_column(name, what="step field")
 
     def _check_stacked(self, batch: Mapping[str, Any]) -> int | None:
         """Validate a dict of stacked columns; return its step count, or None when it needs
@@ -421,6 +426,19 @@ class TrajectoryStore(EpisodeReads):
             self._steps.compact()
             self._episodes.compact()
             self._index = StepIndex()
+
+    def refresh(self) -> None:
+        """Read-only handles: see what the writer has logged or committed since the open (or
+        the last refresh). Episodes are re-read before steps, so every ended episode visible
+        afterwards has all its steps visible too. A writer always sees its own state."""
+        with self._lock:
+            self._check_open()
+            if not self.read_only:
+                return
+            self._episodes.refresh()
+            self._steps.refresh()  # the step index catches up incrementally at the next read
+            self._specs = specs_from_schema(self._steps.schema, STEP_KEYS)
+            self._sigs = {n: s.signature for n, s in self._specs.items()}
 
     # -- lifecycle ------------------------------------------------------------------------
     @property

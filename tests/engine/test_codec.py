@@ -381,3 +381,45 @@ def test_compress_round_trip_of_plain_bytes(compression: str | None) -> None:
     else:
         assert len(packed) < len(data)
     assert bytes(codec.decompress(packed, compression, raw_nbytes=len(data))) == data
+
+
+def _unstorable_tensors() -> list[Any]:
+    if torch is None:
+        return []
+    return [
+        pytest.param(lambda: torch.empty(3, device="meta"), id="meta"),
+        pytest.param(lambda: torch.eye(3).to_sparse(), id="sparse-coo"),
+        pytest.param(lambda: torch.eye(3).to_sparse_csr(), id="sparse-csr"),
+        pytest.param(lambda: torch.nested.nested_tensor([torch.ones(2), torch.ones(3)]), id="nested"),
+    ]
+
+
+@pytest.mark.parametrize("make", _unstorable_tensors())
+def test_tensors_without_dense_memory_are_refused_typed(make: Any) -> None:
+    """Issue 14 finding 9: these raised NotImplementedError / RuntimeError from torch."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = make()
+    with pytest.raises(InvalidRecordError, match="cannot store this tensor"):
+        encode_tensor(t)
+
+
+@pytest.mark.skipif(torch is None, reason="torch not installed")
+def test_lazy_conjugate_and_negative_views_store_their_values() -> None:
+    z = torch.tensor([1 + 2j, 3 - 4j])
+    for t in (z.conj(), z.conj().imag, z.conj().imag[:1]):
+        enc = encode_tensor(t)
+        back = decode_tensor(enc.data, dtype=enc.dtype, shape=enc.shape, framework="torch")
+        assert torch.equal(back, t.resolve_conj().resolve_neg())
+
+
+@pytest.mark.parametrize("framework", ["jax", "tf", "", None, 1])
+def test_an_unknown_framework_is_a_config_error(framework: Any) -> None:
+    from persisting.errors import ConfigError
+
+    enc = encode_tensor(np.arange(3, dtype=np.float32))
+    with pytest.raises(ConfigError, match="framework") as info:
+        decode_tensor(enc.data, dtype=enc.dtype, shape=enc.shape, framework=framework)
+    assert info.value.details["option"] == "framework"

@@ -215,6 +215,44 @@ def test_corrupt_first_chunk_is_a_miss(tmp_path: Path) -> None:
         assert st["misses"] == 1 and st["corrupt"] == 1 and st["entries"] == 0
 
 
+def test_damaged_blob_file_is_a_counted_miss_in_a_fresh_process(tmp_path: Path) -> None:
+    """Real chunks (MiBs) live in Lance blob files: damage there is a miss, counted, not an error."""
+    from persisting.engine import integrity
+
+    toks = prompt(11, 2 * CS)
+    kv = make_kv(11, len(toks), dim=16384)  # 1 MiB per chunk: Lance stores each in a blob file
+    with KVCacheStore(tmp_path, namespace="b", chunk_size=CS) as store:
+        store.put(toks, kv)
+    blobs = sorted(glob.glob(str(tmp_path / "b.lance" / "data" / "*" / "*.blob")))
+    assert blobs, "payloads were expected in Lance blob files"
+    for path in blobs:
+        with open(path, "r+b") as f:
+            f.seek(1000)
+            b = f.read(1)
+            f.seek(1000)
+            f.write(bytes([b[0] ^ 0x01]))
+    integrity.forget()  # as a new process sees the files
+    with KVCacheStore(tmp_path, namespace="b", chunk_size=CS, read_only=True) as store:
+        assert store.get(toks) is None
+        assert store.stats()["corrupt"] == 1 and store.stats()["misses"] == 1
+
+
+def test_damaged_data_file_is_a_corruption_error_naming_it(tmp_path: Path) -> None:
+    """The small columns (keys, shapes, inline payloads) carry no checksum of their own: their
+    file's digest is checked when a process opens the store; damage is a typed error."""
+    from persisting.engine import integrity
+    from persisting.errors import CorruptionError
+
+    toks = prompt(12, 2 * CS)
+    kv = make_kv(12, len(toks))
+    with KVCacheStore(tmp_path, namespace="d", chunk_size=CS) as store:
+        store.put(toks, kv)
+    _flip_payload_bytes(tmp_path / "d.lance", np.ascontiguousarray(kv[..., :CS, :]).tobytes())
+    integrity.forget()
+    with pytest.raises(CorruptionError, match=r"data/.*\.lance"):
+        KVCacheStore(tmp_path, namespace="d", chunk_size=CS, read_only=True)
+
+
 def _reachable(store: KVCacheStore) -> bool:
     idx = store._index
     return all(e.parent == idx.seed or e.parent in idx.entries for e in idx.entries.values())

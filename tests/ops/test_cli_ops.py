@@ -115,8 +115,9 @@ def test_verify_catches_a_flipped_byte_in_a_checkpoint_chunk(stores: Stores, tmp
     assert out.returncode == 1, out.stdout
     assert "PROBLEM" in out.stdout and "chunks.lance row" in out.stdout and "fails its checksum" in out.stdout
     doc = stores.json("verify", str(root), expect=1)
-    [problem] = doc["problems"]
+    damaged_file, problem = sorted(doc["problems"], key=lambda p: p["row"] is not None)
     assert problem["path"].endswith("chunks.lance") and problem["row"] is not None
+    assert "chunks.lance/data/" in damaged_file["path"] and "digest" in damaged_file["message"]
     after = {p: os.stat(p).st_mtime_ns for p in glob.glob(str(root / "**"), recursive=True)}
     changed = [p for p in after if p in before and after[p] != before[p] and os.path.isfile(p)]
     assert len(changed) == 1  # only the file the test damaged: verify writes nothing
@@ -133,8 +134,9 @@ def test_verify_catches_a_flipped_byte_in_kv_and_step_payloads(stores: Stores, t
         table, pattern = root / "traj" / "steps.lance", bytes([2]) * 4096
     _flip_in(table, pattern)
     doc = stores.json("verify", str(root), expect=1)
-    [problem] = doc["problems"]
+    damaged_file, problem = sorted(doc["problems"], key=lambda p: p["row"] is not None)
     assert problem["path"] == str(table) and problem["row"] is not None and "checksum" in problem["message"]
+    assert damaged_file["path"].startswith(str(table) + "/data/") and "digest" in damaged_file["message"]
 
 
 def test_verify_reports_a_torn_wal_tail_as_a_warning(stores: Stores, tmp_path: Path) -> None:
@@ -165,7 +167,7 @@ def test_verify_reports_wal_corruption_before_the_tail(stores: Stores, tmp_path:
         t.append([{"i": 2}])  # two frames above the applied LSN: damage in the first is not a tail
         t.sync()
         shutil.copytree(live, root)  # as a crash would leave it
-    seg = max(glob.glob(str(root / "t.wal" / "*.wal")))
+    seg = max(glob.glob(str(root / "t.wal" / "**" / "*.wal"), recursive=True))
     data = bytearray(Path(seg).read_bytes())
     pos = 32  # segment header
     while True:
@@ -224,3 +226,27 @@ def test_export_episodes_and_queue_to_parquet(stores: Stores, tmp_path: Path) ->
     rows = pq.read_table(q).to_pylist()
     assert len(rows) == 2 * stores.QUEUE_RECORDS + 1
     assert sorted(r["seq"] for r in rows if r["bucket"] == "1") == list(range(stores.QUEUE_RECORDS + 1))
+
+
+
+def test_verify_catches_a_flipped_string_and_a_lost_newest_manifest(stores: Stores, tmp_path: Path) -> None:
+    """Columns without a payload checksum are covered by the digests recorded at commit."""
+    import shutil
+
+    from persisting.engine import Table, TableOptions
+
+    uri = tmp_path / "a" / "names.lance"
+    with Table(str(uri), options=TableOptions(durability="none")) as t:
+        for i in range(3):
+            t.append([{"k": i, "name": f"name-{i}"}])
+            t.flush()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    path = _flip_in(uri, b"name-1")  # one byte of a string column: still a valid string
+    doc = stores.json("verify", str(tmp_path / "a"), expect=1)
+    assert [p["path"] for p in doc["problems"]] == [str(path)] and "digest" in doc["problems"][0]["message"]
+
+    other = tmp_path / "b" / "names.lance"
+    newest = min(glob.glob(str(other / "_versions" / "*.manifest")))  # Lance's V2 names count down
+    os.unlink(newest)
+    doc = stores.json("verify", str(tmp_path / "b"), expect=1)
+    assert any(p["path"] == newest and "missing" in p["message"] for p in doc["problems"])

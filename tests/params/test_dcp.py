@@ -42,5 +42,8 @@ def test_dcp_refuses_pickled_values_unless_allowed(store_path: str) -> None:
         assert store.list() == []
         dcp.save({"w": torch.ones(2), "lr": 0.1}, storage_writer=ParamStoreWriter(store, step=1, allow_pickled_values=True))
         state = {"w": torch.zeros(2), "lr": 0.0}
-        dcp.load(state, storage_reader=ParamStoreReader(store))
+        # the reader refuses them too unless told at load time (see test_dcp_pickles.py)
+        with pytest.raises((InvalidRecordError, dcp.CheckpointException), match="allow_pickled_values"):
+            dcp.load(state, storage_reader=ParamStoreReader(store))
+        dcp.load(state, storage_reader=ParamStoreReader(store, allow_pickled_values=True))
         assert torch.equal(state["w"], torch.ones(2)) and state["lr"] == 0.1

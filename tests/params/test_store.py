@@ -253,3 +253,21 @@ def test_load_into_existing_tensors_reuses_them(store_path: str) -> None:
         store.load_into(target)
         assert target[0].weight.data_ptr() == ptr
         assert torch.equal(target[0].weight, saved["model"]["0.weight"])
+
+
+def test_dotted_key_and_nested_key_are_distinct_places(tmp_path: Any) -> None:
+    """Keys "a.b" and a -> b flatten to the same dotted name; they must not alias on load."""
+    flat, nested = torch.full((3,), 1.0), torch.full((3,), 2.0)
+    with ParamStore(str(tmp_path / "ckpt")) as store:
+        store.save({"a.b": flat, "a": {"b": nested}}, step=1)
+        plain = store.load(1)
+        assert torch.equal(plain["a.b"], flat) and torch.equal(plain["a"]["b"], nested)
+        live = {"a.b": torch.zeros(3), "a": {"b": torch.zeros(3)}}
+        out = store.load(1, into=live)
+        assert out["a.b"] is live["a.b"] and out["a"]["b"] is live["a"]["b"]
+        assert torch.equal(out["a.b"], flat) and torch.equal(out["a"]["b"], nested)
+        # a live state holding only one of the two places lends only that one
+        only_nested = {"a": {"b": torch.zeros(3)}}
+        out = store.load(1, into=only_nested)
+        assert out["a"]["b"] is only_nested["a"]["b"] and out["a.b"] is not only_nested["a"]["b"]
+        assert torch.equal(out["a.b"], flat) and torch.equal(out["a"]["b"], nested)

@@ -202,3 +202,44 @@ def test_refusals_survive_pickling(tmp_path: Path) -> None:
             assert type(again) is type(err) and str(again) == str(err)
 
     run(go())
+
+
+POISON_NAMES = ["a.b", "_rowid", "_rowaddr", "_distance", "a`b", "*", "a\x00b"]
+
+
+@pytest.mark.parametrize(("cls", "options"), BACKENDS)
+@pytest.mark.parametrize("name", POISON_NAMES, ids=repr)
+def test_a_field_name_lance_cannot_store_is_refused_at_put(
+    tmp_path: Path, cls: type, options: dict[str, Any], name: str
+) -> None:
+    """Issue 14: such a record was acknowledged, then the flush failed and the bucket lost every
+    buffered record with it (LanceBackend), or no reopen could replay the WAL (PersistingBackend)."""
+    async def go() -> None:
+        b = cls(bucket_id=0, storage_path=str(tmp_path), **options)
+        await b.put_batch([good(0), good(1)])
+        await b.flush()
+        await b.put(good(2))  # buffered
+        with pytest.raises(InvalidRecordError) as info:
+            await b.put({**good(3), name: 1})
+        assert info.value.details["field"] == name
+        with pytest.raises(InvalidRecordError):
+            nested_bad = name if name in ("a`b", "*", "a\x00b") else ""  # dots, reserved names nest fine
+            await b.put_batch([good(3), {**good(4), "nested": {"ok.dot": 1, "_rowid": 3, nested_bad: 2}}])
+        assert b.total_count() == 3
+        await b.put(good(3))
+        await b.put({**good(4), "cfg": {"lr.base": 0.5}})  # dotted keys nest fine
+        await b.flush()
+        b.close()
+        got = await _reopen_rows(cls, str(tmp_path), options)
+        assert [r["seq"] for r in got] == [0, 1, 2, 3, 4] and got[4]["cfg"] == {"lr.base": 0.5}
+
+    run(go())
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0], ids=["nan", "inf", "negative"])
+def test_a_bad_wal_sync_interval_is_refused_by_name(tmp_path: Path, value: float) -> None:
+    from persisting.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="wal_sync_interval") as info:
+        PersistingBackend(bucket_id=0, storage_path=str(tmp_path), enable_wal=True, wal_sync_interval=value)
+    assert info.value.details["option"] == "wal_sync_interval"

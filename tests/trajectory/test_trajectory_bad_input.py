@@ -89,3 +89,46 @@ def test_bad_input_is_refused_and_nothing_is_lost(tmp_path):
     with pytest.raises(PersistingError, match="read-only"):
         ro.begin_episode()
     ro.close()
+
+
+POISON_NAMES = ["a.b", "_rowid", "_rowoffset", "_score", "a`b", "*", "a\x00b"]
+
+
+@pytest.mark.parametrize("name", POISON_NAMES, ids=repr)
+def test_field_names_lance_cannot_store_are_refused_and_nothing_is_bricked(tmp_path, name):
+    """Issue 14: a step field or episode metadata named ``a.b``, ``_rowid``... was accepted,
+    then the episode could never be handed to its table (close raised, every reopen raised)."""
+    path = str(tmp_path / "s")
+    with TrajectoryStore(path, step_buffer=2) as store:
+        with store.episode(env="x") as first:
+            for t in range(3):
+                first.add_step(good(t))
+        ep = store.begin_episode(env="x")
+        ep.add_step(good(0))
+        for bad in ({**good(1), name: 1.0}, {**good(1), name: np.zeros(3, np.float32)}, {**good(1), name: "s"}):
+            with pytest.raises(InvalidRecordError) as info:
+                ep.add_step(bad)
+            assert info.value.details["field"] == name
+        with pytest.raises(InvalidRecordError):
+            ep.add_steps({"action": [1, 2], name: [1.0, 2.0]})
+        with pytest.raises(InvalidRecordError) as info:
+            store.begin_episode(**{"env": "x", name: 1})
+        assert info.value.details["field"] == name
+        with pytest.raises(InvalidRecordError):
+            store.begin_episode(env="x", info=[{"ok": 1, "a`b": 2}])  # a struct name inside a list
+        with pytest.raises(InvalidRecordError):
+            ep.end(**{name: 1})
+        with pytest.raises(InvalidRecordError):
+            store.update_episodes([{"episode_id": ep.id, name: 1.0}])  # still open: held for its end row
+        with pytest.raises(InvalidRecordError):
+            store.update_episodes([{"episode_id": first.id, name: 1.0}])
+        assert ep.length == 1
+        ep.add_step(good(1))
+        ep.end(score=2.0)
+        store.update_episodes([{"episode_id": first.id, "cfg": [{"lr.base": 0.1}]}])  # dotted keys nest fine
+    with TrajectoryStore(path) as store:
+        eps = store.episodes()
+        assert eps.column("length").to_pylist() == [3, 2]
+        assert name not in eps.column_names
+        assert store.episode(ep.id)["action"].tolist() == [0, 1]
+        assert name not in store.episode(first.id)
