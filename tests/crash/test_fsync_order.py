@@ -111,7 +111,7 @@ def test_fsync_order_under_strace(tmp_path) -> None:
             elif path == pc.root or path.startswith(pc.root + "/"):
                 # a writer's WAL directory is removed at its clean close: a vanished name
                 # without an extension was a directory
-                gone_dir = not os.path.exists(path) and "." not in os.path.basename(path)
+                gone_dir = not os.path.exists(path) and "." not in os.path.basename(path).lstrip(".")
                 kind = "dir" if os.path.isdir(path) or path == pc.root or gone_dir else "file"
                 steps.append((kind, os.path.relpath(path, pc.root).removeprefix(".")))
     check_order(steps)
