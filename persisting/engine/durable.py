@@ -8,6 +8,7 @@ so a power loss cannot take away a commit whose WAL frames were already dropped.
 
 from __future__ import annotations
 
+import errno
 import os
 
 __all__ = ["DirectorySnapshot", "fsync_ancestors", "fsync_path", "is_local", "local_path"]
@@ -48,7 +49,13 @@ def fsync_ancestors(path: str) -> None:
     d = os.path.abspath(path)
     while not os.path.ismount(d):
         d = os.path.dirname(d)
-        fsync_path(d)
+        try:
+            fsync_path(d)
+        except OSError as exc:
+            # an ancestor this process may not open (a 0711 home directory) or a filesystem
+            # that cannot fsync directories: its entries are its owner's to make durable
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EINVAL, errno.ENOTSUP):
+                raise
 
 
 class DirectorySnapshot:

@@ -290,6 +290,15 @@ class KVCacheStore:
                 "fragments": self._table.stats()["fragments"],
             }
 
+    def refresh(self) -> None:
+        """Read-only handles: see the chunks the writer committed (or removed) since this
+        handle opened or last refreshed. A writer always sees its own state: no-op."""
+        with self._lock:
+            self._check_open()
+            if self.read_only:
+                self._table.refresh()
+                self._rebuild_index()
+
     def compact(self) -> None:
         """Reclaim the disk space of evicted and removed chunks (rewrites live chunks)."""
         with self._lock:
