@@ -60,6 +60,8 @@ class TableReads:
     @property
     def schema(self) -> pa.Schema | None:
         """The table's schema: stored columns plus fields that pending rows added."""
+        if not self._closed:
+            self._follow()
         return self._schema
 
     def count(self, filter: str | None = None) -> int:

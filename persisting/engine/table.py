@@ -58,6 +58,7 @@ from persisting.engine.schema import conform, evolve, records_to_batch, screen_r
 from persisting.engine.wal import FRAME_BATCH, WAL, ReplayReport, read_frames
 from persisting.engine.writers import (
     Orphan,
+    creation_lock,
     TableLock,
     WriterDir,
     find_orphans,
@@ -445,16 +446,17 @@ class Table(TableReads):
             self._attempted_lsn = max(self._attempted_lsn, last_lsn)
         created = False
         if ds is None:
-            try:
-                ds = lance.write_dataset(
-                    data, self.uri, schema=schema, mode="create", data_storage_version="2.2",
-                    storage_options=self.storage_options, transaction_properties=props,
-                )
-                created = True
-            except (OSError, ValueError) as exc:
-                ds = open_dataset(self.uri, self.storage_options)  # another writer created it first?
+            # Lance turns concurrent creates into overwrites (measured: 4 processes creating one
+            # dataset kept one's rows), so creation is serialised by a lock every local writer
+            # shares, and whoever comes second appends to what the first created
+            with creation_lock(self.uri, self.wal_dir):
+                ds = open_dataset(self.uri, self.storage_options)
                 if ds is None:
-                    raise exc from None
+                    ds = lance.write_dataset(
+                        data, self.uri, schema=schema, mode="create", data_storage_version="2.2",
+                        storage_options=self.storage_options, transaction_properties=props,
+                    )
+                    created = True
         if not created:
             current = ds
 

@@ -19,14 +19,16 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from persisting.engine.durable import fsync_path
+from persisting.engine.durable import fsync_path, is_local, local_path
 from persisting.engine.wal import list_segments
 from persisting.errors import LockedError, StorageError
 
 __all__ = [
-    "Orphan", "TableLock", "WriterDir", "find_orphans", "live_writer_ids", "new_writer_id", "read_base", "writer_wal_dirs",
+    "Orphan", "TableLock", "WriterDir", "creation_lock", "find_orphans", "live_writer_ids", "new_writer_id", "read_base", "writer_wal_dirs",
 ]
 
 _WRITERS = "writers"
@@ -253,3 +255,24 @@ def writer_wal_dirs(wal_dir: str) -> list[tuple[str, str]]:
     except FileNotFoundError:
         return out
     return out + [(n, os.path.join(root, n)) for n in names]
+
+
+@contextmanager
+def creation_lock(uri: str, wal_dir: str | None) -> Iterator[None]:
+    """Serialise the creation of a dataset among this host's writers: beside a local dataset
+    (whatever WAL directory each writer uses), in the WAL directory for a remote one. Writers
+    on different hosts creating one remote dataset at once are not covered (create it first)."""
+    if is_local(uri):
+        path = local_path(uri).rstrip("/")
+        lock = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.create-lock")
+        _makedirs_durable(os.path.dirname(lock))
+    else:
+        assert wal_dir is not None
+        lock = os.path.join(wal_dir, "CREATE.lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
