@@ -26,7 +26,7 @@ def make_model(path: str, *, hidden: int = 128, layers: int = 2, heads: int = 2,
     torch.manual_seed(seed)
     cfg = LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                       intermediate_size=intermediate, vocab_size=vocab, max_position_embeddings=8192,
-                      bos_token_id=0, eos_token_id=1, torch_dtype="bfloat16")
+                      bos_token_id=0, eos_token_id=1, torch_dtype="bfloat16", initializer_range=0.3)
     LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(path)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -63,13 +63,14 @@ def main():
     llm = LLM(model=ARGS["model"], dtype="bfloat16", max_model_len=ARGS.get("max_model_len", 512), enforce_eager=True,
               kv_transfer_config=kv, enable_prefix_caching=ARGS.get("prefix_caching", True),
               max_num_batched_tokens=ARGS.get("max_num_batched_tokens", 2048), seed=0)
-    sp = SamplingParams(temperature=0.0, max_tokens=ARGS.get("max_tokens", 8), ignore_eos=True)
+    sp = SamplingParams(temperature=0.0, max_tokens=ARGS.get("max_tokens", 8), ignore_eos=True, logprobs=0)
     out = []
     for batch in ARGS["batches"]:
         t0 = time.perf_counter()
         res = llm.generate([TokensPrompt(prompt_token_ids=p) for p in batch], sp, use_tqdm=False)
         dt = time.perf_counter() - t0
-        out.append([{"tokens": list(r.outputs[0].token_ids), "cached": r.num_cached_tokens, "seconds": dt} for r in res])
+        out.append([{"tokens": list(r.outputs[0].token_ids), "cached": r.num_cached_tokens, "seconds": dt,
+                     "logprobs": [lp[t].logprob for lp, t in zip(r.outputs[0].logprobs, r.outputs[0].token_ids)]} for r in res])
     del llm
     print(json.dumps(out))
 
