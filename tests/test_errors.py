@@ -164,12 +164,14 @@ def test_closed_table_raises_closed_error(tmp_path: os.PathLike[str]) -> None:
         assert _scan_values(again, "i") == [1]
 
 
-def test_second_writer_gets_locked_error_naming_the_lock(tmp_path: os.PathLike[str]) -> None:
+def test_second_writer_of_an_exclusive_table_gets_locked_error_naming_the_lock(tmp_path: os.PathLike[str]) -> None:
     uri = os.path.join(tmp_path, "t.lance")
-    with Table(uri) as first:
+    with Table(uri, exclusive=True) as first:
         first.append([{"i": 1}])
         with pytest.raises(LockedError) as info:
-            Table(uri)
+            Table(uri)  # a shared writer is refused by an exclusive one, and the reverse
+        with pytest.raises(LockedError):
+            Table(uri, exclusive=True)
         lock_path = os.path.join(tmp_path, "t.wal", "LOCK")
         assert info.value.path == lock_path  # type: ignore[attr-defined]
         assert lock_path in str(info.value)

@@ -23,10 +23,15 @@ def local_path(uri: str) -> str:
     return uri.removeprefix("file://")
 
 
-def fsync_path(path: str) -> None:
-    """fsync one file or directory by path."""
+def fsync_path(path: str, *, missing_ok: bool = False) -> None:
+    """fsync one file or directory by path (``missing_ok``: a file that vanished is fine)."""
     flags = os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) else 0)
-    fd = os.open(path, flags)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise
     try:
         os.fsync(fd)
     finally:
@@ -101,16 +106,18 @@ class DirectorySnapshot:
                 files.append(name)
             dirs.add(os.path.dirname(name.rstrip("/")))
         manifests = [f for f in files if f.startswith("_versions/")]
+        # another writer's temporary or losing-commit files can vanish between listing and
+        # fsync: they are not this commit's, so a missing file is skipped
         for name in files:
             if not name.startswith("_versions/"):
-                fsync_path(os.path.join(self.root, name))
+                fsync_path(os.path.join(self.root, name), missing_ok=True)
         hint = os.path.join(self.root, "_versions", "latest_version_hint.json")
         for d in sorted(dirs - {"", "_versions"}, key=lambda d: (-d.count("/"), d)):
             fsync_path(os.path.join(self.root, d))
         for name in manifests:
-            fsync_path(os.path.join(self.root, name))
+            fsync_path(os.path.join(self.root, name), missing_ok=True)
         if os.path.exists(hint) and "_versions/latest_version_hint.json" not in manifests:
-            fsync_path(hint)  # rewritten in place by this commit, so not new
+            fsync_path(hint, missing_ok=True)  # rewritten in place by this commit, so not new
         if "_versions" in dirs or manifests:
             fsync_path(os.path.join(self.root, "_versions"))
         fsync_path(self.root)

@@ -68,7 +68,11 @@ def forget() -> None:
 
 
 def is_immutable(rel: str) -> bool:
-    """Files Lance never rewrites: everything but the version hint (and our own sidecar)."""
+    """Files Lance never rewrites: everything but the version hint (and our own sidecar).
+    Temporary names (``.tmpXXXX``, ``N.manifest#k``) are another writer's commit in progress."""
+    base = os.path.basename(rel)
+    if base.startswith(".") or "#" in base:
+        return False
     if rel.startswith(_IMMUTABLE_DIRS):
         return True
     return rel.startswith("_versions/") and rel.endswith(".manifest")

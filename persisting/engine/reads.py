@@ -52,10 +52,16 @@ class TableReads:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError(f"table {self.uri} is closed; open it again to use it")
+        self._follow()
+
+    def _follow(self) -> None:
+        """Pick up other writers' commits before a read (the Table overrides this)."""
 
     @property
     def schema(self) -> pa.Schema | None:
         """The table's schema: stored columns plus fields that pending rows added."""
+        if not self._closed:
+            self._follow()
         return self._schema
 
     def count(self, filter: str | None = None) -> int:

@@ -8,13 +8,18 @@ so a crash at any point neither loses an acknowledged row nor applies one twice.
 
 When the buffer fills, a background thread commits it while appends go on into a fresh buffer
 (``background_flush``); ``flush()`` commits everything acknowledged so far before returning.
-One writer per table (an exclusive flock in the WAL directory), any number of read-only opens.
-Reads see committed, in-flight and buffered rows, in append order.
+
+Many writers per table, in any number of processes: each writer logs to its own WAL directory
+(:mod:`persisting.engine.writers`) and commits through Lance's optimistic concurrency (appends
+never conflict; maintenance retries). Each commit carries the writer's id and its last LSN, so
+the applied LSN is known per writer; a dead writer's WAL is adopted, committed under its id and
+removed by the next writer that opens the table -- exactly once. Reads see this writer's
+buffered rows and every writer's committed rows; they check for a newer version before each
+read (a cheap manifest check), so another process's rows are visible once its flush returns.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import threading
@@ -29,9 +34,17 @@ import pyarrow as pa
 from persisting.engine.batches import decode_batch, encode_batch
 from persisting.engine import integrity
 from persisting.engine.durable import DirectorySnapshot, is_local, local_path
-from persisting.engine.lance_io import (
+from persisting.engine.commits import (
     LSN_KEY,
+    WRITER_KEY,
     applied_lsn,
+    commit_properties,
+    is_conflict,
+    remember_applied,
+    retry_on_conflict,
+    writer_applied_lsn,
+)
+from persisting.engine.lance_io import (
     default_wal_dir,
     logical_schema,
     open_dataset,
@@ -42,10 +55,21 @@ from persisting.engine.options import TableOptions
 from persisting.engine.pending import Pending
 from persisting.engine.reads import TableReads
 from persisting.engine.schema import conform, evolve, records_to_batch, screen_replayed
-from persisting.engine.wal import FRAME_BATCH, WAL, ReplayReport, list_segments, read_frames, truncate_torn
-from persisting.errors import ClosedError, CorruptionError, LockedError, NotFoundError, StorageError, WALError
+from persisting.engine.wal import FRAME_BATCH, WAL, ReplayReport, read_frames
+from persisting.engine.writers import (
+    Orphan,
+    creation_lock,
+    TableLock,
+    WriterDir,
+    find_orphans,
+    live_writer_ids,
+    new_writer_id,
+    read_base,
+    writer_wal_dirs,
+)
+from persisting.errors import ClosedError, CorruptionError, NotFoundError, PersistingError, StorageError, WALError
 
-__all__ = ["LSN_KEY", "Table", "applied_lsn"]
+__all__ = ["LSN_KEY", "WRITER_KEY", "Table", "applied_lsn", "writer_applied_lsn"]
 
 Rows: TypeAlias = "pa.RecordBatch | pa.Table | Sequence[Mapping[str, Any]]"
 _BACKPRESSURE = 4  # appends wait once the buffer holds this many flush_rows/flush_bytes
@@ -58,6 +82,9 @@ class Table(TableReads):
     ``wal_dir`` is always local and required for a remote writer. ``schema`` declares types
     and field metadata (e.g. blob columns) up front; other fields are inferred and evolve.
     ``version`` (a number or tag) opens that old version read-only.
+    ``exclusive`` refuses other writers (``LockedError``) for stores that need a single writer.
+    ``follow`` makes every read check for newer commits first; stores that keep their own
+    position maps pass False and call :meth:`refresh` when they choose.
     """
 
     def __init__(
@@ -72,6 +99,8 @@ class Table(TableReads):
         version: int | str | None = None,
         store: str = "table",
         name: str | None = None,
+        exclusive: bool = False,
+        follow: bool = True,
     ) -> None:
         self.uri = str(uri)
         self.options = options or TableOptions()
@@ -83,7 +112,11 @@ class Table(TableReads):
         self._changed = threading.Condition(self._lock)
         self._commit_lock = threading.Lock()
         self._closed = False
-        self._lock_fd = -1
+        self._auto_follow = follow
+        self._attempted_lsn = 0  # the last LSN a commit was attempted for (retries check Lance first)
+        self._table_lock: TableLock | None = None
+        self._writer: WriterDir | None = None
+        self.writer_id = new_writer_id()  # replaced by the WAL directory's id when there is one
         self._wal: WAL | None = None
         self._pending = Pending()
         self._flush_error: BaseException | None = None
@@ -97,16 +130,16 @@ class Table(TableReads):
         if not self.read_only:
             if self.wal_dir is None:
                 raise WALError(f"table {self.uri} is remote: pass wal_dir, a local directory for its WAL and lock")
-            self._acquire_lock()
+            self._table_lock = TableLock(self.wal_dir, self.uri, exclusive=exclusive)
         try:
             self._ds = open_dataset(self.uri, storage_options, version)
             self._declared = schema
             self._version = version
             self._load_state()
             if version is None:
-                self._open_reader() if self.read_only else self._recover()
+                self._replay_for_reader() if self.read_only else self._recover()
         except BaseException:
-            self._release_lock()
+            self._release_locks()
             raise
 
     # -- opening -----------------------------------------------------------------------------
@@ -118,97 +151,116 @@ class Table(TableReads):
         if self._ds is None and self._schema is not None:
             self._schema = self._with_compression(self._schema, tuple(self._schema.names))
         self._flushed_rows = self._ds.count_rows() if self._ds is not None else 0
-        self._applied = applied_lsn(self._ds)
-        self._next_lsn = self._applied + 1
+        self._applied = 0  # this writer's own LSNs start at 1 in its fresh WAL
+        self._next_lsn = 1
 
-    def _open_reader(self) -> None:
-        """Replay the WAL for a reader. A live writer may commit and drop segments meanwhile
-        (a reader can then see a gap or a vanished file); if the dataset moved on, read again
-        so the reader sees one consistent state."""
+    def _replay_for_reader(self) -> None:
+        """A reader also shows rows acknowledged but not yet committed: every writer's WAL
+        frames above that writer's applied LSN (no locks taken). A live writer may commit and
+        drop segments meanwhile; then read the newer version and replay again."""
+        if self.wal_dir is None or not os.path.isdir(self.wal_dir):
+            return
         for attempt in range(5):
+            pending, report = Pending(), ReplayReport()
             try:
-                self._recover()
+                for wid, path in writer_wal_dirs(self.wal_dir):
+                    floor_version, floor_lsn = read_base(path) if wid else (0, 0)
+                    applied = writer_applied_lsn(self._ds, wid, floor_version, floor_lsn)
+                    for frame in read_frames(path, after_lsn=applied, mode=self.options.recovery, report=report):
+                        if frame.type == FRAME_BATCH:
+                            batch = screen_replayed(
+                                decode_batch(frame.payload, where=f"{path} frame lsn {frame.lsn}"), self._schema,
+                                mode=self.options.recovery, wal_dir=path, lsn=frame.lsn, report=report,
+                            )
+                            if batch is not None:
+                                self._evolve_schema(batch.schema)
+                                pending.add(batch)
             except CorruptionError:
-                if attempt == 4 or not self._reload_if_moved():
+                latest = open_dataset(self.uri, self.storage_options)
+                moved = latest is not None and (self._ds is None or latest.version != self._ds.version)
+                if attempt == 4 or not moved:
                     raise
+                self._ds = latest
+                self._flushed_rows = latest.count_rows()
+                self._schema = logical_schema(latest.schema)
                 continue
-            if not self._reload_if_moved():
-                return
+            self._pending, self.recovery_report = pending, report
+            return
 
-    def _reload_if_moved(self) -> bool:
-        latest = open_dataset(self.uri, self.storage_options)
-        if latest is None or (self._ds is not None and latest.version == self._ds.version):
-            return False
-        self._ds = latest
-        self._pending = Pending()
-        self.recovery_report = ReplayReport()
-        self._load_state()
-        return True
-
-    def _acquire_lock(self) -> None:
-        assert self.wal_dir is not None
-        try:
-            os.makedirs(self.wal_dir, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as exc:
-            raise StorageError(f"WAL directory {self.wal_dir} cannot be created: {exc}") from exc
-        path = os.path.join(self.wal_dir, "LOCK")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise LockedError(
-                f"table {self.uri} is already open for writing (lock {path} is held); "
-                "close the other writer or open with read_only=True",
-                path=path,
-            ) from None
-        self._lock_fd = fd
-
-    def _release_lock(self) -> None:
-        if self._lock_fd >= 0:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+    def _release_locks(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+        if self._table_lock is not None:
+            self._table_lock.release()
 
     def _recover(self) -> None:
-        """Replay WAL frames above the applied LSN; a writer then commits them."""
-        segments = self.wal_dir is not None and os.path.isdir(self.wal_dir) and list_segments(self.wal_dir)
-        report = self.recovery_report
-        if segments:
-            assert self.wal_dir is not None
-            for frame in read_frames(self.wal_dir, after_lsn=self._applied, mode=self.options.recovery, report=report):
-                if frame.type == FRAME_BATCH:
-                    batch = screen_replayed(decode_batch(frame.payload, where=f"{self.wal_dir} frame lsn {frame.lsn}"),
-                                            self._schema, mode=self.options.recovery, wal_dir=self.wal_dir,
-                                            lsn=frame.lsn, report=report)
-                    if batch is not None:
-                        self._buffer_batch(batch)
-            self._next_lsn = max(self._next_lsn, report.last_lsn + 1)
-            if not self.read_only:
-                truncate_torn(report)
-        if self.read_only:
-            return
+        """Adopt the WAL of every dead writer, then start this writer's own WAL."""
         assert self.wal_dir is not None
+        for orphan in find_orphans(self.wal_dir):
+            try:
+                self._adopt(orphan)
+            finally:
+                orphan.writer.release()
         if self.options.wal_enabled:
+            base = self._ds.version if self._ds is not None else 0
+            self._writer = WriterDir.create(self.wal_dir, base)
+            self.writer_id = self._writer.writer_id
             self._wal = WAL(
-                self.wal_dir,
-                next_lsn=self._next_lsn,
+                self._writer.path,
+                next_lsn=1,
                 sync=self.options.wal_sync,
                 sync_interval=self.options.wal_sync_interval,
                 sync_bytes=self.options.wal_sync_bytes,
                 max_segment_size=self.options.max_wal_size,
             )
-        if self._pending:
-            self.flush()  # commits the replayed rows, then drops the segments they came from
-        elif segments:
-            # nothing above the applied LSN survived (or salvage gave it up): the old segments
-            # hold only applied or lost frames; drop them so the next open starts clean
-            if self._wal is not None:
-                self._wal.drop_through(self._applied)
-            else:
-                for _, path in list_segments(self.wal_dir):
-                    os.unlink(path)
+        self._applied, self._next_lsn = 0, 1
         self._update_wal_metric()
+
+    def _adopt(self, orphan: Orphan) -> None:
+        """Commit a dead writer's unapplied frames under its own id, then remove its WAL.
+
+        Its applied LSN comes from the newest commit carrying its id (walking back no further
+        than its BASE record), so a crash of the adopter at any point leaves an orphan that
+        the next adopter replays without loss or duplicates.
+        """
+        wd = orphan.writer
+        floor_version, floor_lsn = wd.read_base() if not orphan.legacy else (0, 0)
+        # the writer may have committed after this table opened and before it died: look at
+        # the newest version, not the one this open started from
+        self._ds = open_dataset(self.uri, self.storage_options) or self._ds
+        applied = writer_applied_lsn(self._ds, wd.writer_id, floor_version, floor_lsn)
+        report = self.recovery_report
+        pending = Pending()
+        last = applied
+        for frame in read_frames(wd.path, after_lsn=applied, mode=self.options.recovery, report=report):
+            if frame.type != FRAME_BATCH:
+                continue
+            last = frame.lsn
+            batch = screen_replayed(
+                decode_batch(frame.payload, where=f"{wd.path} frame lsn {frame.lsn}"), self._schema,
+                mode=self.options.recovery, wal_dir=wd.path, lsn=frame.lsn, report=report,
+            )
+            if batch is None:
+                continue
+            self._evolve_schema(batch.schema)
+            pending.add(batch)
+            if pending.buffer_rows >= self.options.flush_rows or pending.buffer_bytes >= self.options.flush_bytes:
+                self._commit_adopted(pending, wd.writer_id, last)
+                pending = Pending()
+        if pending:
+            self._commit_adopted(pending, wd.writer_id, last)
+        _kill_point("before_orphan_removed")
+        wd.remove()
+
+    def _commit_adopted(self, pending: Pending, writer_id: str, last_lsn: int) -> None:
+        assert self._schema is not None
+        pending.seal(last_lsn)
+        data = pending.table(self._schema)
+        with self._commit_lock:
+            ds = self._commit_data(data, self._schema, writer_id, last_lsn)
+            with self._lock:
+                self._ds = ds
+                self._flushed_rows = ds.count_rows()
 
     # -- writing -----------------------------------------------------------------------------
     def _check_writable(self) -> None:
@@ -232,10 +284,13 @@ class Table(TableReads):
         that fitted once still fits and changes nothing (skips evolve on the hot path)."""
         return self._merged is not None and schema.equals(self._merged, check_metadata=True)
 
+    def _evolve_schema(self, schema: pa.Schema) -> None:
+        evolution = evolve(self._schema, schema)
+        self._schema = self._with_compression(evolution.schema, evolution.added)
+
     def _buffer_batch(self, batch: pa.RecordBatch, fits: bool = False) -> None:
         if not fits and not self._fits(batch.schema):
-            evolution = evolve(self._schema, batch.schema)
-            self._schema = self._with_compression(evolution.schema, evolution.added)
+            self._evolve_schema(batch.schema)
             self._merged = batch.schema
         self._pending.add(batch)
 
@@ -342,26 +397,13 @@ class Table(TableReads):
                 last_lsn = self._pending.inflight_lsn
                 ds = self._ds
             start = time.perf_counter()
-            snapshot = DirectorySnapshot(local_path(self.uri)) if is_local(self.uri) else None
-            props = {LSN_KEY: str(last_lsn)}
-            if ds is None:
-                ds = lance.write_dataset(
-                    data, self.uri, schema=schema, mode="create", data_storage_version="2.2",
-                    storage_options=self.storage_options, transaction_properties=props,
-                )
-            else:
-                ds = self._prepare_schema(ds, schema)
-                ds = lance.write_dataset(
-                    data, ds, mode="append", storage_options=self.storage_options, transaction_properties=props,
-                )
-            _kill_point("after_commit")
-            if snapshot is not None:
-                integrity.fsync_and_record(snapshot)
-            _kill_point("after_fsync")
+            ds = self._commit_data(data, schema, self.writer_id, last_lsn, ds)
             with self._lock:
                 self._ds = ds
                 self._applied = last_lsn
-                self._flushed_rows += data.num_rows
+                self.metrics.bytes_written.inc(data.nbytes)
+                self.metrics.flush.observe(time.perf_counter() - start)
+                self._flushed_rows = ds.count_rows()
                 self._pending.committed()
                 if self.options.background_flush and self._buffer_full(1):
                     self._pending.seal(self._next_lsn - 1)  # it filled during this commit
@@ -369,12 +411,75 @@ class Table(TableReads):
                 self._changed.notify_all()
             if self._wal is not None:
                 self._wal.drop_through(last_lsn)
-            self.metrics.bytes_written.inc(data.nbytes)
-            self.metrics.flush.observe(time.perf_counter() - start)
+            if self._writer is not None:
+                self._writer.write_base(ds.version, last_lsn)  # a tighter floor for an adopter
             self._update_wal_metric()
             limit = self.options.compact_fragments
             if limit and len(ds.get_fragments()) >= limit:
                 self._compact_committed()
+
+    def _commit_data(
+        self,
+        data: pa.Table,
+        schema: pa.Schema,
+        writer_id: str,
+        last_lsn: int,
+        ds: lance.LanceDataset | None = None,
+    ) -> lance.LanceDataset:
+        """One durable Lance append of ``data`` carrying ``writer_id`` and ``last_lsn``.
+
+        Appends from other writers in between never conflict (Lance rebases an append); the
+        first commit to a new table may race another writer's create, and then appends.
+        """
+        ds = ds if ds is not None else self._ds
+        snapshot = DirectorySnapshot(local_path(self.uri)) if is_local(self.uri) else None
+        props = commit_properties(writer_id, last_lsn)
+        own = writer_id == self.writer_id
+        if own and last_lsn <= self._attempted_lsn:
+            # an earlier attempt at these rows raised: it may have failed after Lance committed
+            latest = open_dataset(self.uri, self.storage_options)
+            if latest is not None and writer_applied_lsn(latest, writer_id, ds.version if ds else 0) >= last_lsn:
+                if snapshot is not None:
+                    integrity.fsync_and_record(snapshot)
+                return latest
+        if own:
+            self._attempted_lsn = max(self._attempted_lsn, last_lsn)
+        created = False
+        if ds is None:
+            # Lance turns concurrent creates into overwrites (measured: 4 processes creating one
+            # dataset kept one's rows), so creation is serialised by a lock every local writer
+            # shares, and whoever comes second appends to what the first created
+            with creation_lock(self.uri, self.wal_dir):
+                ds = open_dataset(self.uri, self.storage_options)
+                if ds is None:
+                    ds = lance.write_dataset(
+                        data, self.uri, schema=schema, mode="create", data_storage_version="2.2",
+                        storage_options=self.storage_options, transaction_properties=props,
+                    )
+                    created = True
+        if not created:
+            current = ds
+
+            def attempt() -> lance.LanceDataset:
+                nonlocal current
+                try:
+                    return self._append(current, data, schema, props)
+                except Exception:
+                    current = open_dataset(self.uri, self.storage_options) or current
+                    raise
+
+            ds = retry_on_conflict(attempt)
+        _kill_point("after_commit")
+        if snapshot is not None:
+            integrity.fsync_and_record(snapshot)
+        _kill_point("after_fsync")
+        return ds
+
+    def _append(self, ds: lance.LanceDataset, data: pa.Table, schema: pa.Schema, props: dict[str, str]) -> lance.LanceDataset:
+        ds = self._prepare_schema(ds, schema)
+        return lance.write_dataset(
+            data, ds, mode="append", storage_options=self.storage_options, transaction_properties=props,
+        )
 
     def _prepare_schema(self, ds: lance.LanceDataset, schema: pa.Schema) -> lance.LanceDataset:
         """Bring the stored schema up to ``schema``: add new columns, widen types."""
@@ -402,7 +507,7 @@ class Table(TableReads):
         rows = conform(ds.scanner(blob_handling="all_binary").to_table(), stored)
         return lance.write_dataset(
             rows, ds, mode="overwrite", schema=stored, storage_options=self.storage_options,
-            transaction_properties={LSN_KEY: str(self._applied)},
+            transaction_properties=commit_properties(self.writer_id, self._applied),
         )
 
     def _update_wal_metric(self) -> None:
@@ -418,21 +523,29 @@ class Table(TableReads):
 
     # -- maintenance -------------------------------------------------------------------------
     def _record_applied_lsn(self, ds: lance.LanceDataset) -> None:
-        """Keep the applied LSN in the dataset config: maintenance commits carry none."""
-        if int(ds.config().get(LSN_KEY, 0) or 0) != self._applied:
-            ds.update_config({LSN_KEY: str(self._applied)})
+        """Before cleanup removes old transactions: keep each local writer's applied LSN in the
+        dataset config (maintenance commits carry none). Writers on other hosts keep their own
+        BASE floors; see the README's "Many processes" limits."""
+        assert self.wal_dir is not None
+        remember_applied(ds, live_writer_ids(self.wal_dir) | {self.writer_id, ""})
 
-    def _maintain(self, action: Any) -> Any:
-        """Run a maintenance action on the dataset once everything pending is committed."""
+    def _maintain(self, action: Any, *, removes_versions: bool = False) -> Any:
+        """Run a maintenance action on the newest version once everything pending is
+        committed; a lost race with another writer's commit is retried on the newer version."""
         self.flush()
         with self._commit_lock:
-            with self._lock:
-                ds = self._ds
-            if ds is None:
+            if self._ds is None and open_dataset(self.uri, self.storage_options) is None:
                 return None
             snapshot = DirectorySnapshot(local_path(self.uri)) if is_local(self.uri) else None
-            self._record_applied_lsn(ds)
-            result = action(ds)
+
+            def attempt() -> Any:
+                ds = open_dataset(self.uri, self.storage_options)
+                assert ds is not None
+                if removes_versions:
+                    self._record_applied_lsn(ds)
+                return action(ds)
+
+            result = retry_on_conflict(attempt)
             fresh = lance.dataset(self.uri, storage_options=self.storage_options)
             if snapshot is not None:
                 integrity.fsync_and_record(snapshot)
@@ -446,8 +559,11 @@ class Table(TableReads):
         ds = self._ds
         assert ds is not None
         snapshot = DirectorySnapshot(local_path(self.uri)) if is_local(self.uri) else None
-        self._record_applied_lsn(ds)
-        ds.optimize.compact_files(materialize_deletions_threshold=0.0)
+        try:
+            ds.optimize.compact_files(materialize_deletions_threshold=0.0)
+        except Exception as exc:  # noqa: BLE001 - best effort: another writer compacted or deleted first
+            if not is_conflict(exc):
+                raise
         fresh = lance.dataset(self.uri, storage_options=self.storage_options)
         if snapshot is not None:
             integrity.fsync_and_record(snapshot)
@@ -470,7 +586,8 @@ class Table(TableReads):
                 older_than=older_than if older_than is not None else timedelta(0),
                 retain_versions=retain_versions,
                 error_if_tagged_old_versions=False,
-            )
+            ),
+            removes_versions=True,
         )
         return 0 if stats is None else int(stats.bytes_removed)
 
@@ -502,19 +619,49 @@ class Table(TableReads):
             assert self._ds is not None
             self._ds.tags.delete(name)
 
+    def _follow(self) -> None:
+        """Move to the newest committed version if another writer committed one (a manifest
+        check costing ~10 us). Skipped while this writer has a commit in flight, so its rows
+        are never counted twice, and for handles that asked not to follow (``follow=False``)."""
+        if not self._auto_follow or self._version is not None or self._pending.inflight:
+            return
+        self._move_to_latest()
+
+    def _move_to_latest(self) -> None:
+        with self._lock:
+            ds = self._ds
+            try:
+                if ds is not None and ds.latest_version == ds.version:
+                    return
+                fresh = open_dataset(self.uri, self.storage_options)
+            except (OSError, ValueError):
+                return  # a read that follows must not fail on a racing commit; the next one retries
+            if fresh is None or (ds is not None and fresh.version <= ds.version):
+                return
+            self._ds = fresh
+            self._flushed_rows = fresh.count_rows()
+            if self.read_only:
+                self._pending = Pending()  # replayed WAL rows may be committed now: replay again
+            stored = logical_schema(fresh.schema)
+            if self._schema is None:
+                self._schema = stored
+            else:
+                try:
+                    self._schema = evolve(stored, self._schema).schema
+                except PersistingError:
+                    self._schema = stored
+            self._merged = None
+            if self.read_only:
+                self._replay_for_reader()
+
     def refresh(self) -> None:
-        """Read-only tables: see what the writer committed or logged since this one opened."""
+        """See every writer's commits up to now (reads do this on their own unless the
+        table was opened with ``follow=False``); a checked-out version never changes."""
         with self._lock:
             self._check_open()
-            if not self.read_only:
-                return  # a writer always sees its own state
-            if self._version is not None:
-                return  # a checked-out version never changes
-            self._ds = open_dataset(self.uri, self.storage_options)
-            self._pending = Pending()
-            self.recovery_report = ReplayReport()
-            self._load_state()
-            self._open_reader()
+            if self._version is not None or self._pending.inflight:
+                return
+            self._move_to_latest()
 
     # -- closing -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -534,7 +681,14 @@ class Table(TableReads):
                 self._flusher = None
             if self._wal is not None:
                 self._wal.close()
-            self._release_lock()
+            if self._writer is not None and self._flush_error is None and not self._pending:
+                self._writer.remove()  # everything it logged is committed: nothing to adopt
+            self._release_locks()
+
+    @property
+    def writer_wal_dir(self) -> str | None:
+        """This writer's own WAL directory (under ``wal_dir/writers/``), if it logs."""
+        return self._writer.path if self._writer is not None else None
 
     @property
     def closed(self) -> bool:

@@ -149,6 +149,8 @@ class KVCacheStore:
             read_only=read_only,
             wal_dir=wal_dir,
             store="kvcache",
+            exclusive=True,  # one writer per namespace until the store shares its index
+            follow=False,
             name=namespace,
         )
         self._closed = False

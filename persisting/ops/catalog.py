@@ -19,7 +19,9 @@ from typing import Any
 import lance
 
 from persisting.engine.batches import decode_batch
-from persisting.engine.lance_io import applied_lsn, default_wal_dir
+from persisting.engine.commits import applied_lsn, writer_applied_lsn
+from persisting.engine.lance_io import default_wal_dir
+from persisting.engine.writers import read_base, writer_wal_dirs
 from persisting.engine.wal import ReplayReport, list_segments, read_frames
 
 __all__ = ["KINDS", "StoreInfo", "TableInfo", "discover", "find_tables", "table_info", "wal_pending_rows"]
@@ -144,8 +146,9 @@ def table_info(path: str, *, wal_rows: bool = True) -> TableInfo:
     wal_dir_or_none = wal_dir if os.path.isdir(wal_dir) else None
     size, mtime = _tree_size(path)
     wal_bytes = 0
-    if wal_dir_or_none is not None:
-        for _, seg in list_segments(wal_dir):
+    wals = writer_wal_dirs(wal_dir) if wal_dir_or_none is not None else []
+    for _, d in wals:
+        for _, seg in list_segments(d):
             try:
                 st = os.stat(seg)
             except FileNotFoundError:
@@ -162,8 +165,10 @@ def table_info(path: str, *, wal_rows: bool = True) -> TableInfo:
         version = ds.version
         lsn = applied_lsn(ds)
         columns = tuple(ds.schema.names)
-        if wal_rows and wal_dir_or_none is not None and wal_bytes:
-            pending = wal_pending_rows(wal_dir, lsn)
+        if wal_rows and wal_bytes:
+            for wid, d in wals:
+                floor = read_base(d) if wid else (0, 0)
+                pending += wal_pending_rows(d, writer_applied_lsn(ds, wid, *floor))
     except BaseException as exc:  # noqa: BLE001 - kept in TableInfo.error, shown by ls and exported as unreadable
         if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
             raise  # KeyboardInterrupt, SystemExit; a Rust panic in a damaged file is an error like any

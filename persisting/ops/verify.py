@@ -29,8 +29,10 @@ import pyarrow as pa
 from persisting.engine import integrity
 from persisting.engine.batches import decode_batch
 from persisting.engine.codec import checksum
+from persisting.engine.commits import writer_applied_lsn
 from persisting.engine.lance_io import applied_lsn, is_blob, is_panic
 from persisting.engine.wal import ReplayReport, read_frames
+from persisting.engine.writers import read_base, writer_wal_dirs
 from persisting.errors import CorruptionError, PersistingError
 from persisting.ops.catalog import StoreInfo, TableInfo, discover
 
@@ -151,13 +153,14 @@ def _committed_files(root: str) -> list[str]:
     return sorted(out)
 
 
-def _current_lsn(t: TableInfo) -> tuple[int, int]:
-    """(version, applied LSN) of the table as committed now."""
+def _current_lsn(t: TableInfo, writer_id: str = "", wal: str | None = None) -> tuple[int, int]:
+    """(version, applied LSN of ``writer_id``) of the table as committed now."""
     if t.error is not None:
         return t.version, t.applied_lsn
     try:
         ds = lance.dataset(t.path)
-        return ds.version, applied_lsn(ds)
+        floor = read_base(wal) if (writer_id and wal) else (0, 0)
+        return ds.version, writer_applied_lsn(ds, writer_id, *floor)
     except BaseException as exc:  # noqa: BLE001 - the row check reports a table Lance cannot open
         if not isinstance(exc, Exception) and not is_panic(exc):
             raise
@@ -165,29 +168,35 @@ def _current_lsn(t: TableInfo) -> tuple[int, int]:
 
 
 def _verify_wal(t: TableInfo, report: VerifyReport) -> None:
+    """Every writer's WAL of the table (live or dead), each against its own applied LSN."""
     if t.wal_dir is None:
         return
+    for writer_id, wal in writer_wal_dirs(t.wal_dir):
+        _verify_writer_wal(t, writer_id, wal, report)
+
+
+def _verify_writer_wal(t: TableInfo, writer_id: str, wal: str, report: VerifyReport) -> None:
     findings: list[Finding] = []
-    version, lsn = _current_lsn(t)
+    version, lsn = _current_lsn(t, writer_id, wal)
     for attempt in range(3):
         replay, findings = ReplayReport(), []
         try:
-            for frame in read_frames(t.wal_dir, after_lsn=lsn, mode="point_in_time", report=replay):
+            for frame in read_frames(wal, after_lsn=lsn, mode="point_in_time", report=replay):
                 try:
-                    decode_batch(frame.payload, where=f"{t.wal_dir} frame lsn {frame.lsn}")
+                    decode_batch(frame.payload, where=f"{wal} frame lsn {frame.lsn}")
                 except PersistingError as exc:
-                    findings.append(Finding("problem", t.wal_dir, f"frame lsn {frame.lsn}: {exc}"))
+                    findings.append(Finding("problem", wal, f"frame lsn {frame.lsn}: {exc}"))
         except CorruptionError as exc:
             # a live writer may have committed and dropped segments meanwhile: read again
             # against its new applied LSN before calling the log corrupt
-            now = _current_lsn(t)
+            now = _current_lsn(t, writer_id, wal)
             if now[0] != version and attempt < 2:
                 version, lsn = now
                 continue
-            path = exc.details.get("path") or t.wal_dir
+            path = exc.details.get("path") or wal
             findings.append(Finding("problem", str(path), str(exc), offset=exc.details.get("offset")))
         except (PersistingError, OSError) as exc:
-            findings.append(Finding("problem", t.wal_dir, str(exc)))
+            findings.append(Finding("problem", wal, str(exc)))
         break
     report.findings.extend(findings)
     report.wal_frames += replay.frames

@@ -64,6 +64,8 @@ class ChunkTable:
             storage_options=storage_options,
             wal_dir=wal_dir,
             read_only=read_only,
+            exclusive=True,
+            follow=False,
             store="params",
             name="chunks",
         )

@@ -138,7 +138,7 @@ class ParamStore:
                 options=TableOptions(durability="none", compact_fragments=32),
                 schema=mf.SCHEMA, storage_options=storage_options,
                 wal_dir=None if wal is None else os.path.join(wal, "checkpoints.wal"),
-                read_only=read_only, store="params", name="checkpoints",
+                read_only=read_only, store="params", name="checkpoints", exclusive=True, follow=False,
             )
         except BaseException:
             self._chunks.close()

@@ -117,7 +117,7 @@ class BucketStore:
         self._threshold = options.threshold
         self._coalesce = not options.wal_enabled
         label = os.path.abspath(self.path).removesuffix(".lance")
-        self.table = Table(self.path, options=options.table_options(), store="queue", name=label)
+        self.table = Table(self.path, options=options.table_options(), store="queue", name=label, exclusive=True, follow=False)
         self.label = label
         self._count_reads = enable_metrics
         self._lock = threading.RLock()

@@ -136,7 +136,7 @@ class TrajectoryStore(EpisodeReads):
             t = Table(
                 _join(self.path, name + ".lance"), options=topts, schema=schema, storage_options=storage_options,
                 read_only=read_only, wal_dir=None if wal_dir is None else _join(wal_dir, name + ".wal"),
-                store="trajectory", name=name,
+                store="trajectory", name=name, exclusive=True, follow=False,
             )
             tables.append(t)
             return t

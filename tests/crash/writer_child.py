@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     seq = int(job.get("start_seq", 0))
 
     _say("OPENING")
-    table = Table(args.uri, options=options)
+    table = Table(args.uri, options=options, wal_dir=job.get("wal_dir"), storage_options=job.get("storage_options"))
     _say(f"READY {table.applied_lsn} {table.last_lsn}")
 
     if args.action == "open":

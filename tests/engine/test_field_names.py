@@ -19,6 +19,8 @@ import lance
 import pyarrow as pa
 import pytest
 
+from persisting.engine.commits import LSN_KEY
+
 from persisting.engine import Table, TableOptions
 from persisting.engine.batches import encode_batch
 from persisting.engine.names import RESERVED_COLUMNS, field_name_problem
@@ -138,11 +140,10 @@ def test_the_rule_matches_what_lance_does(tmp_path: Path) -> None:
 
 def _old_wal_with(uri: str, frames: list[pa.RecordBatch]) -> None:
     """Write frames into the table's WAL as a version that did not check names would have."""
-    with Table(uri, options=options()) as t:
-        t.append([{"k": 1}])
-        t.flush()
-        wal_dir, next_lsn = t.wal_dir, t.last_lsn + 1
-    assert wal_dir is not None
+    # the single-writer layout of that version: Lance holds LSN 1, frames 2.. in t.wal/
+    lance.write_dataset(pa.table({"k": [1]}), uri, data_storage_version="2.2", transaction_properties={LSN_KEY: "1"})
+    wal_dir, next_lsn = uri.removesuffix(".lance") + ".wal", 2
+    os.makedirs(wal_dir)
     wal = WAL(wal_dir, next_lsn=next_lsn, sync="always", sync_interval=0.0, sync_bytes=None,
               max_segment_size=1 << 20)
     for batch in frames:

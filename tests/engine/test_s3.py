@@ -75,14 +75,26 @@ def test_remote_writer_without_wal_dir_raises_wal_error(s3_options: dict[str, st
     assert _keys(endpoint, bucket, "nowal.lance") == []
 
 
-def test_second_remote_writer_on_same_wal_dir_is_locked(s3_options: dict[str, str], endpoint: str, bucket: str, tmp_path: os.PathLike[str]) -> None:
+def test_two_remote_writers_share_one_table(s3_options: dict[str, str], endpoint: str, bucket: str, tmp_path: os.PathLike[str]) -> None:
     uri = f"s3://{bucket}/t.lance"
-    wal_dir = os.path.join(tmp_path, "wal")
     opts = s3_options
-    with Table(uri, wal_dir=wal_dir, storage_options=opts) as table:
-        table.append([{"i": 1}])
-        with pytest.raises(LockedError):
-            Table(uri, wal_dir=wal_dir, storage_options=opts)
+    a = Table(uri, wal_dir=os.path.join(tmp_path, "wal-a"), storage_options=opts)
+    b = Table(uri, wal_dir=os.path.join(tmp_path, "wal-b"), storage_options=opts)
+    try:
+        for i in range(5):
+            a.append([{"i": i}])
+            b.append([{"i": 100 + i}])
+            a.flush()
+            b.flush()
+        assert sorted(_values(a)) == sorted(list(range(5)) + list(range(100, 105)))
+    finally:
+        a.close()
+        b.close()
+    with Table(uri, storage_options=opts, read_only=True) as reader:
+        assert sorted(_values(reader)) == sorted(list(range(5)) + list(range(100, 105)))
+    with pytest.raises(LockedError):  # an exclusive writer still refuses a second one
+        with Table(uri, wal_dir=os.path.join(tmp_path, "wal-a"), storage_options=opts, exclusive=True):
+            Table(uri, wal_dir=os.path.join(tmp_path, "wal-a"), storage_options=opts)
 
 
 def test_versions_tags_and_checkout(s3_options: dict[str, str], endpoint: str, bucket: str, tmp_path: os.PathLike[str]) -> None:
@@ -154,12 +166,13 @@ def test_crash_without_close_recovers_every_record_exactly_once(s3_options: dict
             assert before.count() == flush_at  # only the flushed part reached S3
     else:
         assert _keys(endpoint, bucket, "crash.lance") == []  # every row is only in the local WAL
-    assert any(name.endswith(".wal") for name in os.listdir(wal_dir))
+    assert any(name.endswith(".wal") for d in os.listdir(os.path.join(wal_dir, "writers"))
+               for name in os.listdir(os.path.join(wal_dir, "writers", d)))
 
     with Table(uri, wal_dir=wal_dir, storage_options=opts) as table:
         assert table.count() == n
         assert _values(table) == list(range(n))
-        assert table.applied_lsn == state["last_lsn"]  # recovery committed the replayed frames
+        assert os.listdir(os.path.join(wal_dir, "writers")) == [table.writer_wal_dir.rsplit("/", 1)[1]]
         assert table.stats()["buffered_rows"] == 0
         assert table.recovery_report.last_lsn == state["last_lsn"]
     # the recovered rows are in S3 itself, not just in a local buffer

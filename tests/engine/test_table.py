@@ -11,7 +11,7 @@ import pytest
 
 from persisting.engine import Table, TableOptions
 from persisting.engine.codec import decode_tensor, encode_tensor
-from persisting.engine.table import LSN_KEY, applied_lsn
+from persisting.engine.commits import writer_applied_lsn
 from persisting.errors import NotFoundError, SchemaError
 
 
@@ -43,13 +43,16 @@ def test_reads_see_flushed_and_buffered_rows_in_order(uri: str) -> None:
             t.take([10])
 
 
-def test_lsns_increase_and_survive_reopen(uri: str) -> None:
+def test_each_writer_has_its_own_lsns(uri: str) -> None:
     with Table(uri) as t:
         lsns = [t.append(rows(i, 1)) for i in range(4)]
+        first = t.writer_id
     assert lsns == [1, 2, 3, 4]
+    assert writer_applied_lsn(lance.dataset(uri), first) == 4
     with Table(uri) as t:
-        assert t.applied_lsn == 4
-        assert t.append(rows(4, 1)) == 5
+        assert t.writer_id != first
+        assert t.applied_lsn == 0
+        assert t.append(rows(4, 1)) == 1
         assert t.scan().column("seq").to_pylist() == list(range(5))
 
 
@@ -77,14 +80,11 @@ def test_compaction_keeps_rows_order_and_applied_lsn(uri: str) -> None:
         for i in range(0, 100, 10):
             t.append(rows(i, 10))
         assert t.stats()["fragments"] < 5
-        last = t.last_lsn
+        last, wid = t.last_lsn, t.writer_id
     ds = lance.dataset(uri)
-    # the newest commit is a maintenance commit without properties: the config keeps the LSN
-    assert LSN_KEY not in ds.read_transaction(ds.version).transaction_properties or True
-    assert applied_lsn(ds) == last
+    assert writer_applied_lsn(ds, wid) == last  # found behind the compaction commits
     with Table(uri) as t:
         assert t.scan().column("seq").to_pylist() == list(range(100))
-        assert t.applied_lsn == last
 
 
 def test_cleanup_keeps_applied_lsn_and_tagged_versions(uri: str) -> None:
@@ -94,11 +94,12 @@ def test_cleanup_keeps_applied_lsn_and_tagged_versions(uri: str) -> None:
         t.tag("keep", 2)
         t.compact()
         t.cleanup(retain_versions=1)
-        last = t.last_lsn
+        last, wid = t.last_lsn, t.writer_id
         versions = [v["version"] for v in t.versions()]
         assert 2 in versions and len(versions) <= 3
+    # cleanup removed the transactions that carried the LSN; the config kept it
+    assert writer_applied_lsn(lance.dataset(uri), wid) == last
     with Table(uri) as t:
-        assert t.applied_lsn == last
         assert t.checkout("keep").count() == 10
         assert t.count() == 30
 
@@ -184,11 +185,11 @@ def test_wal_segments_rotate_and_are_dropped_after_flush(uri: str) -> None:
     with Table(uri, options=opts) as t:
         for i in range(50):
             t.append(rows(i * 10, 10))
-        assert t.wal_dir is not None
-        segments = [f for f in os.listdir(t.wal_dir) if f.endswith(".wal")]
+        assert t.writer_wal_dir is not None
+        segments = [f for f in os.listdir(t.writer_wal_dir) if f.endswith(".wal")]
         assert len(segments) > 3
         t.flush()
-        segments = [f for f in os.listdir(t.wal_dir) if f.endswith(".wal")]
+        segments = [f for f in os.listdir(t.writer_wal_dir) if f.endswith(".wal")]
         assert len(segments) == 1  # only the fresh, empty active segment
         assert t.stats()["wal_size_bytes"] < 100
 
@@ -260,20 +261,27 @@ def test_int_to_float_widening_never_fails_at_commit(uri: str) -> None:
         assert t.scan().column("x").to_pylist() == [float(big), 0.5]
 
 
-def test_reader_refresh_sees_new_commits_and_wal(uri: str) -> None:
+def test_reader_sees_new_commits_without_reopening(uri: str) -> None:
     with Table(uri) as w:
         w.append(rows(0, 3))
         w.flush()
         r = Table(uri, read_only=True)
         assert r.count() == 3
-        w.append(rows(3, 2))  # only in the writer's WAL
+        w.append(rows(3, 2))  # acknowledged, only in the writer's WAL: not visible yet
         w.sync()
-        r.refresh()
+        assert r.count() == 3
+        w.flush()  # visible to every reader once the flush returns
         assert r.scan().column("seq").to_pylist() == list(range(5))
-        w.flush()
         w.append(rows(5, 1))
-        r.refresh()
+        w.flush()
         assert r.count() == 6
+        pinned = Table(uri, read_only=True, follow=False)
+        w.append(rows(6, 1))
+        w.flush()
+        assert pinned.count() == 7 - 1
+        pinned.refresh()
+        assert pinned.count() == 7
+        pinned.close()
         assert r.read_blobs  # read-only tables expose reads only
         r.close()
 

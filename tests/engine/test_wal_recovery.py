@@ -23,8 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lance
+import pyarrow as pa
 import pytest
 
+from persisting.engine.batches import encode_batch
+from persisting.engine.commits import LSN_KEY, writer_applied_lsn
 from persisting.engine.options import TableOptions
 from persisting.engine.table import Table
 from persisting.engine.wal import (
@@ -357,19 +361,33 @@ def _opts(**kw: Any) -> TableOptions:
     return TableOptions(durability="batch", wal_sync_interval=3600, flush_rows=1_000_000, compact_fragments=0, **kw)
 
 
+def _legacy_commit(uri: str, seqs: list[int], lsn: int) -> None:
+    """A commit as the single-writer layout made it: the LSN, no writer id."""
+    rows = pa.Table.from_pylist([record(s) for s in seqs])
+    mode = "append" if os.path.isdir(uri) else "create"
+    lance.write_dataset(rows, uri, mode=mode, data_storage_version="2.2", transaction_properties={LSN_KEY: str(lsn)})
+
+
+def legacy_applied(uri: str) -> int:
+    return writer_applied_lsn(lance.dataset(uri), "")
+
+
 def build_template(root: Path, *, max_wal_size: int = 1 << 20) -> TableTemplate:
-    work = root / "writer"
-    t = Table(str(work / "t.lance"), options=_opts(max_wal_size=max_wal_size))
+    """A table as the single-writer layout left it after a crash: Lance holds LSN 1 (BASE),
+    ``t.wal/`` holds frames 2..K+1 directly (no writer directories). Opening it with this
+    version adopts that WAL as writer "" -- the migration path, and the replay rules."""
+    _legacy_commit(str(root / "t.lance"), BASE, 1)
+    wal_dir = root / "writer" / "t.wal"
+    wal_dir.mkdir(parents=True)
+    w = WAL(str(wal_dir), next_lsn=2, sync="batch", sync_interval=3600, max_segment_size=max_wal_size)
     try:
-        assert t.append([record(s) for s in BASE]) == 1
-        t.flush()
-        shutil.copytree(work / "t.lance", root / "t.lance")
-        lsns = [t.append([record(s) for s in append_seqs(j)]) for j in range(K)]
+        lsns = [w.append(encode_batch(pa.RecordBatch.from_pylist([record(s) for s in append_seqs(j)])))
+                for j in range(K)]
         assert lsns == list(range(2, K + 2))
-        t.sync()
-        segments = {os.path.basename(p): Path(p).read_bytes() for _, p in list_segments(t.wal_dir)}
+        w.sync()
+        segments = {os.path.basename(p): Path(p).read_bytes() for _, p in list_segments(str(wal_dir))}
     finally:
-        t.close()
+        w.close()
     # locate each frame by walking the segments with the frame lengths
     spans = []
     for name in sorted(segments):
@@ -425,7 +443,8 @@ def _check_table_recovers(uri: str, appends: list[int], *, where: str, mode: str
         report = t.recovery_report
         if torn is not None:
             assert [(os.path.basename(x.path), x.offset, x.length) for x in report.torn] == torn, where
-        assert t.applied_lsn == t.last_lsn == 1 + (max(appends) + 1 if appends else 0), where
+        assert legacy_applied(uri) == 1 + (max(appends) + 1 if appends else 0), where
+        assert t.applied_lsn == t.last_lsn == 0, where  # this writer has logged nothing yet
     except BaseException:
         t.close()
         raise
@@ -436,7 +455,7 @@ def _check_appends_after_recovery(t: Table, uri: str, appends: list[int], scratc
     """New appends after recovery land in the WAL, replay after another crash, and survive a
     clean close + reopen."""
     lsn = t.append([record(500)])
-    assert lsn == t.applied_lsn + 1
+    assert lsn == 1  # the writer's own WAL
     t.sync()
     crashed = scratch / "crashed"  # the state if the writer died right now
     for part in ("t.lance", "t.wal"):
@@ -447,7 +466,6 @@ def _check_appends_after_recovery(t: Table, uri: str, appends: list[int], scratc
         with Table(u, options=_opts()) as again:
             assert again.recovery_report.torn == [] and again.recovery_report.lost == []
             assert _scan_seqs(again) == want
-            assert again.applied_lsn == lsn
 
 
 def test_table_template_is_sound(template: TableTemplate, tmp_path: Path) -> None:
@@ -510,7 +528,7 @@ def test_table_bit_flip_before_tail_raises_then_salvage(template: TableTemplate,
             assert _scan_seqs(t) == expected_seqs(survivors), f"flip at {off}"
             lost = t.recovery_report.lost
             assert [(x.path, x.offset, x.length) for x in lost] == [(seg_path, start, length)]
-            assert t.applied_lsn == 1 + K
+            assert legacy_applied(uri) == 1 + K
         finally:
             t.close()
         # salvage committed what it kept and dropped the damaged segment: a normal open works
@@ -565,12 +583,10 @@ def _salvage_leftover_case(tmp_path: Path, template: TableTemplate, which: str) 
     """
     applied_appends = K if which == "applied" else K - 1
     work = tmp_path / "writer"
-    with Table(str(work / "t.lance"), options=_opts()) as t:
-        t.append([record(s) for s in BASE])
-        t.flush()
-        for j in range(applied_appends):
-            t.append([record(s) for s in append_seqs(j)])
-    assert Table(str(work / "t.lance"), read_only=True).applied_lsn == 1 + applied_appends
+    _legacy_commit(str(work / "t.lance"), BASE, 1)
+    _legacy_commit(str(work / "t.lance"), [s for j in range(applied_appends) for s in append_seqs(j)],
+                   1 + applied_appends)
+    assert legacy_applied(str(work / "t.lance")) == 1 + applied_appends
     # the template's WAL segment holds frames 2..K+1 of the very same appends
     (name,) = template.segments
     flip_at = template.spans[1][1] + 30 if which == "applied" else template.spans[-1][1] + 30

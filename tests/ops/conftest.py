@@ -125,7 +125,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
     _queue(str(root / "queue" / "orders"))
     _kvcache(str(root / "kv"))
     os.makedirs(root / "plain")
-    writer = Table(str(root / "plain" / "events.lance"), options=TableOptions(durability="always"))
+    writer = Table(str(root / "plain" / "events.lance"), options=TableOptions(durability="always"), exclusive=True)
     writer.append([{"i": i, "name": f"e{i}"} for i in range(PLAIN_COMMITTED)])
     writer.flush()
     writer.append([{"i": i, "name": f"e{i}"} for i in range(PLAIN_COMMITTED, PLAIN_COMMITTED + PLAIN_PENDING)])

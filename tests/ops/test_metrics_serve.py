@@ -48,7 +48,7 @@ def test_metrics_serve_exports_what_is_on_disk(stores: Any) -> None:
         assert values[("persisting_records_total", "table", "events")] == total
         assert values[("persisting_buffer_size", "table", "events")] == stores.PLAIN_PENDING
         wal_dir = stores.root / "plain" / "events.wal"
-        on_disk = sum(os.path.getsize(p) for p in glob.glob(str(wal_dir / "*.wal")))
+        on_disk = sum(os.path.getsize(p) for p in glob.glob(str(wal_dir / "**" / "*.wal"), recursive=True))
         assert values[("persisting_wal_size_bytes", "table", "events")] == on_disk > 0
 
         stores.writer.append([{"i": -1, "name": "late"}])  # read again at every scrape

@@ -1,0 +1,122 @@
+"""Many writers on one table: in one process, across processes racing to create it, and
+dead writers' WALs adopted exactly once by racing openers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from persisting.engine import Table, TableOptions
+from persisting.errors import LockedError
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from persisting.engine import Table, TableOptions
+    uri, k, start_at, mode = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+    t = Table(uri, options=TableOptions(durability="always", flush_rows=7)) if mode != "open" else None
+    time.sleep(max(0.0, start_at - time.time()))
+    if mode == "open":  # race to open (and adopt orphans), then append one row and close
+        t = Table(uri, options=TableOptions(durability="always"))
+        t.append([{"k": k, "i": -1}])
+        t.close()
+    elif mode == "crash":  # acknowledge rows, then die without flushing
+        for i in range(20):
+            t.append([{"k": k, "i": i}])
+        print("acked", flush=True)
+        import os, signal
+        os.kill(os.getpid(), signal.SIGKILL)
+    else:
+        for i in range(20):
+            t.append([{"k": k, "i": i}])
+        t.close()
+    """
+)
+
+
+def _run(uri: str, n: int, mode: str, delay: float = 3.0) -> list[subprocess.CompletedProcess[str]]:
+    start_at = time.time() + delay  # every child has imported and opened by then
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, uri, str(k), str(start_at), mode],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(n)]
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=120)
+        out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    return out
+
+
+def _pairs(t: Table) -> list[tuple[int, int]]:
+    return [(r["k"], r["i"]) for r in t.scan().to_pylist()]
+
+
+def test_four_processes_racing_to_create_one_table_keep_every_row(tmp_path: Path) -> None:
+    """Lance turns concurrent creates into overwrites; the engine serialises creation."""
+    uri = str(tmp_path / "t.lance")
+    for res in _run(uri, 4, "write"):
+        assert res.returncode == 0, res.stderr
+    with Table(uri, read_only=True) as t:
+        pairs = _pairs(t)
+    assert sorted(pairs) == sorted((k, i) for k in range(4) for i in range(20))
+    for k in range(4):  # each writer's rows in its own order
+        assert [i for kk, i in pairs if kk == k] == list(range(20))
+
+
+def test_dead_writers_are_adopted_exactly_once_by_racing_openers(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t.lance")
+    with Table(uri) as t:
+        t.append([{"k": -1, "i": -1}])
+    for res in _run(uri, 3, "crash", delay=3.0):
+        assert res.returncode == -9 and "acked" in res.stdout, res.stderr
+    assert len(os.listdir(tmp_path / "t.wal" / "writers")) == 3  # three orphans on disk
+    for res in _run(uri, 3, "open", delay=1.0):  # three processes open at once: each orphan once
+        assert res.returncode == 0, res.stderr
+    with Table(uri, read_only=True) as t:
+        pairs = _pairs(t)
+    want = [(-1, -1)] + [(k, i) for k in range(3) for i in range(20)] + [(k, -1) for k in range(3)]
+    assert sorted(pairs) == sorted(want)
+    assert os.listdir(tmp_path / "t.wal" / "writers") == []
+
+
+def test_two_writers_in_one_process_and_a_following_reader(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t.lance")
+    opts = TableOptions(durability="batch", flush_rows=1_000_000)
+    a, b = Table(uri, options=opts), Table(uri, options=opts)
+    reader = Table(uri, read_only=True)
+    try:
+        assert a.writer_id != b.writer_id
+        a.append([{"w": "a", "i": 0}])
+        b.append([{"w": "b", "i": 0}, {"w": "b", "i": 1}])
+        assert a.count() == 1 and b.count() == 2  # each sees its own buffer
+        a.flush()
+        assert b.count() == 3  # b's next read follows a's commit
+        b.flush()
+        assert sorted((r["w"], r["i"]) for r in reader.scan().to_pylist()) == [("a", 0), ("b", 0), ("b", 1)]
+        b.append([{"w": "b", "i": 2, "extra": 1.5}])  # a new column from one writer
+        b.flush()
+        a.append([{"w": "a", "i": 1}])
+        a.flush()
+        assert reader.schema is not None and "extra" in reader.schema.names
+        assert reader.count() == 5
+    finally:
+        a.close()
+        b.close()
+        reader.close()
+
+
+def test_exclusive_and_shared_writers_exclude_each_other(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t.lance")
+    with Table(uri) as shared:
+        shared.append([{"i": 1}])
+        with pytest.raises(LockedError, match="by another writer"):
+            Table(uri, exclusive=True)
+    with Table(uri, exclusive=True):
+        with pytest.raises(LockedError):
+            Table(uri)
+        with Table(uri, read_only=True) as r:  # readers take no lock
+            assert r.count() == 1
