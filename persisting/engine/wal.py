@@ -155,6 +155,7 @@ def read_frames(
     start_known = after_lsn is not None
     after = after_lsn or 0
     segments = list_segments(directory)
+    _check_active_present(directory, segments, mode, report)
     last_lsn = 0
     for i, (_, path) in enumerate(segments):
         is_last = i == len(segments) - 1
@@ -298,6 +299,7 @@ class WAL:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         os.write(fd, _header_bytes(salt))
         os.fdatasync(fd)
+        _write_active(self.directory, number)
         _fsync_dir(self.directory)
         self._fd, self._path, self._size, self._last_lsn = fd, path, HEADER_SIZE, 0
         self._seed = crc32c.crc32c(salt)
@@ -411,6 +413,48 @@ class WAL:
             self._sync_locked()
             os.close(self._fd)
             self._closed = True
+
+
+ACTIVE = "ACTIVE"  # the number of the newest segment: a deleted tail segment cannot go unnoticed
+
+
+def _write_active(directory: str, number: int) -> None:
+    """Record the newest segment's number (fsynced; the caller fsyncs the directory)."""
+    tmp = os.path.join(directory, ACTIVE + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(f"{number}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(directory, ACTIVE))
+
+
+def _check_active_present(
+    directory: str, segments: list[tuple[int, str]], mode: RecoveryMode, report: ReplayReport
+) -> None:
+    """The segment the writer last opened must still exist: sealed segments are dropped only
+    once applied, the active one never while its directory lives. A missing one means its
+    frames (acknowledged appends) are gone -- corruption, not a clean log."""
+    try:
+        with open(os.path.join(directory, ACTIVE)) as f:
+            active = int(f.read().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return  # the single-writer layout (no record), or a directory being removed
+    newest = segments[-1][0] if segments else 0
+    if newest >= active:
+        return
+    # a live writer may have rotated since ``segments`` was listed (it writes ACTIVE after the
+    # new segment exists), or be removing its directory at a clean close (ACTIVE goes first)
+    current = list_segments(directory)
+    if (current and current[-1][0] >= active) or not os.path.exists(os.path.join(directory, ACTIVE)):
+        return
+    path = os.path.join(directory, f"{active:08d}.wal")
+    if mode != "salvage":
+        raise CorruptionError(
+            f"{path}: WAL segment {active} is missing (the newest segment this writer opened); the "
+            "acknowledged records in it are lost. Open with recovery='salvage' to accept the loss",
+            path=path, offset=0,
+        )
+    report.lost.append(LostRange(path, 0, 0, f"segment {active} missing"))
 
 
 def _fsync_dir(path: str) -> None:

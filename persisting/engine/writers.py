@@ -140,12 +140,17 @@ class WriterDir:
     def remove(self) -> None:
         """Delete the directory (its frames are all applied) and release its lock."""
         if not self.writer_id:  # the single-writer layout: only its segments are ours
+            try:
+                os.unlink(os.path.join(self.path, "ACTIVE"))
+            except FileNotFoundError:
+                pass
             for _, seg in list_segments(self.path):
                 os.unlink(seg)
             fsync_path(self.path)
             self.release()
             return
-        for name in os.listdir(self.path):
+        names = sorted(os.listdir(self.path), key=lambda n: (n != "ACTIVE", n))  # ACTIVE first: a
+        for name in names:  # crash mid-removal must not look like a lost segment
             if name != "LOCK":
                 os.unlink(os.path.join(self.path, name))
         os.unlink(os.path.join(self.path, "LOCK"))

@@ -113,6 +113,9 @@ def restore(log: Log, original: dict[str, bytes], changed: dict[str, bytes]) -> 
             os.unlink(path)
     for path, data in {**original, **changed}.items():
         Path(path).write_bytes(data)
+    # the newest-segment record goes back with the segments (a later writer raised it)
+    newest = max(int(os.path.basename(p)[:8]) for p in original)
+    (log.directory / "ACTIVE").write_text(f"{newest}\n")
 
 
 def flip(data: bytes, offset: int, bit: int | None = None) -> bytes:
@@ -137,6 +140,24 @@ def _check_new_appends_after_recovery(log: Log, report: ReplayReport, expected: 
 @pytest.fixture
 def log5(tmp_path: Path) -> Log:
     return write_log(tmp_path / "wal", _payloads())
+
+
+def test_a_deleted_newest_segment_is_corruption_not_a_shorter_log(tmp_path: Path) -> None:
+    """Deleting the last segment would silently drop acknowledged frames: the WAL records the
+    newest segment it opened, so replay refuses (salvage reports the loss)."""
+    log = write_log(tmp_path / "wal", _payloads(), max_segment_size=300)
+    segments = list_segments(str(log.directory))
+    assert len(segments) >= 2
+    os.unlink(segments[-1][1])
+    with pytest.raises(CorruptionError, match="segment .* is missing") as info:
+        replay(log.directory)
+    assert info.value.path == segments[-1][1]
+    frames, report = replay(log.directory, mode="salvage")
+    assert len(report.lost) == 1 and "missing" in report.lost[0].reason
+    for _, path in segments[:-1]:
+        os.unlink(path)  # every segment gone: the same
+    with pytest.raises(CorruptionError, match="missing"):
+        replay(log.directory)
 
 
 def test_clean_log_replays_every_frame(log5: Log) -> None:
