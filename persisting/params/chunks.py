@@ -6,6 +6,13 @@ referenced, not written again, so unchanged tensors (frozen base weights, repeat
 nothing but a hash. Rows live in one Lance table (``chunks.lance``) through the engine's
 :class:`Table` with durability ``"none"``: the fsynced commit of :meth:`ChunkTable.commit` is
 the durability point, and the manifest row that references the chunks is written after it.
+
+The table is shared: every rank of a multi-rank save (and any other writer process) appends
+its own chunks. The key -> position map is this process's view; :meth:`ChunkTable.sync` moves
+it to the newest version when another process committed (positions shift after their appends,
+deletes and compactions), so dedup never trusts a chunk another process has since removed.
+Two processes writing the same new chunk at once store it twice: harmless (either copy serves
+a read, gc removes both once unreferenced).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import pyarrow as pa
 from persisting.engine.codec import checksum
 from persisting.engine.options import TableOptions
 from persisting.engine.table import Table
-from persisting.errors import CorruptionError, NotFoundError
+from persisting.errors import CorruptionError, NotFoundError, StorageError
 
 __all__ = ["SCHEMA", "ChunkTable", "PutResult"]
 
@@ -64,8 +71,8 @@ class ChunkTable:
             storage_options=storage_options,
             wal_dir=wal_dir,
             read_only=read_only,
-            exclusive=True,
-            follow=False,
+            exclusive=False,
+            follow=False,  # positions are ours to track: sync() moves the view when we choose
             store="params",
             name="chunks",
         )
@@ -82,6 +89,18 @@ class ChunkTable:
         self._positions = {h: i for i, h in enumerate(hashes)}
         self._sizes = dict(zip(hashes, sizes))
         self._rows = len(hashes)
+
+    def sync(self) -> None:
+        """Move to the newest committed version (a ~10 us check) and reindex if it moved."""
+        before = self._table.version
+        self._table.refresh()
+        if self._table.version != before:
+            self.reindex()
+
+    def ensure(self, keys: Iterable[str]) -> None:
+        """Sync when any of ``keys`` is unknown here (another process wrote it)."""
+        if any(k not in self._positions for k in keys):
+            self.sync()
 
     def __contains__(self, key: str) -> bool:
         return key in self._positions
@@ -131,7 +150,11 @@ class ChunkTable:
 
     def commit(self) -> None:
         """Make every appended chunk durable (one fsynced Lance commit)."""
+        before = self._table.version
         self._table.flush()
+        if self._table.version not in (before, before + 1):
+            # another writer committed in between: Lance put its rows before ours
+            self.reindex()
 
     def read(self, keys: Iterable[str]) -> Iterator[tuple[str, np.ndarray]]:
         """Yield (key, uint8 array) for ``keys`` (unique), verified against their checksum.
@@ -150,10 +173,32 @@ class ChunkTable:
             batch.append(key)
             size += self._sizes.get(key, 0)
             if size >= _READ_BATCH_BYTES:
-                yield from self._read_batch(batch)
+                yield from self._read_batch_again(batch)
                 batch, size = [], 0
         if batch:
-            yield from self._read_batch(batch)
+            yield from self._read_batch_again(batch)
+
+    def _read_batch_again(self, keys: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+        """Read a batch; if it fails (another process deleted or compacted chunks and cleaned
+        up the files this view points at), sync and read the whole batch once more. A chunk
+        is only ever yielded after its checksum matched, so a stale position never serves
+        wrong bytes; re-yielded keys carry the same bytes."""
+        try:
+            yield from self._read_batch(keys)
+        except (StorageError, CorruptionError, NotFoundError, OSError):
+            before = self._table.version
+            self._table.refresh()
+            if self._table.version == before:
+                raise
+            self.reindex()
+            missing = [k for k in keys if k not in self._positions]
+            if missing:
+                raise NotFoundError(
+                    f"chunk {missing[0]} was removed from {self.uri} while it was being read (the "
+                    "checkpoint was deleted meanwhile); load a newer checkpoint",
+                    key=missing[0],
+                ) from None
+            yield from self._read_batch(keys)
 
     def _read_batch(self, keys: list[str]) -> Iterator[tuple[str, np.ndarray]]:
         # each chunk is read once, straight from Lance's blob file into its own buffer: no
@@ -178,6 +223,7 @@ class ChunkTable:
 
     def remove_unreferenced(self, referenced: set[str]) -> tuple[int, int]:
         """Delete chunks no checkpoint references; return (chunks, bytes) removed."""
+        self.sync()  # other writers' orphans too
         dead = [k for k in self._positions if k not in referenced]
         if not dead:
             return 0, 0

@@ -9,11 +9,16 @@ renamed, directory fsynced: only after the commit itself is durable). Opening a 
 record *before* the table, so a live writer can only move the table past it, and refuses with
 :class:`~persisting.errors.CorruptionError` when the table is older than the record.
 
+Several processes may commit to one store (DCP coordinators, separate trainers): the record only
+moves forward. :func:`write_head` holds an ``flock`` on ``checkpoints.head.json.lock`` while it
+compares and replaces, so a slower writer never overwrites a newer version with an older one.
+
 Local stores only: on an object store the record would need a conditional write of its own.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import dataclass
@@ -63,7 +68,25 @@ def read_head(path: str) -> Head | None:
 
 
 def write_head(path: str, head: Head) -> None:
-    """Replace the record at ``path`` durably (temporary file, fsync, rename, fsync dir)."""
+    """Replace the record at ``path`` durably (temporary file, fsync, rename, fsync dir),
+    unless it already records ``head.version`` or a newer one (another writer's commit)."""
+    try:
+        lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StorageError(f"cannot open {path}.lock to record the newest checkpoint: {exc}", path=path) from exc
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            current = read_head(path)
+        except CorruptionError:
+            current = None  # a damaged record is replaced by a good one
+        if current is None or head.version > current.version:
+            _replace(path, head)
+    finally:
+        os.close(lock)  # releases the flock
+
+
+def _replace(path: str, head: Head) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     body = json.dumps({"format": _FORMAT, "version": head.version, "step": head.step}).encode()
     try:

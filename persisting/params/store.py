@@ -9,6 +9,15 @@ chunks are orphans that :meth:`ParamStore.gc` reclaims. Nothing is pickled: the 
 JSON with tensors by reference (:mod:`persisting.params.tree`). A local store also keeps
 ``checkpoints.head.json`` (:mod:`persisting.params.head`), so a lost newest manifest raises
 CorruptionError on open instead of silently rolling the store back a checkpoint.
+
+Many processes may open one store: every writer appends its own chunks to the shared chunk
+table, and a checkpoint appears when its manifest row commits, after every chunk it references
+is durable and present (a multi-rank DCP save: each rank writes its chunks, the coordinator
+commits the row, see :mod:`persisting.params.dcp`). Readers (evaluation jobs) pick up new
+checkpoints on their own (``list``/``latest``/``load`` check the table version, ~10 us) and
+never see a partial one. Not guarded: a ``gc`` in one process while another process is between
+writing its chunks and committing its manifest can remove those chunks; that save then fails
+(its manifest is not committed) rather than leave a checkpoint with missing chunks.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from persisting.params.manifest import CheckpointInfo, Manifest, TensorEntry
 from persisting.params.tree import (
     NUMPY_SCALAR,
     TORCH,
+    Stored,
     TensorRef,
     decode_tree,
     encode_plain,
@@ -88,8 +98,8 @@ class ParamStore:
     ``keep_last`` keeps that many newest untagged checkpoints after each save (tagged ones and
     the newest are never deleted by retention). ``storage_options`` go to Lance for object
     stores; a remote ``path`` also needs ``wal_dir``, a local directory for the writer locks.
-    ``chunk_bytes`` is the dedup granularity. One writer per store; ``read_only`` opens allow
-    any number of readers.
+    ``chunk_bytes`` is the dedup granularity. Any number of processes may open a store; give
+    each checkpoint step one committer (the DCP coordinator, or one trainer).
     """
 
     def __init__(
@@ -138,12 +148,13 @@ class ParamStore:
                 options=TableOptions(durability="none", compact_fragments=32),
                 schema=mf.SCHEMA, storage_options=storage_options,
                 wal_dir=None if wal is None else os.path.join(wal, "checkpoints.wal"),
-                read_only=read_only, store="params", name="checkpoints", exclusive=True, follow=False,
+                read_only=read_only, store="params", name="checkpoints", exclusive=False, follow=False,
             )
         except BaseException:
             self._chunks.close()
             raise
         try:
+            self._infos_version = self._manifests.version
             self._infos = self._read_infos()
             if self._head_path is not None:
                 check_head(head, path=self._head_path, table=root + "/checkpoints.lance",
@@ -158,6 +169,19 @@ class ParamStore:
         t = self._manifests.scan(columns=mf.INFO_COLUMNS)
         return {i.step: i for i in (mf.info_from_row(r, _decode_plain) for r in t.to_pylist())}
 
+    def _sync_infos(self) -> None:
+        """Pick up checkpoints other processes committed or deleted (a version check)."""
+        self._manifests.refresh()
+        if self._manifests.version != self._infos_version:
+            self._infos_version = self._manifests.version
+            self._infos = self._read_infos()
+
+    def refresh(self) -> None:
+        """See every checkpoint committed by any process up to now (reads do this themselves)."""
+        with self._lock:
+            self._check_open()
+            self._sync_infos()
+
     def _manifest(self, step: int) -> Manifest:
         t = self._manifests.scan(columns=["manifest"], filter=f"step = {int(step)}")
         if t.num_rows == 0:
@@ -168,6 +192,7 @@ class ParamStore:
             raise CorruptionError(f"manifest of step {step} in {self.path} cannot be read: {exc}", step=step) from exc
 
     def _resolve(self, step: int | None, tag: str | None) -> CheckpointInfo:
+        self._sync_infos()
         if tag is not None:
             check_name(tag, what="tag")
             tagged = [i for i in self._infos.values() if tag in i.tags and (step is None or i.step == step)]
@@ -190,6 +215,7 @@ class ParamStore:
         """Every complete checkpoint, oldest step first."""
         with self._lock:
             self._check_open()
+            self._sync_infos()
             return [self._infos[s] for s in sorted(self._infos)]
 
     def info(self, step: int | None = None, *, tag: str | None = None) -> CheckpointInfo:
@@ -202,6 +228,7 @@ class ParamStore:
         """The newest checkpoint, or None when there is none."""
         with self._lock:
             self._check_open()
+            self._sync_infos()
             return self._infos[max(self._infos)] if self._infos else None
 
     def save(
@@ -266,6 +293,7 @@ class ParamStore:
             tree = m.tree if keys is None else select(m.tree, keys)
             wanted = sorted(set(tree_tensor_indices(tree)))
             dest = match_tensors(tree, into, _is_torch) if into is not None else {}
+            self._chunks.ensure(k for i in wanted for k in m.tensors[i].chunks)
             values = self._materialize({i: m.tensors[i] for i in wanted}, info.step, dest)
             self._counts["loads"] += 1
         return decode_tree(tree, values.__getitem__)
@@ -309,6 +337,7 @@ class ParamStore:
         """
         with self._lock:
             self._check_writable()
+            self._sync_infos()
             referenced: set[str] = set()
             for text in self._manifests.scan(columns=["manifest"]).column("manifest").to_pylist():
                 referenced |= Manifest.loads(text).chunk_keys()
@@ -375,7 +404,10 @@ class ParamStore:
         if self.read_only:
             raise StorageError(f"ParamStore {self.path} is open read-only; open it without read_only to write")
 
-    def _prepare(self, state: Any, step: int, tags: Iterable[str], metadata: Mapping[str, Any] | None) -> _Prepared:
+    def _prepare(
+        self, state: Any, step: int, tags: Iterable[str], metadata: Mapping[str, Any] | None, *,
+        allow_stored: bool = False,
+    ) -> _Prepared:
         self._check_writable()
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise InvalidRecordError(f"step must be an int >= 0, got {step!r}", step=step)
@@ -386,8 +418,10 @@ class ParamStore:
         if metadata is not None and not isinstance(metadata, Mapping):
             raise InvalidRecordError(f"metadata must be a dict, got {type(metadata).__name__}")
         meta_tree = encode_plain(dict(metadata or {}), what="metadata")
-        tree, tensors = encode_tree(state)
+        tree, tensors = encode_tree(state, allow_stored=allow_stored)
         for ref in tensors:
+            if isinstance(ref.value, Stored):
+                continue
             value = np.asarray(ref.value) if ref.kind == NUMPY_SCALAR else ref.value
             dtype_name(value)  # unsupported dtypes fail here, before any byte is written
         self._check_new_step(step)
@@ -414,23 +448,48 @@ class ParamStore:
             self._staging = staging
         return info
 
+    def _save_stored(
+        self, state: Any, *, step: int, tags: Iterable[str] = (), metadata: Mapping[str, Any] | None = None
+    ) -> CheckpointInfo:
+        """Commit a checkpoint whose tensors are :class:`Stored` placeholders (chunks other
+        ranks already wrote, see :meth:`_store_tensors`) or plain tensors."""
+        prepared = self._prepare(state, step, tags, metadata, allow_stored=True)
+        with self._lock:
+            return self._write(prepared)
+
+    def _store_tensors(self, refs: Sequence[TensorRef]) -> list[tuple[TensorEntry, int, int]]:
+        """Write the chunks of ``refs`` durably; return (entry, new chunks, new bytes) for each.
+        A :class:`Stored` value (written earlier, maybe by another process) passes through."""
+        with self._lock:
+            self._check_writable()
+            self._chunks.sync()  # dedup against what is stored now, not a stale view
+            out: list[tuple[TensorEntry, int, int]] = []
+            for ref in refs:
+                if isinstance(ref.value, Stored):
+                    v = ref.value
+                    out.append((replace(v.entry, name=ref.name, kind=v.kind), v.new_chunks, v.new_bytes))
+                    continue
+                value = np.asarray(ref.value) if ref.kind == NUMPY_SCALAR else ref.value
+                raw, dtype, shape = raw_view(value)
+                put = self._chunks.put(raw, self.chunk_bytes)
+                digest = checksum("".join(put.hashes).encode()).hex()  # over the chunk keys: no second pass
+                entry = TensorEntry(ref.name, ref.kind, dtype, shape, raw.nbytes, digest, put.hashes)
+                out.append((entry, put.new_chunks, put.new_bytes))
+            self._chunks.commit()  # every chunk durable before any manifest row refers to it
+            return out
+
     def _write(self, p: _Prepared) -> CheckpointInfo:
         self._check_writable()
+        self._sync_infos()
         if p.step in self._infos:
             self._check_new_step(p.step)
-        entries: list[TensorEntry] = []
-        new_bytes = new_chunks = num_chunks = nbytes = 0
-        for ref in p.tensors:
-            value = np.asarray(ref.value) if ref.kind == NUMPY_SCALAR else ref.value
-            raw, dtype, shape = raw_view(value)
-            put = self._chunks.put(raw, self.chunk_bytes)
-            digest = checksum("".join(put.hashes).encode()).hex()  # over the chunk keys: no second pass
-            entries.append(TensorEntry(ref.name, ref.kind, dtype, shape, raw.nbytes, digest, put.hashes))
-            new_bytes += put.new_bytes
-            new_chunks += put.new_chunks
-            num_chunks += len(put.hashes)
-            nbytes += raw.nbytes
-        self._chunks.commit()  # every chunk durable before the manifest row that makes it visible
+        stored = self._store_tensors(p.tensors)
+        entries = [e for e, _, _ in stored]
+        new_chunks = sum(c for _, c, _ in stored)
+        new_bytes = sum(b for _, _, b in stored)
+        num_chunks = sum(len(e.chunks) for e in entries)
+        nbytes = sum(e.nbytes for e in entries)
+        self._check_chunks_present(p.step, entries)
         info = CheckpointInfo(
             step=p.step, created_at=time.time(), tags=p.tags, metadata=decode_tree(p.metadata, _no_tensor),
             nbytes=nbytes, new_bytes=new_bytes, num_tensors=len(entries), num_chunks=num_chunks,
@@ -452,6 +511,20 @@ class ParamStore:
         self._apply_retention()
         self._record_head()
         return info
+
+    def _check_chunks_present(self, step: int, entries: Sequence[TensorEntry]) -> None:
+        """Refuse to commit a manifest whose chunks are not all stored (another process's gc
+        removed them meanwhile, or a rank's write never committed)."""
+        keys = {k for e in entries for k in e.chunks}
+        self._chunks.ensure(keys)
+        missing = [k for k in keys if k not in self._chunks]
+        if missing:
+            raise StorageError(
+                f"checkpoint step {step} of {self.path} is not committed: {len(missing)} of its chunks "
+                f"(e.g. {missing[0]}) are not in {self._chunks.uri} (removed by a concurrent gc, or never "
+                "written); save it again",
+                step=step,
+            )
 
     def _record_head(self) -> None:
         """After a commit of the checkpoint table: durably note its version (see head.py)."""

@@ -25,7 +25,7 @@ import numpy as np
 from persisting.errors import InvalidRecordError
 
 __all__ = [
-    "NUMPY", "NUMPY_SCALAR", "TORCH", "TensorRef", "decode_tree", "encode_plain", "encode_tree",
+    "NUMPY", "NUMPY_SCALAR", "TORCH", "Stored", "TensorRef", "decode_tree", "encode_plain", "encode_tree",
     "is_dict_node", "match_tensors", "select", "top_level", "tree_tensor_indices",
 ]
 
@@ -42,6 +42,18 @@ class TensorRef:
     name: str
     kind: str
     value: Any
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A tensor whose chunks are already durable in the store (written by another rank of a
+    multi-rank save): encoded as a tensor reference of ``kind``; ``entry`` (a manifest
+    TensorEntry) says where it is, ``new_chunks``/``new_bytes`` what its writer added."""
+
+    kind: str
+    entry: Any
+    new_chunks: int = 0
+    new_bytes: int = 0
 
 
 def _is_torch_tensor(x: object) -> bool:
@@ -63,9 +75,12 @@ def _plain_float(x: float) -> Any:
     return {_FLOAT: repr(x)}
 
 
-def encode_tree(state: Any, *, allow_tensors: bool = True, what: str = "state") -> tuple[Any, list[TensorRef]]:
+def encode_tree(
+    state: Any, *, allow_tensors: bool = True, what: str = "state", allow_stored: bool = False
+) -> tuple[Any, list[TensorRef]]:
     """Return (JSON-able tree, tensors in reference order); raise InvalidRecordError on values
-    that cannot be stored without pickle (a lambda, a set, an arbitrary object...)."""
+    that cannot be stored without pickle (a lambda, a set, an arbitrary object...).
+    ``allow_stored`` accepts :class:`Stored` placeholders as tensors (multi-rank saves)."""
     tensors: list[TensorRef] = []
     active: set[int] = set()
 
@@ -80,6 +95,9 @@ def encode_tree(state: Any, *, allow_tensors: bool = True, what: str = "state") 
             return _plain_float(float(x))
         elif isinstance(x, (bytes, bytearray)):
             return {_BYTES: base64.b64encode(bytes(x)).decode("ascii")}
+        elif allow_stored and isinstance(x, Stored):
+            tensors.append(TensorRef(path or "<root>", x.kind, x))
+            return {_TENSOR: len(tensors) - 1}
         is_np_scalar = isinstance(x, np.generic)
         if _is_torch_tensor(x) or isinstance(x, np.ndarray) or is_np_scalar:
             if not allow_tensors:
