@@ -23,6 +23,7 @@ __all__ = [
     "PersistingError",
     "SchemaError",
     "StorageError",
+    "TopicMismatchError",
     "WALError",
 ]
 
@@ -62,6 +63,11 @@ class SchemaError(PersistingError, ValueError):
 
 class ConfigError(PersistingError, ValueError):
     """An option or argument with a bad value; the message names the option."""
+
+
+class TopicMismatchError(ConfigError):
+    """A queue bucket that records one topic was opened for another; give each topic its own
+    directory (``persisting.queue.write_queue`` does)."""
 
 
 class InvalidNameError(PersistingError, ValueError):

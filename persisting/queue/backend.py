@@ -169,6 +169,7 @@ class LanceBackend:
         total = self._bucket.total
         return {
             "bucket_id": self.bucket_id,
+            "topic": self.options.topic,
             "backend": self.backend,
             "storage_path": self.storage_path,
             "dataset": self._bucket.path,

@@ -29,10 +29,12 @@ from typing import Any
 import pyarrow as pa
 
 from persisting.engine import Table
+from persisting.engine.lance_io import default_wal_dir
 from persisting.engine.schema import conform, evolve
 from persisting.errors import ClosedError
 from persisting.queue.options import FLUSH_BYTES, LanceBackendOptions
 from persisting.queue.records import ScalarFields, to_batch
+from persisting.queue.topics import claim_topic
 
 __all__ = ["Arrivals", "BucketStore"]
 
@@ -117,6 +119,8 @@ class BucketStore:
         self._threshold = options.threshold
         self._coalesce = not options.wal_enabled
         label = os.path.abspath(self.path).removesuffix(".lance")
+        if options.topic is not None:  # before any lock or file of the table: refuse, touch nothing
+            claim_topic(default_wal_dir(self.path), options.topic, self.path)
         self.table = Table(self.path, options=options.table_options(), store="queue", name=label, exclusive=True, follow=False)
         self.label = label
         self._count_reads = enable_metrics

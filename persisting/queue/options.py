@@ -7,23 +7,21 @@ names the option, so a typo such as ``enable_wall=True`` fails at once instead o
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from persisting.engine import TableOptions
-from persisting.engine.codec import COMPRESSIONS
+from persisting.engine.names import check_name
 from persisting.errors import ConfigError
 
 __all__ = ["LanceBackendOptions", "PersistingBackendOptions"]
 
-logger = logging.getLogger(__name__)
-
 DEFAULT_FLUSH_THRESHOLD = 1000
 DEFAULT_WAL_FLUSH_THRESHOLD = 10_000
 FLUSH_BYTES = 64 * 1024 * 1024
-# Lance has no snappy encoding; lz4 is the fast, low-ratio scheme it offers instead.
-_LANCE_ENCODING = {None: None, "zstd": "zstd", "lz4": "lz4", "snappy": "lz4"}
+# Lance's column encodings: "snappy" is refused (Lance has none; storing lz4 under that name
+# would report a codec that was never used).
+_LANCE_ENCODING = {None: None, "zstd": "zstd", "lz4": "lz4"}
 
 
 def _check_int(owner: str, name: str, value: object, *, minimum: int = 1) -> None:
@@ -46,10 +44,14 @@ class LanceBackendOptions:
         (``None``: 1,000). Buffered records are readable at once, durable once committed.
     max_record_size: bytes one record may take in Arrow form (64 MiB); larger records are
         refused with ``InvalidRecordError`` before anything is written.
+    topic: the Pulsing topic this bucket belongs to (``persisting.queue.write_queue`` passes
+        it). The bucket records it on first open; a backend told another topic refuses the
+        bucket with ``TopicMismatchError`` instead of mixing two topics' records.
     """
 
     flush_threshold: int | None = None
     max_record_size: int = 64 * 1024 * 1024
+    topic: str | None = None
 
     backend_name: ClassVar[str] = "LanceBackend"
 
@@ -57,6 +59,8 @@ class LanceBackendOptions:
         if self.flush_threshold is not None:
             _check_int(self.backend_name, "flush_threshold", self.flush_threshold)
         _check_int(self.backend_name, "max_record_size", self.max_record_size)
+        if self.topic is not None:
+            check_name(self.topic, what="topic")
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> LanceBackendOptions:
@@ -97,10 +101,11 @@ class PersistingBackendOptions(LanceBackendOptions):
     """Options of :class:`~persisting.queue.PersistingBackend`: those of LanceBackend plus
 
     enable_wal: log every acknowledged record to the write-ahead log (False: durable on flush).
-    compression: None, "zstd", "lz4" or "snappy": how Lance compresses the bucket's string,
-        binary and list columns (``lance-encoding:compression``); None stores them uncompressed,
-        the engine's default; "snappy" is encoded as lz4 (Lance has no snappy scheme). Numbers
-        keep Lance's own encodings.
+    compression: None, "zstd" or "lz4": how Lance compresses the bucket's string, binary and
+        list columns (``lance-encoding:compression``); None stores them uncompressed, the
+        engine's default. "snappy" is refused with ``ConfigError``: Lance has no snappy column
+        encoding, and storing another codec under that name would misreport what is on disk.
+        Numbers keep Lance's own encodings.
     enable_metrics: add a ``metrics`` dict to ``stats()`` and count bytes read.
     wal_sync_interval: seconds between WAL fsyncs (group commit); 0 fsyncs every write.
     max_wal_size: bytes at which a WAL segment file rotates (100 MiB).
@@ -121,10 +126,16 @@ class PersistingBackendOptions(LanceBackendOptions):
         owner = self.backend_name
         _check_bool(owner, "enable_wal", self.enable_wal)
         _check_bool(owner, "enable_metrics", self.enable_metrics)
-        if self.compression not in COMPRESSIONS:
+        if self.compression == "snappy":
+            raise ConfigError(
+                f"{owner} option compression='snappy' is not available for queue records: Lance has no "
+                "snappy column encoding; choose 'lz4' (fast) or 'zstd' (smaller)",
+                option="compression",
+            )
+        if self.compression not in _LANCE_ENCODING:
             raise ConfigError(
                 f"{owner} option compression={self.compression!r} is not supported; choose one of "
-                f"{', '.join(repr(c) for c in COMPRESSIONS)}",
+                f"{', '.join(repr(c) for c in _LANCE_ENCODING)}",
                 option="compression",
             )
         interval = self.wal_sync_interval
@@ -135,8 +146,6 @@ class PersistingBackendOptions(LanceBackendOptions):
                 option="wal_sync_interval",
             )
         _check_int(owner, "max_wal_size", self.max_wal_size)
-        if self.compression == "snappy":
-            logger.info("compression='snappy': Lance has no snappy encoding, columns are encoded with lz4")
 
     @property
     def wal_enabled(self) -> bool:

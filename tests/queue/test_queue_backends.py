@@ -143,7 +143,7 @@ def test_persisting_stats_keys_and_metrics(tmp_path: Path) -> None:
     run(go())
 
 
-@pytest.mark.parametrize(("compression", "encoding"), [("zstd", "zstd"), ("lz4", "lz4"), ("snappy", "lz4")])
+@pytest.mark.parametrize(("compression", "encoding"), [("zstd", "zstd"), ("lz4", "lz4")])
 def test_compression_is_the_lance_column_encoding(tmp_path: Path, compression: str, encoding: str) -> None:
     async def go() -> None:
         b = PersistingBackend(bucket_id=0, storage_path=str(tmp_path), compression=compression)
