@@ -17,7 +17,17 @@ unless ``ParamStoreReader(..., allow_pickled_values=True)``. Even then a blob is
 unpickled with ``torch.load(weights_only=True)`` (torch's restricted unpickler: tensors,
 containers and plain scalars), and what DCP's planner receives is a fresh ``torch.save`` of that
 result, never the stored bytes. Keep hyper-parameters in ``ParamStore.save`` metadata instead.
-Single process: one writer per store (multi-rank saves would need one store per rank).
+
+Multi-rank saves go into ONE store: every rank opens the store (same path) and calls
+``dcp.save`` with its own ``ParamStoreWriter``. Each rank's ``write_data`` writes its own
+chunks to the shared chunk table and makes them durable before it returns; the coordinator's
+``finish`` (which DCP runs only after every rank's writes succeeded) commits the one manifest
+row that makes the checkpoint visible. If any rank fails, DCP raises on every rank, no manifest
+is committed, and the chunks already written are orphans for ``ParamStore.gc``. Loading with
+another world size is DCP's resharding: ``read_metadata`` hands DCP the saved layout and
+``read_data`` serves each requested slice from the stored shards. Readers (evaluation jobs)
+only ever see whole checkpoints; with ``step=None`` a multi-rank load agrees on one step (the
+coordinator's newest, broadcast over the default group, so every rank of it must load).
 """
 
 from __future__ import annotations
@@ -46,9 +56,10 @@ from torch.distributed.checkpoint.planner import (
 )
 from torch.distributed.checkpoint.storage import WriteResult
 
-from persisting.errors import CorruptionError, InvalidRecordError
+from persisting.errors import AlreadyExistsError, CorruptionError, InvalidRecordError
+from persisting.params.manifest import TensorEntry
 from persisting.params.store import ParamStore
-from persisting.params.tree import decode_tree, encode_plain
+from persisting.params.tree import TORCH, Stored, TensorRef, decode_tree, encode_plain
 
 __all__ = ["ParamStoreReader", "ParamStoreWriter"]
 
@@ -120,7 +131,11 @@ def _metadata_from_plain(doc: dict[str, Any]) -> Metadata:
 
 
 class ParamStoreWriter(StorageWriter):
-    """A DCP StorageWriter that saves the whole DCP checkpoint as ``store`` step ``step``."""
+    """A DCP StorageWriter that saves the whole DCP checkpoint as ``store`` step ``step``.
+
+    Every rank passes its own writer over its own handle on the same store; the checkpoint
+    becomes visible when the coordinator's ``finish`` commits it, after every rank's chunks
+    are durable."""
 
     def __init__(
         self, store: ParamStore, *, step: int, tags: tuple[str, ...] = (), metadata: dict[str, Any] | None = None,
@@ -132,23 +147,32 @@ class ParamStoreWriter(StorageWriter):
         self.tags = tags
         self.metadata = metadata
         self.allow_pickled_values = allow_pickled_values
-        self._tensors: dict[str, torch.Tensor] = {}
-        self._bytes: dict[str, bytes] = {}
 
     def reset(self, checkpoint_id: Any = None) -> None:
-        self._tensors, self._bytes = {}, {}
+        pass
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         pass
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
+        # every rank refuses before writing a byte (DCP raises it on all ranks)
+        self.store._check_writable()
+        if any(i.step == self.step for i in self.store.list()):
+            raise AlreadyExistsError(
+                f"{self.store.path} already holds a checkpoint at step {self.step}; delete it first or use another step",
+                step=self.step,
+            )
         return plan
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
         return plans
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> torch.futures.Future[list[WriteResult]]:
-        results = []
+        """Write this rank's chunks durably; the results carry their manifest entries (and
+        non-tensor values) to the coordinator."""
+        refs: list[TensorRef] = []
+        tensor_items: list[Any] = []
+        results: list[WriteResult] = []
         for item in plan.items:
             key = _item_key(item.index)
             data = planner.resolve_data(item)
@@ -161,27 +185,37 @@ class ParamStoreWriter(StorageWriter):
                         key=item.index.fqn,
                     )
                 raw = data.getvalue() if isinstance(data, io.BytesIO) else bytes(data)
-                self._bytes[key] = raw
-                size = len(raw)
+                results.append(WriteResult(index=item.index, size_in_bytes=len(raw), storage_data=("bytes", raw)))
             else:
                 assert isinstance(data, torch.Tensor)
-                tensor = data.detach().to("cpu")
-                self._tensors[key] = tensor
-                size = tensor.numel() * tensor.element_size()
-            results.append(WriteResult(index=item.index, size_in_bytes=size, storage_data=key))
+                refs.append(TensorRef(f"{_ROOT}.tensors.{key}", TORCH, data.detach().to("cpu").contiguous()))
+                tensor_items.append(item)
+        for item, (entry, new_chunks, new_bytes) in zip(tensor_items, self.store._store_tensors(refs)):
+            body = ("tensor", entry.to_json(), new_chunks, new_bytes)
+            results.append(WriteResult(index=item.index, size_in_bytes=entry.nbytes, storage_data=body))
         return _done(results)
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
-        metadata.storage_data = {r.index: r.storage_data for rank in results for r in rank}
+        """On the coordinator, after every rank wrote: commit the manifest row."""
+        tensors: dict[str, Any] = {}
+        blobs: dict[str, bytes] = {}
+        for rank in results:
+            for r in rank:
+                key = _item_key(r.index)
+                if r.storage_data[0] == "bytes":
+                    blobs[key] = r.storage_data[1]
+                else:
+                    _, entry, new_chunks, new_bytes = r.storage_data
+                    tensors[key] = Stored(TORCH, TensorEntry.from_json(entry), new_chunks, new_bytes)
+        metadata.storage_data = {r.index: _item_key(r.index) for rank in results for r in rank}
         state = {
             _ROOT: {
                 "metadata": encode_plain(_metadata_to_plain(metadata), what="DCP metadata"),
-                "tensors": self._tensors,
-                "bytes": self._bytes,
+                "tensors": tensors,
+                "bytes": blobs,
             }
         }
-        self.store.save(state, step=self.step, tags=self.tags, metadata=self.metadata)
-        self._tensors, self._bytes = {}, {}
+        self.store._save_stored(state, step=self.step, tags=self.tags, metadata=self.metadata)
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
@@ -201,6 +235,7 @@ class ParamStoreReader(StorageReader):
         super().__init__()
         self.store = store
         self.step = store.info(step, tag=tag).step
+        self._agree = step is None and tag is None  # "the newest": every rank must mean one step
         self.allow_pickled_values = allow_pickled_values
         self._metadata: Metadata | None = None
 
@@ -208,6 +243,12 @@ class ParamStoreReader(StorageReader):
         self._metadata = None
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        if self._agree and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            # a save may commit between two ranks' choices: take the coordinator's
+            choice = [self.store.info().step if torch.distributed.get_rank() == 0 else None]
+            torch.distributed.broadcast_object_list(choice, src=0)
+            self.step = int(choice[0])  # type: ignore[arg-type]
+            self._agree = False
         state = self.store.load(self.step, keys=f"{_ROOT}.metadata")
         if _ROOT not in state:
             raise CorruptionError(f"checkpoint step {self.step} of {self.store.path} was not written by DCP")
