@@ -7,6 +7,7 @@ and :mod:`persisting.engine.codec`.
 from persisting.engine.codec import EncodedTensor, decode_tensor, encode_tensor
 from persisting.engine.names import check_name
 from persisting.engine.options import Durability, TableOptions
+from persisting.engine.rowlayout import RowLayout
 from persisting.engine.table import Table
 from persisting.engine.wal import WAL, ReplayReport
 
@@ -15,6 +16,7 @@ __all__ = [
     "Durability",
     "EncodedTensor",
     "ReplayReport",
+    "RowLayout",
     "Table",
     "TableOptions",
     "check_name",

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from persisting.engine import integrity
 from persisting.engine.lance_io import BLOB_METADATA, GuardedBlob, is_blob, lance_errors, read_blob
+from persisting.engine.rowlayout import RowLayout, row_layout
 from persisting.engine.schema import conform
 from persisting.errors import ClosedError, NotFoundError
 
@@ -249,6 +250,14 @@ class TableReads:
                 yield from conform(b, target).to_batches()
         if pending is not None:
             yield from conform(pending, target).to_batches(max_chunksize=batch_rows)
+
+    def row_layout(self) -> RowLayout:
+        """Where the committed rows of the current version sit (see :mod:`~persisting.engine.rowlayout`):
+        callers that index rows by position compare layouts to learn whether other writers only
+        appended (positions kept) or deleted/compacted (positions must be read again)."""
+        with self._lock:
+            self._check_open()
+            return row_layout(self._ds)
 
     # -- versions ----------------------------------------------------------------------------
     @property

@@ -5,6 +5,11 @@ chunk shorter (the namespace seed for chunk 0). Eviction must never leave a chun
 is gone, since no lookup could ever reach it. Recency is a counter, not a clock: touching a
 chain gives every chunk on it the same tick, so a parent's tick is never older than any of its
 children's, and the least recent chunk -- ties broken deepest first -- is always a leaf.
+
+Several processes share one table: :meth:`ChunkIndex.merge` folds in rows other processes
+appended (or, after deletes and compaction, the whole table again) and keeps what this process
+knows of recency. Two processes may store the same new chunk at once: the second row is a
+duplicate whose bytes count (``extra``) until its key is removed, which removes both rows.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class ChunkIndex:
         self._tick = 0
         self._heap: list[tuple[int, int, str]] | None = None  # built on the first eviction
         self._tree = True
+        self.extra: dict[str, int] = {}  # key -> bytes of duplicate rows stored under it
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -76,6 +82,7 @@ class ChunkIndex:
             entries[key] = Entry(key, parent, depths[i], size, i, i + 1)  # recency at open: row order
             total += size
         self.entries, self.nbytes = entries, total
+        self.extra = {}
         self._tick = len(keys) + 1
         self._heap = None
         self._tree = False  # children and the recency invariant are set up on first removal
@@ -97,6 +104,79 @@ class ChunkIndex:
                     p.children.append(e.key)
                 p.tick = max(p.tick, e.tick)
         self._tree = True
+
+    def merge(
+        self, keys: Sequence[str], parents: Sequence[str], depths: Sequence[int], nbytes: Sequence[int],
+        *, start: int, replace: bool,
+    ) -> list[int]:
+        """Fold rows read from the table (row i sits at position ``start + i``) into the index;
+        return the offsets of orphan rows (parent not stored), which are left out.
+
+        ``replace``: the rows are the whole table, so keys missing from them were removed (by
+        another process); keys kept keep their recency. Otherwise the rows were appended after
+        everything indexed: new keys are added as used now, a key already indexed is a duplicate.
+        """
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._merge(keys, parents, depths, nbytes, start, replace)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _merge(
+        self, keys: Sequence[str], parents: Sequence[str], depths: Sequence[int], nbytes: Sequence[int],
+        start: int, replace: bool,
+    ) -> list[int]:
+        old = self.entries
+        entries: dict[str, Entry] = {} if replace else old
+        extra: dict[str, int] = {} if replace else self.extra
+        base, seed = self._tick, self.seed
+        self._tick = base + len(keys) + 1  # new rows count as used now, in row order
+        orphans: list[int] = []
+        added: list[Entry] = []
+        total = 0
+        order = np.argsort(np.asarray(depths, dtype=np.int64), kind="stable").tolist()  # parents first
+        for i in order:
+            key, parent, size = keys[i], parents[i], nbytes[i]
+            if key in entries:
+                extra[key] = extra.get(key, 0) + size
+                total += size
+                continue
+            if parent != seed and parent not in entries:
+                orphans.append(i)
+                continue
+            e = old.get(key) if replace else None
+            if e is not None and e.parent == parent:
+                e.position, e.nbytes = start + i, size
+            else:
+                e = Entry(key, parent, depths[i], size, start + i, base + i + 1)
+                added.append(e)
+            entries[key] = e
+            total += size
+        if replace:
+            self.entries, self.extra, self.nbytes = entries, extra, total
+            self._heap, self._tree = None, False  # children and recency order rebuilt when needed
+        else:
+            self.nbytes += total
+            self._link(added)
+        return sorted(orphans)
+
+    def _link(self, added: list[Entry]) -> None:
+        """Link new entries to their parents and make every ancestor at least as recent."""
+        if not self._tree:
+            return
+        for e in sorted(added, key=lambda e: e.depth):
+            p = self.entries.get(e.parent)
+            if p is not None:
+                p.children = [e.key] if p.children is None else [*p.children, e.key]
+            while p is not None and p.tick < e.tick:
+                p.tick = e.tick
+                if self._heap is not None:
+                    heapq.heappush(self._heap, (p.tick, -p.depth, p.key))
+                p = self.entries.get(p.parent)
+            if self._heap is not None:
+                heapq.heappush(self._heap, (e.tick, -e.depth, e.key))
 
     def add(self, key: str, parent: str, depth: int, nbytes: int, position: int) -> None:
         """A chunk just committed; its chain should be touched by the caller."""
@@ -159,7 +239,7 @@ class ChunkIndex:
         found.sort(key=lambda e: -e.depth)
         for e in found:
             del self.entries[e.key]
-            self.nbytes -= e.nbytes
+            self.nbytes -= e.nbytes + self.extra.pop(e.key, 0)
         p = self.entries.get(root.parent)
         if p is not None and p.children:
             p.children.remove(root.key)

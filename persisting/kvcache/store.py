@@ -5,7 +5,20 @@ One Lance table per namespace (``<path>/<namespace>.lance``), one row per chunk 
 its depth, dtype, shape, checksum and the payload in a blob column. Payloads skip the WAL
 (durability ``"none"``): each ``put`` ends with one fsynced Lance commit, which is the
 durability point, so a crash leaves whole committed chunks or nothing. The key index lives in
-memory, rebuilt from the small columns at open; ``lookup`` never reads a payload.
+memory, built from the small columns at open; ``lookup`` never reads a payload.
+
+Many processes (and many stores in one process) may put into and read one namespace. Each
+keeps its own index in step with the table: before a lookup or get (at most every
+``refresh_interval`` seconds, and always on a miss) it checks whether the table version moved,
+then reads only the rows appended since when others only appended, or every key again after
+deletes or compaction (row positions changed). A read that races another process's eviction
+is a miss, never an error or wrong bytes: payloads carry checksums and vanished rows or files
+send the read back to the index. Capacity with several writers: each writer evicts after its
+own put, least recently used first by what it knows (recency is per process; chunks other
+processes wrote count as used when first seen). The namespace holds at most
+``capacity_bytes`` plus the new chunks of puts still in flight in other processes, and at most
+``capacity_bytes`` once no put is in flight; two writers evicting at once may evict more than
+needed, never less.
 
 Every 64 puts a maintenance pass drops old Lance versions and, while the store is small enough
 for it to be cheap, merges the per-put fragments: both would otherwise make opening slow.
@@ -17,18 +30,21 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 
+from persisting.engine import RowLayout
 from persisting.engine.codec import COMPRESSIONS, check_framework, checksum, decode_tensor, dtype_name, encode_tensor
 from persisting.engine.names import check_name
 from persisting.engine.options import TableOptions
 from persisting.engine.table import Table
 from persisting.errors import (
     ClosedError,
+    ConfigError,
     CorruptionError,
     InvalidRecordError,
     PersistingError,
@@ -62,6 +78,7 @@ _META_COLUMNS = ["key", "dtype", "shape", "token_axis", "compression", "checksum
 _APPEND_BYTES = 64 * 1024 * 1024  # rows are handed to the table in groups of about this size
 _MAINTAIN_EVERY = 64  # puts between maintenance passes (drop old versions, merge fragments)
 _COMPACT_MAX_BYTES = 1024 * 1024 * 1024  # merge fragments only while the store holds at most this
+_READ_ATTEMPTS = 4  # a get that keeps racing other processes' evictions gives up as a miss
 
 
 @dataclass(frozen=True)
@@ -97,7 +114,10 @@ class KVCacheStore:
     ``capacity_bytes`` bounds the payload bytes held: least recently used chunks are evicted,
     suffixes before their prefixes. ``compression`` is None, ``"zstd"``, ``"lz4"`` or
     ``"snappy"``. ``storage_options`` and ``wal_dir`` (a local directory for the writer lock,
-    required when ``path`` is an object store) are passed to the engine.
+    required when ``path`` is an object store) are passed to the engine. ``refresh_interval``
+    bounds how stale this handle's view of other processes' chunks may be: lookup and get check
+    the table version at most this often (0: every call, ~10 us locally, one listing on S3) and
+    always on a miss.
     """
 
     def __init__(
@@ -111,12 +131,15 @@ class KVCacheStore:
         storage_options: dict[str, str] | None = None,
         read_only: bool = False,
         wal_dir: str | None = None,
+        refresh_interval: float = 0.0,
     ) -> None:
         check_name(namespace, what="namespace")
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
             raise SchemaError(f"chunk_size must be a positive int, got {chunk_size!r}", chunk_size=chunk_size)
         if capacity_bytes is not None and (isinstance(capacity_bytes, bool) or not isinstance(capacity_bytes, int) or capacity_bytes < 0):
             raise SchemaError(f"capacity_bytes must be None or an int >= 0, got {capacity_bytes!r}")
+        if isinstance(refresh_interval, bool) or not isinstance(refresh_interval, (int, float)) or not refresh_interval >= 0:
+            raise ConfigError(f"refresh_interval must be a number of seconds >= 0, got {refresh_interval!r} (store {path})")
         if compression not in COMPRESSIONS:
             raise SchemaError(f"compression {compression!r} is not one of {COMPRESSIONS}", compression=compression)
         self.path = os.fspath(path)
@@ -125,6 +148,10 @@ class KVCacheStore:
         self.capacity_bytes = capacity_bytes
         self.compression = compression
         self.read_only = read_only
+        self.refresh_interval = float(refresh_interval)
+        self._seen: RowLayout | None = None  # the table layout the index's positions belong to
+        self._orphans: set[str] = set()  # keys of rows whose parent is gone, for the writer to delete
+        self._checked = time.monotonic()
         self._seed = namespace_seed(namespace, chunk_size)
         self._lock = threading.RLock()
         self._metrics = KVCacheMetrics(namespace)
@@ -149,27 +176,41 @@ class KVCacheStore:
             read_only=read_only,
             wal_dir=wal_dir,
             store="kvcache",
-            exclusive=True,  # one writer per namespace until the store shares its index
-            follow=False,
+            exclusive=False,  # any number of processes share a namespace
+            follow=False,  # the index's positions hold for one version: the store moves on when it syncs
             name=namespace,
         )
         self._closed = False
-        self._rebuild_index()
+        try:
+            self._sync()
+            if self._orphans and not read_only:
+                self._drop_orphans()
+        except BaseException:
+            self._table.close()
+            raise
 
     # -- index -------------------------------------------------------------------------------
-    def _rebuild_index(self) -> None:
-        """Read the small columns, rebuild keys, tree and layout; drop orphans left by a crash."""
-        t = self._table.scan(columns=["key", "parent", "depth", "nbytes"])
+    def _sync(self) -> None:
+        """Bring the index to the table's current version: read the rows appended since the
+        layout it was built for, or every row's small columns after deletes or compaction
+        (positions moved). Orphans (parent gone) are left out and noted for the writer."""
+        layout = self._table.row_layout()
+        if layout == self._seen and not self._buffered:
+            return
+        kept = None if self._seen is None or self._buffered else self._seen.kept_rows(layout)
+        t = self._table.scan(columns=["key", "parent", "depth", "nbytes"], offset=kept or 0)
         cols = {c: t.column(c).to_pylist() for c in t.column_names} if t.num_rows else {}
-        drop = self._index.load(cols.get("key", []), cols.get("parent", []), cols.get("depth", []), cols.get("nbytes", []))
-        orphans = sorted({cols["key"][i] for i in drop} - self._index.entries.keys()) if drop else []
-        if orphans and not self.read_only:
-            # chunks whose parent is gone can never be reached; a duplicate row is harmless
-            for start in range(0, len(orphans), 1000):
-                self._table.delete(_key_list(orphans[start : start + 1000]))
-            self._refresh_positions()
-        self._layout = None
-        if self._index.entries:
+        keys = cols.get("key", [])
+        orphans = self._index.merge(keys, cols.get("parent", []), cols.get("depth", []), cols.get("nbytes", []),
+                                    start=kept or 0, replace=kept is None)
+        if kept is None:
+            self._orphans = set()
+        self._orphans.update(keys[i] for i in orphans)
+        self._orphans.difference_update(self._index.entries.keys())
+        self._seen = None if self._buffered else layout  # buffered rows: read everything next time
+        if not self._index.entries:
+            self._layout = None
+        elif self._layout is None:
             first = min(self._index.entries.values(), key=lambda e: e.position)
             row = self._table.take([first.position], columns=["dtype", "shape", "token_axis"]).to_pylist()[0]
             axis = int(row["token_axis"])
@@ -178,8 +219,25 @@ class KVCacheStore:
             self._layout = Layout(row["dtype"], axis, tuple(shape))
         self._update_gauges()
 
-    def _refresh_positions(self) -> None:
-        self._index.set_positions(self._table.scan(columns=["key"]).column("key").to_pylist())
+    def _catch_up(self, *, force: bool = False) -> bool:
+        """Follow other processes' commits (at most every refresh_interval unless forced);
+        return whether the table moved."""
+        now = time.monotonic()
+        if not force and now - self._checked < self.refresh_interval:
+            return False
+        self._checked = now
+        before = self._table.version
+        self._table.refresh()
+        if self._table.version == before and self._seen is not None and self._seen.version == before:
+            return False
+        self._sync()
+        return True
+
+    def _drop_orphans(self) -> None:
+        """Delete rows no lookup can reach: a chunk put while another process evicted its parent."""
+        orphans = sorted(self._orphans)
+        self._orphans = set()
+        self._delete_keys(orphans, 0)
 
     def _update_gauges(self) -> None:
         self._metrics.entries.set(len(self._index))
@@ -193,8 +251,11 @@ class KVCacheStore:
         """Length in tokens of the longest cached prefix of ``tokens`` (a multiple of chunk_size)."""
         with self._lock:
             self._check_open()
-            toks = as_token_array(tokens)
-            return len(self._index.longest_prefix(self._keys(toks))) * self.chunk_size
+            keys = list(self._keys(as_token_array(tokens)))
+            chain = self._index.longest_prefix(keys)
+            if self._catch_up(force=len(chain) < len(keys)):
+                chain = self._index.longest_prefix(keys)
+            return len(chain) * self.chunk_size
 
     def put(self, tokens: Any, kv: Any, *, token_axis: int = -2) -> int:
         """Store the KV of every full chunk of ``tokens`` not stored yet; return tokens newly stored.
@@ -208,6 +269,7 @@ class KVCacheStore:
             toks = as_token_array(tokens)
             if toks.size == 0:
                 raise InvalidRecordError("tokens is empty: there is nothing to store")
+            self._catch_up(force=True)  # others' chunks are not written twice; their layout binds us
             layout, framework = self._check_kv(kv, token_axis, len(toks))
             keys = list(self._keys(toks))
             chain = self._index.longest_prefix(keys)
@@ -221,13 +283,11 @@ class KVCacheStore:
                 self._buffered = False
             except BaseException:
                 self._stage = None  # rows left in the table's buffer may still point into it
-                self._rebuild_index()  # rows committed (or still buffered) are indexed, no others
+                self._seen = None
+                self._sync()  # rows committed (or still buffered) are indexed, no others
                 raise
-            self._layout = layout
-            start = self._table.count() - len(new)
-            for n, (i, key) in enumerate(new):
-                parent = keys[i - 1] if i else self._index.seed
-                self._index.add(key, parent, i, written[n], start + n)
+            self._sync()  # our rows and whatever other processes committed meanwhile
+            self._layout = self._layout or layout
             self._index.touch(self._index.longest_prefix(keys))
             self._counts["bytes_written"] += sum(written)
             self._metrics.bytes_written.inc(sum(written))
@@ -248,14 +308,13 @@ class KVCacheStore:
         check_framework(framework, allow_none=True)
         with self._lock:
             self._check_open()
-            toks = as_token_array(tokens)
-            keys = [e.key for e in self._index.longest_prefix(self._keys(toks))]
-            while True:
-                chain = self._index.longest_prefix(keys)  # shorter after a corrupt chunk is removed
+            keys = list(self._keys(as_token_array(tokens)))
+            chain = self._index.longest_prefix(keys)
+            if self._catch_up(force=len(chain) < len(keys)):
+                chain = self._index.longest_prefix(keys)
+            for _ in range(_READ_ATTEMPTS):
                 if not chain:
-                    self._counts["misses"] += 1
-                    self._metrics.misses.inc()
-                    return None
+                    break
                 assert self._layout is not None
                 ndim = len(self._layout.other_dims) + 1
                 if not -ndim <= token_axis < ndim or token_axis % ndim != self._layout.token_axis:
@@ -266,6 +325,15 @@ class KVCacheStore:
                 out = self._read_chain(chain, framework)
                 if out is not None:
                     break
+                # a corrupt chunk was removed, or another process evicted or moved rows: the
+                # index is in step with the table again, so the chain is what is left of it
+                chain = self._index.longest_prefix(keys)
+            else:
+                chain = []
+            if not chain:
+                self._counts["misses"] += 1
+                self._metrics.misses.inc()
+                return None
             self._index.touch(chain)
             n = len(chain) * self.chunk_size
             self._counts["hits"] += 1
@@ -291,13 +359,11 @@ class KVCacheStore:
             }
 
     def refresh(self) -> None:
-        """Read-only handles: see the chunks the writer committed (or removed) since this
-        handle opened or last refreshed. A writer always sees its own state: no-op."""
+        """See the chunks every process committed (or removed) up to now; lookup and get do
+        this on their own every ``refresh_interval`` seconds and on a miss."""
         with self._lock:
             self._check_open()
-            if self.read_only:
-                self._table.refresh()
-                self._rebuild_index()
+            self._catch_up(force=True)
 
     def compact(self) -> None:
         """Reclaim the disk space of evicted and removed chunks (rewrites live chunks)."""
@@ -306,7 +372,7 @@ class KVCacheStore:
             self._table.compact()
             self._table.cleanup()
             self._dead_bytes = 0
-            self._refresh_positions()
+            self._sync()
 
     def _maintain(self) -> None:
         """Every put commits a fragment and a version; thousands of them make opening slow
@@ -317,7 +383,7 @@ class KVCacheStore:
             self._table.compact()
             self._dead_bytes = 0
         self._table.cleanup()
-        self._refresh_positions()
+        self._sync()
 
     def close(self) -> None:
         with self._lock:
@@ -461,7 +527,12 @@ class KVCacheStore:
         assert self._layout is not None
         layout, cs = self._layout, self.chunk_size
         positions = [e.position for e in chain]
-        meta = self._table.take(positions, columns=_META_COLUMNS + ["framework"]).to_pylist()
+        try:
+            meta = self._table.take(positions, columns=_META_COLUMNS + ["framework"]).to_pylist()
+        except PersistingError:
+            if self._catch_up(force=True):
+                return None  # another process removed or moved rows: the caller reads the index again
+            raise
         if framework is None:
             framework = meta[0]["framework"]
         shape = layout.shape(len(chain) * cs)
@@ -473,9 +544,17 @@ class KVCacheStore:
             self._read_buf = bytearray(chain[0].nbytes)
         scratch = self._read_buf
         read = 0
-        for n, (e, m, blob) in enumerate(zip(chain, meta, _blob_files(self._table, positions, self._buffered))):
-            if m["key"] != e.key:
-                raise PersistingError(f"KV cache index of {self.namespace!r} is out of step with its table at row {e.position}; reopen the store")
+        if any(m["key"] != e.key for e, m in zip(chain, meta)):
+            self._seen = None  # out of step with the table: read every key again
+            self._catch_up(force=True)
+            return None
+        try:
+            blobs = _blob_files(self._table, positions, self._buffered)
+        except CorruptionError:
+            if self._catch_up(force=True):
+                return None
+            raise
+        for n, (e, m, blob) in enumerate(zip(chain, meta, blobs)):
             try:
                 data = _read_into(blob, scratch, e.nbytes)  # a damaged blob file: CorruptionError, a miss
                 raw = decode_tensor(
@@ -483,7 +562,10 @@ class KVCacheStore:
                     compression=m["compression"], copy=False, where=f"{self._table.uri} chunk {e.key} (row {e.position})",
                 )
             except CorruptionError:
-                self._remove_corrupt(e)
+                # another process's eviction and compaction may have removed the file under
+                # this version: only damage found on the newest version is damage
+                if not self._catch_up(force=True):
+                    self._remove_corrupt(e)
                 return None
             index[layout.token_axis] = slice(n * cs, (n + 1) * cs)
             out_view[tuple(index)] = raw.view(proxy).reshape(m["shape"])
@@ -498,10 +580,14 @@ class KVCacheStore:
         self._counts["corrupt"] += 1
         self._metrics.corrupt.inc()
         if not self.read_only:
-            self._delete(removed)
+            self._delete_keys([e.key for e in removed], sum(e.nbytes for e in removed))
         self._update_gauges()
 
     def _evict(self) -> None:
+        """Delete orphans, then least recently used chunks until the namespace (as this
+        process sees it after its put) fits capacity_bytes."""
+        if self._orphans:
+            self._drop_orphans()
         cap = self.capacity_bytes
         if cap is None or self._index.nbytes <= cap:
             return
@@ -513,18 +599,19 @@ class KVCacheStore:
             victims.extend(popped)
         self._counts["evictions"] += len(victims)
         self._metrics.evictions.inc(len(victims))
-        self._delete(victims)
+        self._delete_keys([e.key for e in victims], sum(e.nbytes for e in victims))
 
-    def _delete(self, entries: list[Entry]) -> None:
-        if not entries:
+    def _delete_keys(self, keys: list[str], nbytes: int) -> None:
+        """Delete every row of ``keys`` (duplicates too), then bring the index in step."""
+        if not keys:
             return
-        for start in range(0, len(entries), 1000):
-            self._table.delete(_key_list([e.key for e in entries[start : start + 1000]]))
-        self._dead_bytes += sum(e.nbytes for e in entries)
+        for start in range(0, len(keys), 1000):
+            self._table.delete(_key_list(keys[start : start + 1000]))
+        self._dead_bytes += nbytes
         if self._dead_bytes >= max(self._index.nbytes // 2, 64 * 1024 * 1024):
             self.compact()
         else:
-            self._refresh_positions()
+            self._sync()
 
 
 _ITEMSIZE = {"bool": 1, "uint8": 1, "int8": 1, "float8_e4m3fn": 1, "float8_e5m2": 1, "uint16": 2, "int16": 2,

@@ -1,0 +1,49 @@
+"""Row layout: a fingerprint of where a table's committed rows sit, to tell cheaply whether the
+row positions a caller indexed are still valid after other writers committed.
+
+Positions change when rows are deleted or compacted (and a compaction racing appends can move
+old rows after new ones); appends alone only add positions at the end. A caller that maps
+keys to positions keeps the layout it indexed; when the table moves, :meth:`RowLayout.kept_rows`
+says whether only appends happened since (read just the new rows) or positions must be read
+again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["RowLayout", "row_layout"]
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Committed fragments in order (id, physical rows, deletion-file version, deleted rows)
+    of one table version, and the committed row count."""
+
+    version: int
+    fragments: tuple[tuple[int, int, int, int], ...]
+    rows: int
+
+    def kept_rows(self, newer: RowLayout) -> int | None:
+        """Rows at positions below this number mean the same rows in ``newer``: all of this
+        layout's rows when ``newer`` only appended fragments after them; None when rows were
+        deleted, compacted or moved since (read every position again)."""
+        if newer.fragments[: len(self.fragments)] == self.fragments:
+            return self.rows
+        return None
+
+
+def row_layout(ds: Any) -> RowLayout:
+    """The layout of a Lance dataset (None: an empty layout at version 0)."""
+    if ds is None:
+        return RowLayout(0, (), 0)
+    frags = []
+    rows = 0
+    for f in ds.get_fragments():
+        m = f.metadata
+        d = m.deletion_file
+        deleted = int(d.num_deleted_rows or 0) if d is not None else 0
+        frags.append((int(m.id), int(m.physical_rows), int(d.read_version) if d is not None else -1, deleted))
+        rows += int(m.physical_rows) - deleted
+    return RowLayout(int(ds.version), tuple(frags), rows)
