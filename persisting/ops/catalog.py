@@ -1,11 +1,18 @@
 """Find the stores and tables under a directory, read-only.
 
 A Lance table is a directory with ``_versions/``; its WAL (if any) is ``<name>.wal`` beside
-``<name>.lance``. Tables are grouped by the directory that holds them, and each group is
-recognised by its layout: ``chunks`` + ``checkpoints`` is a ParamStore, ``steps`` + ``episodes``
-a TrajectoryStore, ``bucket_<id>`` tables a queue topic, tables with the KV chunk schema a
-KVCacheStore (one table per namespace); anything else is a plain table. Kinds use the same
-names as the ``store`` label of the engine's metrics.
+``<name>.lance``. A table whose writer died before its first commit has only its WAL (every
+writer's under ``<name>.wal/writers/<id>/``, or the single-writer ``<name>.wal/*.wal``): it is
+listed too (``has_dataset`` False) and read by replaying its WAL in memory, read-only.
+
+Tables are grouped by the directory that holds them, and each group is recognised by its
+layout: ``chunks`` + ``checkpoints`` is a ParamStore, ``steps`` + ``episodes`` a TrajectoryStore,
+``bucket_<id>`` tables a queue topic, tables with the KV chunk schema a KVCacheStore (one table
+per namespace); anything else is a plain table. Pulsing keeps each bucket in its own directory
+(``<topic dir>/bucket_<id>/bucket_<id>.lance``): those are grouped under the topic directory,
+and by the topic each bucket records (:mod:`persisting.queue.topics`), so two topics sharing a
+directory are still two stores. Kinds use the same names as the ``store`` label of the
+engine's metrics.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from persisting.engine.commits import applied_lsn, writer_applied_lsn
 from persisting.engine.lance_io import default_wal_dir
 from persisting.engine.writers import read_base, writer_wal_dirs
 from persisting.engine.wal import ReplayReport, list_segments, read_frames
+from persisting.queue.topics import read_topic
 
 __all__ = ["KINDS", "StoreInfo", "TableInfo", "discover", "find_tables", "table_info", "wal_pending_rows"]
 
@@ -48,6 +56,8 @@ class TableInfo:
     last_write: float | None
     columns: tuple[str, ...]
     error: str | None = None
+    has_dataset: bool = True  # False: a writer died before its first commit; rows only in its WAL
+    topic: str | None = None  # a queue bucket's recorded topic
 
     @property
     def rows(self) -> int:
@@ -55,7 +65,8 @@ class TableInfo:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "path": self.path, "name": self.name, "rows": self.rows, "committed_rows": self.committed_rows,
+            "path": self.path, "name": self.name, "has_dataset": self.has_dataset, "topic": self.topic,
+            "rows": self.rows, "committed_rows": self.committed_rows,
             "pending_rows": self.pending_rows, "bytes": self.bytes_on_disk, "wal_bytes": self.wal_bytes,
             "versions": self.versions, "version": self.version, "applied_lsn": self.applied_lsn,
             "last_write": _iso(self.last_write), "error": self.error,
@@ -69,6 +80,7 @@ class StoreInfo:
     kind: str
     path: str
     tables: tuple[TableInfo, ...] = field(default_factory=tuple)
+    topic: str | None = None  # a queue store's topic
 
     @property
     def rows(self) -> int:
@@ -85,7 +97,7 @@ class StoreInfo:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "kind": self.kind, "path": self.path, "rows": self.rows, "bytes": self.bytes_on_disk,
+            "kind": self.kind, "path": self.path, "topic": self.topic, "rows": self.rows, "bytes": self.bytes_on_disk,
             "versions": sum(t.versions for t in self.tables), "last_write": _iso(self.last_write),
             "tables": [t.to_json() for t in self.tables],
         }
@@ -99,11 +111,27 @@ def is_table(path: str) -> bool:
     return os.path.isdir(os.path.join(path, "_versions"))
 
 
+def has_wal_rows(wal_dir: str) -> bool:
+    """True if any writer's WAL under ``wal_dir`` holds a segment."""
+    return any(list_segments(d) for _, d in writer_wal_dirs(wal_dir))
+
+
+def _wal_only(wal_dir: str) -> str | None:
+    """The table path of a WAL directory whose dataset was never committed, else None."""
+    path = wal_dir.removesuffix(".wal") + ".lance"
+    return path if not is_table(path) and has_wal_rows(wal_dir) else None
+
+
 def find_tables(root: str) -> list[str]:
-    """Every Lance table directory at or under ``root``, sorted."""
+    """Every Lance table at or under ``root``, sorted: directories with ``_versions/``, and
+    tables that exist only as a WAL (``<name>.wal`` with segments, no ``<name>.lance`` yet)."""
     root = os.path.abspath(root)
     if is_table(root):
         return [root]
+    if root.endswith((".lance", ".wal")) and os.path.isdir(root.removesuffix(".lance").removesuffix(".wal") + ".wal"):
+        only = _wal_only(root.removesuffix(".lance").removesuffix(".wal") + ".wal")
+        if only is not None:
+            return [only]
     found = []
     for dirpath, dirnames, _ in os.walk(root):
         keep = []
@@ -111,7 +139,11 @@ def find_tables(root: str) -> list[str]:
             full = os.path.join(dirpath, d)
             if is_table(full):
                 found.append(full)
-            elif d not in _SKIP_DIRS and not d.endswith(".wal"):
+            elif d.endswith(".wal"):
+                only = _wal_only(full)
+                if only is not None:
+                    found.append(only)
+            elif d not in _SKIP_DIRS:
                 keep.append(d)
         dirnames[:] = keep
     return sorted(found)
@@ -158,6 +190,16 @@ def table_info(path: str, *, wal_rows: bool = True) -> TableInfo:
     committed = pending = versions = version = lsn = 0
     columns: tuple[str, ...] = ()
     error = None
+    topic = read_topic(wal_dir) if wal_dir_or_none is not None and name.startswith("bucket_") else None
+    if not is_table(path):
+        try:
+            pending, columns = _replayed(path)
+        except BaseException as exc:  # noqa: BLE001 - kept in TableInfo.error, as for a damaged dataset
+            if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+                raise
+            error = f"{type(exc).__name__}: {exc}"
+        return TableInfo(path, name, wal_dir_or_none, 0, pending, size, wal_bytes, 0, 0, 0, mtime, columns, error,
+                         has_dataset=False, topic=topic)
     try:
         ds = lance.dataset(path)
         committed = ds.count_rows()
@@ -174,7 +216,15 @@ def table_info(path: str, *, wal_rows: bool = True) -> TableInfo:
             raise  # KeyboardInterrupt, SystemExit; a Rust panic in a damaged file is an error like any
         error = f"{type(exc).__name__}: {exc}"
     return TableInfo(path, name, wal_dir_or_none, committed, pending, size, wal_bytes, versions, version, lsn,
-                     mtime, columns, error)
+                     mtime, columns, error, topic=topic)
+
+
+def _replayed(path: str) -> tuple[int, tuple[str, ...]]:
+    """Rows and columns of a table that exists only as WALs, replayed in memory (read-only)."""
+    from persisting.engine.table import Table
+
+    with Table(path, read_only=True) as t:
+        return t.count(), tuple(t.schema.names) if t.schema is not None else ()
 
 
 def _kind(names: set[str], tables: list[TableInfo]) -> str:
@@ -189,16 +239,33 @@ def _kind(names: set[str], tables: list[TableInfo]) -> str:
     return "table"
 
 
+def _group_dir(path: str) -> str:
+    """The directory a table is grouped by: its own, or for Pulsing's ``<topic dir>/bucket_N/
+    bucket_N.lance`` layout the topic directory."""
+    directory = os.path.dirname(path)
+    name = os.path.basename(path).removesuffix(".lance")
+    if name.startswith("bucket_") and os.path.basename(directory) == name:
+        return os.path.dirname(directory)
+    return directory
+
+
 def discover(root: str, *, wal_rows: bool = True) -> list[StoreInfo]:
     """The stores under ``root``, each with its tables; a lone table is a store of kind ``table``."""
+    root = os.path.abspath(root)
     by_dir: dict[str, list[TableInfo]] = {}
     for path in find_tables(root):
-        by_dir.setdefault(os.path.dirname(path), []).append(table_info(path, wal_rows=wal_rows))
+        by_dir.setdefault(_group_dir(path), []).append(table_info(path, wal_rows=wal_rows))
     stores: list[StoreInfo] = []
     for directory, tables in sorted(by_dir.items()):
         kind = _kind({t.name for t in tables}, tables)
         if kind == "table":
             stores.extend(StoreInfo("table", t.path, (t,)) for t in tables)
+        elif kind == "queue":
+            by_topic: dict[str | None, list[TableInfo]] = {}
+            for t in tables:
+                by_topic.setdefault(t.topic, []).append(t)
+            for topic, group in sorted(by_topic.items(), key=lambda kv: kv[0] or ""):
+                stores.append(StoreInfo("queue", directory, tuple(group), topic=topic or os.path.basename(directory)))
         else:
             stores.append(StoreInfo(kind, directory, tuple(tables)))
     return stores

@@ -48,12 +48,13 @@ def _existing(path: str) -> str:
     return os.path.abspath(path)
 
 
-def _stores(path: str) -> list[Any]:
+def _stores(path: str, *, wal_rows: bool = True) -> list[Any]:
     from persisting.ops.catalog import discover
 
-    stores = discover(_existing(path))
+    stores = discover(_existing(path), wal_rows=wal_rows)
     if not stores:
-        raise UsageError(f"{path} holds no Lance tables (a table is a directory with _versions/)")
+        raise UsageError(f"{path} holds no Persisting tables (a Lance directory with _versions/, or a "
+                         "<name>.wal directory holding a writer's log)")
     return stores
 
 
@@ -85,6 +86,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     rows = []
     for s in stores:
         rel = os.path.relpath(s.path, root) if s.path != root else "."
+        if s.kind == "queue":
+            rel = f"{rel} (topic {s.topic})"
         rows.append([s.kind, rel, "", s.rows, _human_bytes(s.bytes_on_disk), sum(t.versions for t in s.tables),
                      _when(s.last_write)])
         if s.kind != "table":
@@ -96,6 +99,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
         for t in s.tables:
             if t.error is not None:
                 print(f"warning: {t.path} could not be read: {t.error} (run persisting verify)", file=sys.stderr)
+            elif not t.has_dataset:
+                print(f"note: {t.path} has rows only in its WAL (its writer stopped before the first commit): "
+                      "shown replayed in memory; the next writer to open it commits them", file=sys.stderr)
     return EXIT_OK
 
 
@@ -159,12 +165,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from persisting.ops.progress import Progress
     from persisting.ops.verify import verify
 
-    stores = _stores(args.path)
-    if sys.stderr.isatty():  # tables can be large: show where verify is, but keep pipes clean
-        with Progress(sum(len(s.tables) for s in stores), "verify") as bar:
-            report = verify(os.path.abspath(args.path), progress=bar.step)
-    else:
-        report = verify(os.path.abspath(args.path))
+    stores = _stores(args.path, wal_rows=False)
+    rows = sum(t.committed_rows for s in stores for t in s.tables)
+    with Progress(rows, "verify", unit="rows") as bar:  # on stderr: stdout stays the report
+        report = verify(os.path.abspath(args.path), progress=bar.advance, stores=stores)
     if args.json:
         _print_json(report.to_json())
     else:
@@ -194,7 +198,9 @@ def _report_maintenance(report: Any, verb: str, as_json: bool) -> int:
 def cmd_compact(args: argparse.Namespace) -> int:
     from persisting.ops.maintain import compact
 
-    return _report_maintenance(compact(_stores(args.path)), "compacted", args.json)
+    if args.retain_versions is not None and args.retain_versions < 1:
+        raise UsageError("--retain-versions must be >= 1")
+    return _report_maintenance(compact(_stores(args.path), retain_versions=args.retain_versions), "compacted", args.json)
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -210,8 +216,14 @@ def cmd_gc(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from persisting.ops.export import export_checkpoint, export_parquet
 
+    from persisting.ops.progress import Progress
+
     store = _one_store(args.path)
     out = os.path.abspath(args.out)
+    if os.path.isdir(out):
+        raise UsageError(f"--out {out} is a directory; name the file to write")
+    if os.path.exists(out) and not args.force:
+        raise UsageError(f"{out} exists; pass --force to overwrite it")
     if store.kind == "params":
         if not out.endswith(".safetensors"):
             raise UsageError("a checkpoint exports to a .safetensors file: --out FILE.safetensors")
@@ -224,7 +236,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"--step/--tag select a checkpoint, but {store.path} is a {store.kind} store")
     if not out.endswith(".parquet"):
         raise UsageError(f"a {store.kind} store exports to Parquet: --out FILE.parquet")
-    result = export_parquet(store, out, what=args.what)
+    with Progress(store.rows, "export", unit="rows") as bar:
+        result = export_parquet(store, out, what=args.what, progress=bar.advance)
     print(f"exported {result['rows']} rows of {store.path} to {out} ({_human_bytes(os.path.getsize(out))})")
     return EXIT_OK
 
@@ -291,8 +304,12 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("compact", help="merge small fragments of every table under PATH",
                        description="Merge small fragments of every table under PATH (opens each as its writer: "
-                                   "a table in use by another writer fails with exit 1). Progress on stderr.")
+                                   "a table in use by another writer fails with exit 1), then remove the "
+                                   "versions compaction superseded, keeping tagged ones, so disk use does not "
+                                   "grow. Progress on stderr.")
     p.add_argument("path", metavar="PATH")
+    p.add_argument("--retain-versions", type=int, default=None, metavar="N",
+                   help="also keep the newest N versions (default: the latest and tagged ones)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_guarded(cmd_compact))
 
@@ -315,6 +332,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--tag", default=None, help="checkpoint tag (checkpoint stores)")
     p.add_argument("--what", choices=("episodes", "steps"), default="episodes",
                    help="for a trajectory store: one row per episode (default) or every step")
+    p.add_argument("--force", action="store_true", help="overwrite FILE if it exists (refused otherwise)")
     p.set_defaults(func=_guarded(cmd_export))
 
     metrics = sub.add_parser("metrics", help="Prometheus metrics for stores on disk",

@@ -15,6 +15,7 @@ from typing import Any
 import lance
 import pyarrow.compute as pc
 
+from persisting.engine.table import Table
 from persisting.ops.catalog import StoreInfo, TableInfo
 
 __all__ = ["inspect_store"]
@@ -23,6 +24,12 @@ __all__ = ["inspect_store"]
 def _table_detail(t: TableInfo) -> dict[str, Any]:
     out = t.to_json()
     if t.error is not None:
+        return out
+    if not t.has_dataset:  # only WAL rows: replay them in memory for the schema, change nothing
+        with Table(t.path, read_only=True) as table:
+            schema = table.schema
+        out["schema"] = {f.name: str(f.type) for f in schema} if schema is not None else {}
+        out.update(tags={}, fragments=0, version_history=[])
         return out
     ds = lance.dataset(t.path)
     out["schema"] = {f.name: str(f.type) for f in ds.schema}
@@ -87,7 +94,7 @@ def _queue(store: StoreInfo) -> dict[str, Any]:
             "bucket": t.name.removeprefix("bucket_"), "records": t.rows, "committed": t.committed_rows,
             "pending_in_wal": t.pending_rows, "first_offset": 0, "next_offset": t.rows, "wal_bytes": t.wal_bytes,
         })
-    return {"topic": os.path.basename(store.path), "buckets": buckets, "records": store.rows}
+    return {"topic": store.topic or os.path.basename(store.path), "buckets": buckets, "records": store.rows}
 
 
 def _bucket_order(name: str) -> tuple[int, str]:

@@ -4,13 +4,17 @@ A custom collector walks the directory on every scrape and reports what is on di
 under the engine's metric names and ``store``/``table`` labels (see
 :mod:`persisting.engine.metrics`), plus a ``path`` label naming the store directory:
 
-- ``persisting_records_total``: rows in the table (committed plus acknowledged in the WAL);
+- ``persisting_table_rows`` (gauge): rows in the table now, committed plus acknowledged in the
+  WAL. It can go down (deletes, eviction, retention), so it is not a counter: the engine's
+  ``persisting_records_total`` counter (records appended, exported by each writer process) is
+  what ``rate()`` is taken of;
 - ``persisting_buffer_size``: rows acknowledged in the WAL and not yet committed to Lance;
 - ``persisting_wal_size_bytes``: bytes of WAL segments;
 - ``persisting_table_bytes``, ``persisting_table_versions``, ``persisting_last_write_timestamp_seconds``.
 
-``persisting_flush_duration_seconds`` is measured by the process that flushes; this server
-reads files and flushes nothing, so it declares that family without samples. A writer
+``persisting_records_total`` (records appended) and ``persisting_flush_duration_seconds`` are
+measured by the processes that append and flush; this server reads files and does neither, so
+it declares those families without samples. A writer
 exports its own through ``prometheus_client.start_http_server`` in its process.
 """
 
@@ -39,13 +43,18 @@ class DiskCollector(Collector):
         self.root = os.path.abspath(root)
 
     def collect(self) -> Iterator[Metric]:
-        records = CounterMetricFamily("persisting_records", "Records in a table: committed plus acknowledged in its WAL.", labels=_LABELS)
+        records = GaugeMetricFamily("persisting_table_rows", "Rows in a table now: committed plus acknowledged in its WAL.", labels=_LABELS)
         buffer = GaugeMetricFamily("persisting_buffer_size", "Records acknowledged in the WAL, not yet committed to Lance.", labels=_LABELS)
         wal = GaugeMetricFamily("persisting_wal_size_bytes", "Bytes held in write-ahead log segments.", labels=_LABELS)
         size = GaugeMetricFamily("persisting_table_bytes", "Bytes of the table's Lance dataset on disk.", labels=_LABELS)
         versions = GaugeMetricFamily("persisting_table_versions", "Lance versions kept by the table.", labels=_LABELS)
         last = GaugeMetricFamily("persisting_last_write_timestamp_seconds", "Newest file modification time of the table.", labels=_LABELS)
         errors = GaugeMetricFamily("persisting_table_unreadable", "1 when the table could not be read at this scrape.", labels=_LABELS)
+        appended = CounterMetricFamily(
+            "persisting_records",
+            "Records appended to a table (counted by writers; none are observed by this file reader).",
+            labels=_LABELS,
+        )
         flush = HistogramMetricFamily(
             "persisting_flush_duration_seconds",
             "Time to commit buffered records (measured by writers; none are observed by this file reader).",
@@ -63,7 +72,7 @@ class DiskCollector(Collector):
                 errors.add_metric(labels, 0 if t.error is None else 1)
                 if t.last_write is not None:
                     last.add_metric(labels, t.last_write)
-        yield from (records, buffer, wal, size, versions, last, errors, flush)
+        yield from (records, buffer, wal, size, versions, last, errors, appended, flush)
 
 
 def serve(root: str, *, host: str = "127.0.0.1", port: int = 9464) -> tuple[WSGIServer, threading.Thread]:

@@ -32,7 +32,7 @@ from persisting.engine.codec import checksum
 from persisting.engine.commits import writer_applied_lsn
 from persisting.engine.lance_io import applied_lsn, is_blob, is_panic
 from persisting.engine.wal import ReplayReport, read_frames
-from persisting.engine.writers import read_base, writer_wal_dirs
+from persisting.engine.writers import base_problem, read_base, writer_wal_dirs
 from persisting.errors import CorruptionError, PersistingError
 from persisting.ops.catalog import StoreInfo, TableInfo, discover
 
@@ -96,20 +96,30 @@ class VerifyReport:
         }
 
 
-def verify(root: str, *, progress: Callable[[str], None] | None = None) -> VerifyReport:
-    """Verify every store and table under ``root`` read-only."""
+Progressed = Callable[[int, str], None]
+
+
+def verify(root: str, *, progress: Progressed | None = None, stores: list[StoreInfo] | None = None) -> VerifyReport:
+    """Verify every store and table under ``root`` read-only; ``progress(rows, table)`` is
+    called as each table starts (0 rows) and after each batch of rows checked."""
     report = VerifyReport()
-    stores = discover(root, wal_rows=False)
+    if stores is None:
+        stores = discover(root, wal_rows=False)
     report.stores = len(stores)
     for store in stores:
         chunk_keys: set[str] | None = None
         for t in store.tables:
             if progress is not None:
-                progress(t.path)
+                progress(0, t.path)
             report.tables += 1
+            if not t.has_dataset:  # a writer died before its first commit: only its WAL to check
+                _verify_wal(t, report)
+                if t.error is not None:
+                    report.findings.append(Finding("problem", t.path, f"cannot replay its WAL: {t.error}"))
+                continue
             _verify_digests(t, report)
             _verify_wal(t, report)
-            keys = _verify_rows(store, t, report)
+            keys = _verify_rows(store, t, report, progress)
             if store.kind == "params" and t.name == "chunks":
                 chunk_keys = keys
         if store.kind == "params" and chunk_keys is not None:
@@ -155,6 +165,8 @@ def _committed_files(root: str) -> list[str]:
 
 def _current_lsn(t: TableInfo, writer_id: str = "", wal: str | None = None) -> tuple[int, int]:
     """(version, applied LSN of ``writer_id``) of the table as committed now."""
+    if not t.has_dataset:
+        return 0, 0
     if t.error is not None:
         return t.version, t.applied_lsn
     try:
@@ -172,6 +184,9 @@ def _verify_wal(t: TableInfo, report: VerifyReport) -> None:
     if t.wal_dir is None:
         return
     for writer_id, wal in writer_wal_dirs(t.wal_dir):
+        problem = base_problem(wal) if writer_id else None
+        if problem is not None:
+            report.findings.append(Finding("problem", os.path.join(wal, "BASE"), problem))
         _verify_writer_wal(t, writer_id, wal, report)
 
 
@@ -231,7 +246,7 @@ def _batches(ds: lance.LanceDataset) -> Iterator[pa.RecordBatch]:
     yield from scanner.to_batches()
 
 
-def _verify_rows(store: StoreInfo, t: TableInfo, report: VerifyReport) -> set[str] | None:
+def _verify_rows(store: StoreInfo, t: TableInfo, report: VerifyReport, progress: Progressed | None = None) -> set[str] | None:
     if t.error is not None:
         report.findings.append(Finding("problem", t.path, f"cannot open the table: {t.error}"))
         return None
@@ -259,6 +274,8 @@ def _verify_rows(store: StoreInfo, t: TableInfo, report: VerifyReport) -> set[st
                             f"column {data_col!r}{key} fails its checksum ({sum_col!r}): the stored bytes are corrupt",
                             row=row + i))
             row += batch.num_rows
+            if progress is not None:
+                progress(batch.num_rows, t.path)
     except BaseException as exc:  # noqa: BLE001 - any failure to read is reported as a problem with its place
         if not isinstance(exc, Exception) and not is_panic(exc):
             raise

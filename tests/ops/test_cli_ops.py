@@ -29,7 +29,7 @@ def test_usage_errors_exit_2(tmp_path: Path, stores: Stores) -> None:
     assert stores.run("ls", str(tmp_path / "missing")).returncode == 2
     assert stores.run("ls").returncode == 2  # no PATH
     empty = stores.run("verify", str(tmp_path))
-    assert empty.returncode == 2 and "holds no Lance tables" in empty.stderr
+    assert empty.returncode == 2 and "holds no Persisting tables" in empty.stderr
     several = stores.run("inspect", str(stores.root))
     assert several.returncode == 2 and "pass one of them" in several.stderr
     wrong = stores.run("export", str(stores.root / "ckpt"), "--out", str(tmp_path / "x.parquet"))
@@ -188,12 +188,10 @@ def test_verify_reports_wal_corruption_before_the_tail(stores: Stores, tmp_path:
 def test_compact_and_gc_keep_every_row(stores: Stores, tmp_path: Path) -> None:
     root = stores.copy(tmp_path / "maint")
     before = {s["path"].replace(str(root), ""): s["rows"] for s in stores.json("ls", str(root))["stores"]}
-    out = stores.run("compact", str(root))
-    assert out.returncode == 0, out.stderr
-    assert "compact [" in out.stderr and "done in" in out.stderr  # progress bar on stderr
+    out = stores.json("compact", str(root))
+    assert out["ok"] and sum(d["bytes_removed"] for d in out["done"]) > 0  # superseded versions went
     gc = stores.json("gc", str(root))
     assert gc["ok"] and any("chunks_removed" in d for d in gc["done"])
-    assert sum(d.get("bytes_removed", 0) for d in gc["done"]) > 0
     after = {s["path"].replace(str(root), ""): s["rows"] for s in stores.json("ls", str(root))["stores"]}
     assert after == before
     assert stores.json("verify", str(root))["healthy"]
@@ -212,7 +210,7 @@ def test_export_checkpoint_to_safetensors(stores: Stores, tmp_path: Path) -> Non
     assert res.returncode == 0, res.stderr
     tensors = load_file(str(out))
     np.testing.assert_array_equal(tensors["w"], stores.STEP2_W)
-    missing = stores.run("export", str(stores.root / "ckpt"), "--step", "7", "--out", str(out))
+    missing = stores.run("export", str(stores.root / "ckpt"), "--step", "7", "--out", str(tmp_path / "s7.safetensors"))
     assert missing.returncode == 1 and "7" in missing.stderr
 
 
