@@ -343,8 +343,11 @@ class KVCacheStore:
             return out
 
     def stats(self) -> dict[str, Any]:
-        """Entries, bytes, hits, misses, hit rate, evictions and corrupt chunks (this session)."""
+        """Entries and bytes the namespace holds (every process's), and this handle's hits,
+        misses, hit rate, evictions and corrupt chunks."""
         with self._lock:
+            if not self._closed:
+                self._catch_up()
             c = self._counts
             asked = c["hits"] + c["misses"]
             return {
