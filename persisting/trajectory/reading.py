@@ -1,8 +1,10 @@
 """Reading a TrajectoryStore: episodes by query, one episode by id, and sampling.
 
 Episode rows are revisions (see :mod:`persisting.trajectory.store`); every read keeps the
-newest revision of each episode. Steps are found through the :class:`StepIndex`, refreshed
-before each read, so reads see every step handed to the table, including a live writer's.
+newest revision of each episode. Every read first moves to the newest commits of every writer
+process, episodes before steps (see :meth:`EpisodeReads._refresh`); steps are then found through
+the :class:`StepIndex` by ``(episode_id, step)``, never by position ranges, since rows of
+different writers interleave and other writers' compactions move them.
 """
 
 from __future__ import annotations
@@ -52,20 +54,23 @@ class EpisodeReads:
     _index: StepIndex
     _open: dict[int, Episode]
 
-    def _latest(self, filter: str | None = None, ids: Sequence[int] | None = None) -> pa.Table:
+    def _latest(self, filter: str | None = None, ids: Sequence[int] | None = None, *,
+                visible_only: bool = True) -> pa.Table:
         """The newest revision of each episode (matching ``filter``), by episode_id.
 
-        A read-only handle skips revisions that count more steps than it can see (an end row
-        whose steps the writer has not committed yet, e.g. with durability ``"none"``, where
-        the two tables commit independently): it shows the episode as it was before that row.
+        Skips revisions that count more steps than this handle can see (an end row whose steps
+        its writer has not committed yet: another process's two tables commit independently):
+        the episode shows as it was before that row. ``visible_only=False`` (recovery) skips
+        nothing and reads the tables as they are pinned now.
         """
+        idx = self._refresh() if visible_only else None
         if self._episodes.count() == 0:
             return EPISODE_SCHEMA.empty_table()
         revs = self._episodes.scan(columns=["episode_id", "rev", "status", "length"])
         eids = revs.column("episode_id").to_numpy()
         rv = revs.column("rev").to_numpy()
-        if self.read_only:
-            seen = self._visible(revs)
+        if idx is not None:
+            seen = self._visible(revs, idx)
             eids, rv = eids[seen], rv[seen]
             if not len(eids):
                 return self._episodes.scan().slice(0, 0)
@@ -83,10 +88,9 @@ class EpisodeReads:
         out = rows.filter(pa.array(keep))
         return out.take(pa.array(np.argsort(out.column("episode_id").to_numpy(), kind="stable")))
 
-    def _visible(self, revs: pa.Table) -> np.ndarray:
+    def _visible(self, revs: pa.Table, idx: StepIndex) -> np.ndarray:
         """Which episode revisions are backed by the steps this handle sees: open ones, and
         ended ones whose ``length`` is at most the episode's visible step count."""
-        idx = self._refresh()
         eids = revs.column("episode_id").to_numpy()
         length = revs.column("length").fill_null(0).to_numpy()
         have = np.zeros(len(eids), np.int64)
@@ -110,11 +114,20 @@ class EpisodeReads:
             raise ClosedError(f"trajectory store {self.path} is closed; open it again to use it")
 
     def _refresh(self) -> StepIndex:
-        """The step index, after handing off open episodes' steps so reads see every step."""
+        """Pin what this read sees and return the step index over it: every writer's newest
+        episodes, then steps (a writer hands steps over before the end row that counts them,
+        so an end row seen here has its steps seen too, once they are committed), plus this
+        handle's own open episodes' steps, handed to the table first."""
+        self._episodes.refresh()
         for ep in list(self._open.values()):
             ep.flush()
+        self._steps.refresh()
+        self._follow_specs()
         self._index.refresh(self._steps)
         return self._index
+
+    def _follow_specs(self) -> None:
+        """Learn step fields other writers added (the store implements it)."""
 
     @property
     def fields(self) -> dict[str, FieldSpec]:

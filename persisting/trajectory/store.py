@@ -8,19 +8,23 @@ Layout under ``path``: three engine tables.
   ``status``, ``length``, ``return``, ``start_time``, ``end_time`` and user metadata. The
   engine appends only, so an episode's start, its end and every later
   :meth:`~TrajectoryStore.update_episodes` append a new revision; readers keep the newest.
-- ``ids.lance``: the episode-id high-water mark (durability ``always``). A writer reserves
-  ids in blocks before handing them out, so an id is never handed out twice, even when a
-  crash lost the episode that first had it; ``close()`` records a clean shutdown, so only a
-  reopen after a crash pays for recovery (a scan of the dead session's steps).
+- ``ids.lance``: reserved blocks of episode ids and the end of each writer session (see
+  :mod:`persisting.trajectory.ids`).
+
+Many writers: any number of processes (and stores in one process) may open the same path and
+log at once. Each is a *session* (:mod:`persisting.trajectory.sessions`); its episode ids come
+from blocks it reserved, so ids never collide and need no round trip per episode. Rows one
+writer flushed are seen by every other handle's next read (``episodes()``, ``episode(id)``,
+sampling): each read moves to the newest commits, episodes first, then steps, and shows an
+ended episode only once every step its end row counts is visible.
 
 Durability: steps are held in the episode until ``step_buffer`` of them gather, then handed
 to the steps table (that is when a step is *acknowledged*); with durability ``"batch"`` the
 table's WAL makes them durable within ``wal_sync_interval`` (1 s), :meth:`~TrajectoryStore.sync`
-makes them durable now. On reopen, episodes still ``open`` (the writer died) and steps whose
-episode row was lost become ``incomplete`` episodes with every step that survived.
-
-One writer per store: a second writer gets :class:`~persisting.errors.LockedError` at once;
-any number of ``read_only=True`` opens may read meanwhile.
+makes them durable now. When a writer dies, the next writer that opens the store adopts its
+WALs and marks its episodes still ``open`` (and its steps whose episode row was lost)
+``incomplete`` with every step that survived -- exactly once, and only that writer's episodes;
+the other writers go on meanwhile. ``recovered`` lists the episodes this open recovered.
 """
 
 from __future__ import annotations
@@ -34,16 +38,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from persisting.engine.durable import is_local, local_path
 from persisting.engine.options import Durability, TableOptions
 from persisting.engine.table import Table
+from persisting.engine.writers import live_writer_ids
 from persisting.errors import (
     ClosedError,
     ConfigError,
     InvalidRecordError,
-    LockedError,
     NotFoundError,
     PersistingError,
     SchemaError,
+    WALError,
 )
 from persisting.trajectory.episode import Episode, rows_of
 from persisting.trajectory.fields import (
@@ -59,6 +65,7 @@ from persisting.trajectory.fields import (
     to_columns,
     value_category,
 )
+from persisting.trajectory.ids import IDS_SCHEMA, EpisodeIds, SessionRanges, high_water, mark_recovered, open_sessions
 from persisting.trajectory.index import StepIndex
 from persisting.trajectory.reading import (
     EPISODE_COLUMNS,
@@ -67,10 +74,10 @@ from persisting.trajectory.reading import (
     STEP_KEYS,
     EpisodeReads,
 )
+from persisting.trajectory.sessions import Sessions, new_session_id
 
 __all__ = ["TrajectoryStore"]
 
-_ID_BLOCK = 1024
 _PLAIN: dict[type, Signature] = {float: ("scalar", "float", ()), int: ("scalar", "int", ()), bool: ("scalar", "bool", ())}
 
 
@@ -100,6 +107,8 @@ class TrajectoryStore(EpisodeReads):
     blob_threshold: arrays of at least this many bytes are stored as tensor blobs.
     ragged: fields whose array values vary in length (stored as list columns).
     wal_dir: a local directory for the WALs and locks; required when ``path`` is remote.
+        Every writer of one store must use the same ``wal_dir`` (the default, for a local
+        ``path``, is inside it): that is where writers find each other and dead writers.
     """
 
     def __init__(
@@ -128,81 +137,113 @@ class TrajectoryStore(EpisodeReads):
         self._meta_kinds: dict[str, str | None] = {}
         self._index = StepIndex()
         self.recovered: list[int] = []
+        self._sessions: Sessions | None = None
+        self._session_id = new_session_id()
         opts = options or TableOptions()
         opts = TableOptions(**{**opts.__dict__, "durability": durability})
+        # the steps table commits only inside this store's calls (under its lock), so a read
+        # pins row positions that no background commit moves while it takes them
+        step_opts = TableOptions(**{**opts.__dict__, "background_flush": False})
         tables: list[Table] = []
 
         def table(name: str, topts: TableOptions, schema: pa.Schema | None = None) -> Table:
             t = Table(
                 _join(self.path, name + ".lance"), options=topts, schema=schema, storage_options=storage_options,
                 read_only=read_only, wal_dir=None if wal_dir is None else _join(wal_dir, name + ".wal"),
-                store="trajectory", name=name, exclusive=True, follow=False,
+                store="trajectory", name=name, follow=False,
             )
             tables.append(t)
             return t
 
         try:
-            if not read_only:
-                try:
-                    self._ids = table("ids", TableOptions(durability="always", compact_fragments=16))
-                except LockedError as exc:
-                    raise LockedError(
-                        f"trajectory store {self.path} already has a writer (lock {exc.details.get('path')}); "
-                        "one writer per store: close it, or open this one with read_only=True",
-                        path=exc.details.get("path"),
-                    ) from None
-            # episodes before steps: the writer hands steps to their table before the episode
-            # row that counts them, so a reader that pins episodes first sees every such step
-            self._episodes = table("episodes", opts, EPISODE_SCHEMA)
-            self._steps = table("steps", opts)
-            self._specs: dict[str, FieldSpec] = specs_from_schema(self._steps.schema, STEP_KEYS)
-            self._sigs = {n: s.signature for n, s in self._specs.items()}
-            if not read_only:
-                self._next_id, self._reserved = self._reserve_ids()
-                self._recover()
+            if read_only:
+                self._episodes = table("episodes", opts, EPISODE_SCHEMA)
+                self._steps = table("steps", step_opts)
+                self._load_specs()
+            else:
+                if wal_dir is None and not is_local(self.path):
+                    raise WALError(f"trajectory store {self.path} is remote: pass wal_dir, a local directory "
+                                   "for its WALs and writer locks (the same one for every writer)")
+                root = _join(wal_dir, "sessions") if wal_dir is not None else _join(local_path(self.path), "sessions")
+                self._sessions = Sessions(root, self.path)
+                with self._sessions.locked():  # one opener at a time adopts and recovers dead writers
+                    self._ids = table("ids", TableOptions(durability="always", compact_fragments=16), IDS_SCHEMA)
+                    # episodes before steps: the writer hands steps to their table before the
+                    # episode row that counts them, so a reader that pins episodes first sees them
+                    self._episodes = table("episodes", opts, EPISODE_SCHEMA)
+                    self._steps = table("steps", step_opts)
+                    self._load_specs()
+                    floor = self._recover()
+                    self._sessions.start(self._session_id, {"steps": self._steps.writer_id,
+                                                            "episodes": self._episodes.writer_id})
+                self._id_source = EpisodeIds(self._ids, self._sessions, self._session_id, floor)
         except BaseException:
+            if self._sessions is not None:
+                self._sessions.release()
             for t in reversed(tables):
                 t.close()
             raise
 
-    # -- ids and recovery -----------------------------------------------------------------
-    # The ids table holds one row per reservation: ``next_id`` (the first id not yet
-    # reserved), ``session_start`` (the first id of the writer session that made it) and
-    # ``clean`` (written by close() after everything else is committed). A last row that is
-    # not clean means the previous writer died: its ids start at ``session_start``.
-    def _reserve_ids(self) -> tuple[int, int]:
-        n = self._ids.count()
-        last = self._ids.take([n - 1]).to_pylist()[0] if n else {"next_id": 0, "clean": True}
-        start = int(last["next_id"])
-        self._dirty_since = None if last.get("clean") else int(last.get("session_start") or 0)
-        latest = self._latest(f"episode_id >= {start}")  # never below an id in use
-        if len(latest):
-            start = int(pc.max(latest.column("episode_id")).as_py()) + 1
-        self._session_start = start
-        self._mark_ids(start + _ID_BLOCK, clean=False)
-        return start, start + _ID_BLOCK
+    def _load_specs(self) -> None:
+        self._specs: dict[str, FieldSpec] = specs_from_schema(self._steps.schema, STEP_KEYS)
+        self._sigs = {n: s.signature for n, s in self._specs.items()}
+        self._spec_schema = self._steps.schema
 
-    def _mark_ids(self, next_id: int, *, clean: bool) -> None:
-        self._ids.append([{"next_id": next_id, "session_start": self._session_start, "clean": clean}])
-
-    def _new_id(self) -> int:
-        if self._next_id >= self._reserved:
-            self._reserved = self._next_id + _ID_BLOCK
-            self._mark_ids(self._reserved, clean=False)
-        self._next_id += 1
-        return self._next_id - 1
-
-    def _recover(self) -> None:
-        """After a writer died: mark its open episodes, and its steps whose episode row was
-        lost, ``incomplete`` with the steps that survived."""
-        since = self._dirty_since
-        if since is None:
+    def _follow_specs(self) -> None:
+        """Take in step fields other writers stored since (this writer's own specs win)."""
+        schema = self._steps.schema
+        if schema is self._spec_schema:
             return
-        latest = self._latest(f"episode_id >= {since}")
+        stored = specs_from_schema(schema, STEP_KEYS)
+        new = {n: spec for n, spec in stored.items() if n not in self._specs}
+        self._specs.update(new)
+        self._sigs.update({n: spec.signature for n, spec in new.items()})
+        self._spec_schema = schema
+
+    # -- ids and recovery -----------------------------------------------------------------
+    def _new_id(self) -> int:
+        return self._id_source.new_id()
+
+    def _recover(self) -> int:
+        """Recover every dead writer session (under the store lock, after this open adopted
+        dead writers' WALs); return the lowest id no episode uses yet."""
+        assert self._sessions is not None
+        dead = {d.session_id: d for d in self._sessions.dead()}
+        files = self._sessions.live()
+        unadopted = {n: live_writer_ids(t.wal_dir) if t.wal_dir else set()
+                     for n, t in (("steps", self._steps), ("episodes", self._episodes))}
+        recovered: list[int] = []
+        try:
+            for sid, ranges in sorted(open_sessions(self._ids).items()):
+                d = dead.get(sid)
+                if d is None and sid in files:
+                    continue  # alive
+                if d is not None and any(d.writers.get(n) in ids for n, ids in unadopted.items()):
+                    dead.pop(sid).release()  # died after this open adopted WALs: the next open recovers it
+                    continue
+                recovered += self._recover_session(ranges)
+                mark_recovered(self._ids, sid)
+            for d in dead.values():
+                self._sessions.forget(d)
+        finally:
+            for d in dead.values():
+                d.release()
+        self.recovered = sorted(recovered)
+        floor = high_water(self._ids)
+        above = self._episodes.scan(columns=["episode_id"], filter=f"episode_id >= {floor}") if self._episodes.count() else None
+        if above is not None and above.num_rows:
+            floor = int(pc.max(above.column("episode_id")).as_py()) + 1
+        return floor
+
+    def _recover_session(self, ranges: SessionRanges) -> list[int]:
+        """Mark a dead session's open episodes, and its steps whose episode row was lost,
+        ``incomplete`` with the steps that survived; return their ids."""
+        where = ranges.sql()
+        latest = self._latest(where, visible_only=False)
         known = {r["episode_id"]: r for r in latest.to_pylist()}
         has_reward = "reward" in self._specs and self._specs["reward"].kind == "scalar"
         cols = ["episode_id"] + (["reward"] if has_reward else [])
-        found = self._steps.scan(columns=cols, filter=f"episode_id >= {since}") if self._steps.count() else None
+        found = self._steps.scan(columns=cols, filter=where) if self._steps.count() else None
         lengths: dict[int, int] = {}
         returns: dict[int, float] = {}
         if found is not None:
@@ -221,8 +262,8 @@ class TrajectoryStore(EpisodeReads):
             rows.append(row)
         if rows:
             self._episodes.append(rows)
-            self._episodes.flush()
-        self.recovered = dead
+            self._episodes.flush()  # before the session is marked recovered
+        return dead
 
     # -- writing --------------------------------------------------------------------------
     def _check_writable(self) -> None:
@@ -388,7 +429,9 @@ class TrajectoryStore(EpisodeReads):
                 core = sorted(set(fields) & set(EPISODE_COLUMNS))
                 if core:
                     raise InvalidRecordError(f"episode {eid} is still open: end it before setting {core}", episode_id=eid)
-            current = {r["episode_id"]: r for r in self._latest(ids=list(merged)).to_pylist()} if merged else {}
+            if merged:
+                self._episodes.refresh()  # the newest revision of any writer, to build on
+            current = {r["episode_id"]: r for r in self._latest(ids=list(merged), visible_only=False).to_pylist()} if merged else {}
             missing = sorted(set(merged) - set(current))
             if missing:
                 raise NotFoundError(f"trajectory store {self.path} has no episode(s) {missing[:10]}; nothing was updated",
@@ -428,17 +471,11 @@ class TrajectoryStore(EpisodeReads):
             self._index = StepIndex()
 
     def refresh(self) -> None:
-        """Read-only handles: see what the writer has logged or committed since the open (or
-        the last refresh). Episodes are re-read before steps, so every ended episode visible
-        afterwards has all its steps visible too. A writer always sees its own state."""
+        """Move to every writer's newest commits now (each read does this on its own):
+        episodes before steps, so every ended episode visible afterwards has all its steps."""
         with self._lock:
             self._check_open()
-            if not self.read_only:
-                return
-            self._episodes.refresh()
-            self._steps.refresh()  # the step index catches up incrementally at the next read
-            self._specs = specs_from_schema(self._steps.schema, STEP_KEYS)
-            self._sigs = {n: s.signature for n, s in self._specs.items()}
+            self._refresh()
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -447,6 +484,8 @@ class TrajectoryStore(EpisodeReads):
 
     def num_steps(self) -> int:
         with self._lock:
+            self._check_open()
+            self._steps.refresh()
             return self._steps.count() + sum(len(e._pending) for e in self._open.values())
 
     def stats(self) -> dict[str, Any]:
@@ -462,7 +501,7 @@ class TrajectoryStore(EpisodeReads):
             }
 
     def close(self) -> None:
-        """End open episodes as ``incomplete``, commit everything, release the writer lock."""
+        """End open episodes as ``incomplete``, commit everything, end this writer session."""
         with self._lock:
             if self._closed:
                 return
@@ -479,10 +518,14 @@ class TrajectoryStore(EpisodeReads):
                     except Exception as exc:  # noqa: BLE001 - close every table, then raise the first error
                         errors.append(exc)
                 if not self.read_only:
+                    assert self._sessions is not None
                     try:
                         if not errors:  # only once steps and episodes are committed
-                            self._mark_ids(self._next_id, clean=True)
+                            if self._id_source.reserved:
+                                self._id_source.close()
+                            self._sessions.finish()
                     finally:
+                        self._sessions.release()  # after an error: the next writer open recovers us
                         self._ids.close()
                 if errors:
                     raise errors[0]

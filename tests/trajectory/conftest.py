@@ -14,8 +14,8 @@ def spawn_child():
     """Start tests/trajectory/trajectory_child.py in a fresh interpreter; kill leftovers at teardown."""
     procs: list[subprocess.Popen[str]] = []
 
-    def start(mode: str, path: str) -> subprocess.Popen[str]:
-        p = subprocess.Popen([sys.executable, CHILD, mode, path], stdout=subprocess.PIPE,
+    def start(mode: str, path: str, *args: str) -> subprocess.Popen[str]:
+        p = subprocess.Popen([sys.executable, CHILD, mode, path, *args], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
         procs.append(p)
         return p

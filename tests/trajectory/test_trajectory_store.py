@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from persisting.errors import LockedError, NotFoundError, PersistingError
+from persisting.errors import NotFoundError, PersistingError
 from persisting.trajectory import TrajectoryStore
 
 
@@ -124,16 +124,21 @@ def test_update_episodes_merges_by_id(tmp_path):
         assert [r["length"] for r in got.values()] == [1, 1, 1, 1]
 
 
-def test_second_writer_in_process_is_locked_and_reader_sees_live_data(tmp_path):
+def test_second_writer_in_process_and_reader_see_live_data(tmp_path):
+    """Two writers on one path in one process (each its own session) and a reader."""
     path = str(tmp_path / "s")
     with TrajectoryStore(path) as store:
         with store.episode() as ep:
             ep.add_step(action=1)
-        with pytest.raises(LockedError, match="read_only=True"):
-            TrajectoryStore(path)
+        with TrajectoryStore(path) as other:
+            with other.episode() as theirs:
+                theirs.add_step(action=2)
+            assert theirs.id != ep.id
+            other.flush()
+            assert store.episode(theirs.id)["action"].tolist() == [2]  # no reopen, no refresh
         store.sync()
         with TrajectoryStore(path, read_only=True) as reader:
-            assert reader.episodes().column("episode_id").to_pylist() == [ep.id]
+            assert reader.episodes().column("episode_id").to_pylist() == sorted([ep.id, theirs.id])
             assert reader.episode(ep.id)["action"].tolist() == [1]
 
 
