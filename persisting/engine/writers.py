@@ -23,12 +23,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import crc32c
+
 from persisting.engine.durable import fsync_path, is_local, local_path
 from persisting.engine.wal import list_segments
 from persisting.errors import LockedError, StorageError
 
 __all__ = [
-    "Orphan", "TableLock", "WriterDir", "creation_lock", "find_orphans", "live_writer_ids", "new_writer_id", "read_base", "writer_wal_dirs",
+    "Orphan", "TableLock", "WriterDir", "creation_lock", "find_orphans", "live_writer_ids", "new_writer_id", "read_base", "base_problem", "writer_wal_dirs",
 ]
 
 _WRITERS = "writers"
@@ -125,8 +127,9 @@ class WriterDir:
         """Record that at ``version`` every frame through ``lsn`` was applied (a lower bound
         for recovery: losing an update only makes a later adopter walk back further)."""
         tmp = os.path.join(self.path, "BASE.tmp")
+        body = f"{version} {lsn}"
         with open(tmp, "w") as f:
-            f.write(f"{version} {lsn}\n")
+            f.write(f"{body} {crc32c.crc32c(body.encode()):08x}\n")
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
@@ -166,13 +169,35 @@ class WriterDir:
 
 
 def read_base(path: str) -> tuple[int, int]:
-    """``(version, lsn)`` from a writer directory's BASE file; ``(0, 0)`` if absent or torn."""
+    """``(version, lsn)`` from a writer directory's BASE file; ``(0, 0)`` if absent, torn or
+    damaged -- the safe floor: recovery then walks back further, it never skips a frame."""
+    return _parse_base(path)[0]
+
+
+def base_problem(path: str) -> str | None:
+    """What is wrong with a writer directory's BASE record, if anything (for verify)."""
+    return _parse_base(path)[1]
+
+
+def _parse_base(path: str) -> tuple[tuple[int, int], str | None]:
+    file = os.path.join(path, "BASE")
     try:
-        with open(os.path.join(path, "BASE")) as f:
-            version, lsn = f.read().split()
-        return int(version), int(lsn)
-    except (OSError, ValueError):
-        return 0, 0
+        with open(file) as f:
+            text = f.read()
+    except FileNotFoundError:
+        if os.path.exists(os.path.join(path, "ACTIVE")):  # written before ACTIVE, removed after it
+            return (0, 0), f"{file}: writer record missing; recovery walks back further"
+        return (0, 0), None  # being removed by its adopter
+    except OSError as exc:
+        return (0, 0), f"{file}: unreadable writer record: {exc}"
+    try:
+        version, lsn, crc = text.split()
+        body = f"{int(version)} {int(lsn)}"
+        if int(crc, 16) != crc32c.crc32c(body.encode()):
+            raise ValueError("checksum mismatch")
+        return (int(version), int(lsn)), None
+    except ValueError as exc:
+        return (0, 0), f"{file}: damaged writer record ({exc}); recovery ignores it and walks back further"
 
 
 @dataclass
