@@ -58,7 +58,7 @@ def export_parquet(store: StoreInfo, out: str, *, what: str = "episodes",
     if store.kind == "queue":
         topic = store.topic or os.path.basename(store.path)
         extra = {t.path: {"topic": topic, "bucket": t.name.removeprefix("bucket_")} for t in store.tables}
-        return _stream([t.path for t in store.tables], out, report, extra)
+        return _stream([t.path for t in store.tables], out, report, extra, queue=True)
     if store.kind == "table":
         return _stream([store.tables[0].path], out, report)
     raise ConfigError(
@@ -67,13 +67,19 @@ def export_parquet(store: StoreInfo, out: str, *, what: str = "episodes",
 
 
 def _stream(paths: list[str], out: str, report: Progressed,
-            extra: dict[str, dict[str, str]] | None = None) -> dict[str, object]:
-    """Every row of ``paths`` (one schema: theirs merged by the evolution rules) into ``out``."""
+            extra: dict[str, dict[str, str]] | None = None, *, queue: bool = False) -> dict[str, object]:
+    """Every row of ``paths`` (one schema: theirs merged by the evolution rules) into ``out``;
+    ``queue``: bucket tables, whose widened columns are read back as one column each."""
+    from persisting.queue.widening import Layout
+
     schema: pa.Schema | None = None
+    layouts: dict[str, Layout] = {}
     for path in paths:
         with Table(path, read_only=True) as t:
-            if t.schema is not None:
-                schema = evolve(schema, t.schema).schema
+            layouts[path] = Layout(t.schema if queue else None)
+            logical = layouts[path].logical if queue else t.schema
+            if logical is not None:
+                schema = evolve(schema, logical).schema
     if schema is None:
         schema = pa.schema([])
     names = list(extra[paths[0]]) if extra else []
@@ -86,7 +92,7 @@ def _stream(paths: list[str], out: str, report: Progressed,
             for path in paths:
                 report(0, path)
                 for batch in _batches(path):
-                    table = conform(batch, schema)
+                    table = conform(layouts[path].to_logical(pa.Table.from_batches([batch])), schema)
                     for name, value in (extra or {}).get(path, {}).items():
                         if name not in schema.names:
                             table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))

@@ -35,6 +35,7 @@ from persisting.errors import ClosedError
 from persisting.queue.options import FLUSH_BYTES, LanceBackendOptions
 from persisting.queue.records import ScalarFields, to_batch
 from persisting.queue.topics import claim_topic
+from persisting.queue.widening import Layout
 
 __all__ = ["Arrivals", "BucketStore"]
 
@@ -127,7 +128,10 @@ class BucketStore:
         self._lock = threading.RLock()
         self._closed = False
         self._base = self.table.count()  # rows read through the table; the tail follows them
-        self._schema: pa.Schema | None = self.table.schema
+        self._layout = Layout(self.table.schema)  # widened columns live in shadow columns
+        self._schema: pa.Schema | None = self._layout.logical
+        self._merged: pa.Schema | None = None  # the last batch schema merged into _schema
+        self._as_stored: pa.Schema | None = None  # the last batch schema stored without mapping
         self._fields = ScalarFields(self._schema)
         self._tail: list[pa.RecordBatch | _Run] = []
         self._starts: list[int] = []  # offset of each tail item's first row, relative to _base
@@ -178,7 +182,7 @@ class BucketStore:
         if self._tail:
             assert self._schema is not None
             try:
-                self.table.append(self._tail_table(0, self._tail_rows, self._schema).combine_chunks())
+                self._store(self._tail_table(0, self._tail_rows, self._schema).combine_chunks())
             finally:
                 if self.table.count() == self.total:  # the table holds them, even if a commit failed
                     self._base += self._tail_rows
@@ -192,14 +196,19 @@ class BucketStore:
                 batch = self._convert(records)  # raises the size error
         else:
             batch = self._convert(records)
+        if self._merged is not None and batch.schema.equals(self._merged):
+            schema = self._schema  # merged before: evolution only grows and widens
+        else:
+            schema = evolve(self._schema, batch.schema).schema  # SchemaError: nothing logged
         try:
-            lsn = self.table.append(batch)  # SchemaError: nothing logged
+            lsn = self._store(batch)
         except BaseException:
             if self.table.count() == self.total + batch.num_rows:  # logged; a commit failed after
+                self._set_schema(schema)
                 self._push(batch, batch.num_rows, lsn=self.table.last_lsn)
             raise
-        if self.table.schema is not self._schema:
-            self._set_schema(self.table.schema)
+        self._set_schema(schema)
+        self._merged = batch.schema
         self._push(batch, batch.num_rows, lsn=lsn)
         self._trim()
 
@@ -218,6 +227,20 @@ class BucketStore:
         self._tail, self._lsns = self._tail[k:], self._lsns[k:]
         self._starts = [s - dropped for s in self._starts[k:]]
         self._tail_rows -= dropped
+
+    def _store(self, data: pa.RecordBatch | pa.Table) -> int:
+        """Append logical rows to the table, a widened column going to its shadow column
+        (:mod:`persisting.queue.widening`): the table never rewrites stored rows for it."""
+        if self._as_stored is not None and data.schema.equals(self._as_stored):
+            return self.table.append(data)  # every column goes where it is named, as it is
+        physical, widens = self._layout.to_physical(data, self.table.schema)
+        lsn = self.table.append(physical)
+        if widens:
+            self._layout.learn(self.table.schema)
+            self._as_stored = None
+        elif physical is data:
+            self._as_stored = data.schema
+        return lsn
 
     def _convert(self, records: list[dict[str, Any]]) -> pa.RecordBatch:
         return to_batch(records, self._schema, max_record_size=self.options.max_record_size)
@@ -263,7 +286,7 @@ class BucketStore:
             schema = self._schema
             parts: list[pa.Table] = []
             if offset < self._base:
-                part = self.table.scan(offset=offset, limit=min(end, self._base) - offset)
+                part = self._layout.to_logical(self.table.scan(offset=offset, limit=min(end, self._base) - offset))
                 parts.append(part if part.schema == schema else conform(part, schema))
             if end > self._base:
                 parts.append(self._tail_table(max(offset, self._base) - self._base, end - self._base, schema))
