@@ -183,6 +183,14 @@ def test_sigkilled_writer_blocks_nobody_and_its_acknowledged_chunks_stay(tmp_pat
     for s in [*acked, 5000, 5001]:
         assert late.call("get", seed=s) == {"tokens": 16, "exact": True}
     assert other.call("get", seed=5001) == {"tokens": 16, "exact": True}
+    # a writer killed inside its commit (Lance committed, nothing fsynced or acknowledged yet)
+    (mid,) = procs(1, env={"PERSISTING_KILL_POINT": "after_commit"})
+    mid.call("open", path=str(tmp_path), namespace="m", chunk_size=CS)
+    mid.send("put", seed=6000)
+    assert mid.p.wait(30) == -signal.SIGKILL
+    assert other.call("get", seed=6000) in ({"tokens": 16, "exact": True}, {"tokens": 0, "exact": None})
+    other.call("put", seed=6001)
+    assert late.call("get", seed=6001) == {"tokens": 16, "exact": True}
 
 
 def test_two_stores_on_one_path_in_one_process(tmp_path: Path) -> None:
