@@ -316,15 +316,15 @@ class PersistingConnector(KVConnectorBase_V1):
         assert isinstance(meta, PersistingConnectorMetadata) and self._store is not None
         bs = self.block_size
         for save in meta.saves:
-            have = self._store.lookup(save.tokens) // bs  # put reads only the blocks after these
-            if have >= len(save.block_ids):
-                continue
+            if self._store.lookup(save.tokens) >= len(save.tokens):
+                continue  # another request or process stored it meanwhile
+            # every block is copied, stored ones too: another process may evict them before put
             first = self._layers[0]
-            kv = torch.empty((len(self._layers), first.shape[1], len(save.block_ids) * bs, first.shape[3]), dtype=first.dtype)
-            ids = torch.tensor(save.block_ids[have:], dtype=torch.long)
+            ids = torch.tensor(save.block_ids, dtype=torch.long)
+            kv = torch.empty((len(self._layers), first.shape[1], len(ids) * bs, first.shape[3]), dtype=first.dtype)
             for layer, src in enumerate(self._layers):
                 part = src.index_select(0, ids).transpose(0, 1)  # [heads, blocks, bs, channels]
-                kv[layer].narrow(1, have * bs, len(ids) * bs).copy_(part.reshape(part.shape[0], -1, part.shape[3]))
+                kv[layer].copy_(part.reshape(part.shape[0], -1, part.shape[3]))
             self._store.put(save.tokens, kv, token_axis=_TOKEN_AXIS)
 
     def get_block_ids_with_load_errors(self) -> set[int]:

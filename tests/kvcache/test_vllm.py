@@ -41,7 +41,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     model = make_model(str(root / "model"))
     kv = str(root / "kv")
     base = run_engine(ENGINE, {"model": model, "batches": [[A, B, D, SHORT]]})[0]
-    first = run_engine(ENGINE, {"model": model, "batches": [[A], [B], [SHORT]], **_connector(kv)})
+    # prefix cache off: B's shared blocks can only come from the store, through the scheduler's refreshed handle
+    first = run_engine(ENGINE, {"model": model, "batches": [[A], [B], [SHORT]], "prefix_caching": False, **_connector(kv)})
     restart = run_engine(ENGINE, {"model": model, "batches": [[D], [A], [B]], **_connector(kv)})
     return {"base": dict(zip("ABDS", base)), "first": first, "restart": restart, "kv": kv}
 
@@ -51,7 +52,7 @@ def test_fresh_process_serves_what_an_earlier_one_stored(runs: dict[str, Any]) -
     assert first[0][0]["cached"] == 0  # nothing stored yet
     assert first[0][0]["tokens"] == base["A"]["tokens"]
     a_again = restart[1][0]
-    assert a_again["cached"] == 3 * BLOCK  # 2 blocks from vLLM's own cache (D), 1 from the store
+    assert a_again["cached"] == 3 * BLOCK  # 2 blocks from vLLM's own prefix cache (D), 1 from the store
     assert a_again["tokens"] == base["A"]["tokens"]
     assert a_again["logprobs"] == pytest.approx(base["A"]["logprobs"], abs=0.05)
     assert restart[2][0]["cached"] == 2 * BLOCK and restart[2][0]["tokens"] == base["B"]["tokens"]
@@ -60,7 +61,7 @@ def test_fresh_process_serves_what_an_earlier_one_stored(runs: dict[str, Any]) -
 
 def test_prompts_sharing_a_prefix(runs: dict[str, Any]) -> None:
     base, first, restart = runs["base"], runs["first"], runs["restart"]
-    assert first[1][0]["cached"] == 2 * BLOCK  # vLLM's prefix cache keeps working beside the connector
+    assert first[1][0]["cached"] == 2 * BLOCK  # stored by this engine's worker, seen by its scheduler process
     assert first[1][0]["tokens"] == base["B"]["tokens"]
     d = restart[0][0]  # a new prompt, in a fresh process: its shared prefix comes from the store
     assert d["cached"] == 2 * BLOCK
