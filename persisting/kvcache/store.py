@@ -28,10 +28,8 @@ Evicted and corrupt chunks are deleted at once; their space comes back with comp
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -51,6 +49,7 @@ from persisting.errors import (
     SchemaError,
     StorageError,
 )
+from persisting.kvcache.chunks import META_COLUMNS, SCHEMA, Layout, copy_chunk, is_torch, itemsize, proxy, read_into
 from persisting.kvcache.hashing import as_token_array, iter_chunk_keys, namespace_seed
 from persisting.kvcache.index import ChunkIndex, Entry
 from persisting.kvcache.metrics import KVCacheMetrics
@@ -59,47 +58,10 @@ __all__ = ["KVCacheStore", "Layout"]
 
 Framework = Literal["numpy", "torch"]
 
-_BLOB = {"lance-encoding:blob": "true"}
-SCHEMA = pa.schema([
-    pa.field("key", pa.string(), nullable=False),
-    pa.field("parent", pa.string(), nullable=False),
-    pa.field("depth", pa.int32(), nullable=False),
-    pa.field("dtype", pa.string(), nullable=False),
-    pa.field("shape", pa.list_(pa.int64()), nullable=False),
-    pa.field("token_axis", pa.int32(), nullable=False),
-    pa.field("framework", pa.string(), nullable=False),
-    pa.field("compression", pa.string()),
-    pa.field("checksum", pa.binary(), nullable=False),
-    pa.field("raw_nbytes", pa.int64(), nullable=False),
-    pa.field("nbytes", pa.int64(), nullable=False),
-    pa.field("payload", pa.large_binary(), metadata=_BLOB),
-])
-_META_COLUMNS = ["key", "dtype", "shape", "token_axis", "compression", "checksum", "raw_nbytes"]
 _APPEND_BYTES = 64 * 1024 * 1024  # rows are handed to the table in groups of about this size
 _MAINTAIN_EVERY = 64  # puts between maintenance passes (drop old versions, merge fragments)
 _COMPACT_MAX_BYTES = 1024 * 1024 * 1024  # merge fragments only while the store holds at most this
 _READ_ATTEMPTS = 4  # a get that keeps racing other processes' evictions gives up as a miss
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What every chunk of a namespace shares: dtype, token axis and the other dimensions."""
-
-    dtype: str
-    token_axis: int
-    other_dims: tuple[int, ...]
-
-    def shape(self, n_tokens: int) -> tuple[int, ...]:
-        dims = list(self.other_dims)
-        dims.insert(self.token_axis, n_tokens)
-        return tuple(dims)
-
-    def describe(self) -> str:
-        return f"dtype {self.dtype}, shape {self.shape(-1)} with tokens on axis {self.token_axis}".replace("-1", "seq")
-
-
-def _is_torch(x: object) -> bool:
-    return type(x).__module__.startswith("torch") and "torch" in sys.modules
 
 
 def _key_list(keys: list[str]) -> str:
@@ -417,7 +379,7 @@ class KVCacheStore:
             raise StorageError(f"KVCacheStore {self.path} ({self.namespace}) is open read-only; open it without read_only to put")
 
     def _check_kv(self, kv: Any, token_axis: int, n_tokens: int) -> tuple[Layout, Framework]:
-        if _is_torch(kv):
+        if is_torch(kv):
             framework: Framework = "torch"
         elif isinstance(kv, np.ndarray):
             framework = "numpy"
@@ -451,7 +413,7 @@ class KVCacheStore:
         reuses: touching fresh pages costs more than the copy itself. Reuse is safe because a
         group is committed, and Lance done with the buffer, before the next is staged.
         """
-        raw_nbytes = _ITEMSIZE[layout.dtype] * int(np.prod(layout.shape(self.chunk_size), dtype=np.int64))
+        raw_nbytes = itemsize(layout.dtype) * int(np.prod(layout.shape(self.chunk_size), dtype=np.int64))
         per_group = max(1, _APPEND_BYTES // max(raw_nbytes, 1))
         sizes: list[int] = []
         for g in range(0, len(new), per_group):
@@ -471,7 +433,7 @@ class KVCacheStore:
         """The rows of one group of new chunks, payloads copied out of kv and checksummed."""
         cs = self.chunk_size
         chunk_shape = layout.shape(cs)
-        raw_nbytes = _ITEMSIZE[layout.dtype] * int(np.prod(chunk_shape, dtype=np.int64))
+        raw_nbytes = itemsize(layout.dtype) * int(np.prod(chunk_shape, dtype=np.int64))
         direct = self.compression is None and (framework == "torch" or kv.dtype.isnative)
         rows: dict[str, Any] = {
             "key": [k for _, k in group],
@@ -488,7 +450,7 @@ class KVCacheStore:
             sums = []
             for n, (i, _) in enumerate(group):
                 dest = data[n * raw_nbytes : (n + 1) * raw_nbytes]
-                _copy_chunk(kv, layout.token_axis, i * cs, cs, dest, chunk_shape)
+                copy_chunk(kv, layout.token_axis, i * cs, cs, dest, chunk_shape)
                 sums.append(checksum(dest.data))
             payload_sizes = [raw_nbytes] * len(group)
         else:
@@ -513,7 +475,7 @@ class KVCacheStore:
 
     def _encode_chunk(self, kv: Any, axis: int, start: int, length: int) -> tuple[Any, bytes, int]:
         """(payload, checksum, raw byte size) of kv[start:start+length] on ``axis``, compressed."""
-        if _is_torch(kv):
+        if is_torch(kv):
             part = kv.narrow(axis, start, length)
         else:
             index = [slice(None)] * kv.ndim
@@ -531,7 +493,7 @@ class KVCacheStore:
         layout, cs = self._layout, self.chunk_size
         positions = [e.position for e in chain]
         try:
-            meta = self._table.take(positions, columns=_META_COLUMNS + ["framework"]).to_pylist()
+            meta = self._table.take(positions, columns=META_COLUMNS + ["framework"]).to_pylist()
         except PersistingError:
             if self._catch_up(force=True):
                 return None  # another process removed or moved rows: the caller reads the index again
@@ -539,9 +501,9 @@ class KVCacheStore:
         if framework is None:
             framework = meta[0]["framework"]
         shape = layout.shape(len(chain) * cs)
-        proxy = _proxy(layout.dtype)
-        out = np.empty(int(np.prod(shape, dtype=np.int64)) * proxy.itemsize, dtype=np.uint8)
-        out_view = out.view(proxy).reshape(shape)
+        as_bits = proxy(layout.dtype)
+        out = np.empty(int(np.prod(shape, dtype=np.int64)) * as_bits.itemsize, dtype=np.uint8)
+        out_view = out.view(as_bits).reshape(shape)
         index: list[Any] = [slice(None)] * len(shape)
         if len(self._read_buf) != chain[0].nbytes:  # kept across gets: fresh pages cost more than the copy
             self._read_buf = bytearray(chain[0].nbytes)
@@ -559,7 +521,7 @@ class KVCacheStore:
             raise
         for n, (e, m, blob) in enumerate(zip(chain, meta, blobs)):
             try:
-                data = _read_into(blob, scratch, e.nbytes)  # a damaged blob file: CorruptionError, a miss
+                data = read_into(blob, scratch, e.nbytes)  # a damaged blob file: CorruptionError, a miss
                 raw = decode_tensor(
                     data, dtype="uint8", shape=(m["raw_nbytes"],), checksum_=m["checksum"],
                     compression=m["compression"], copy=False, where=f"{self._table.uri} chunk {e.key} (row {e.position})",
@@ -571,7 +533,7 @@ class KVCacheStore:
                     self._remove_corrupt(e)
                 return None
             index[layout.token_axis] = slice(n * cs, (n + 1) * cs)
-            out_view[tuple(index)] = raw.view(proxy).reshape(m["shape"])
+            out_view[tuple(index)] = raw.view(as_bits).reshape(m["shape"])
             read += len(data)
         self._counts["bytes_read"] += read
         self._metrics.bytes_read.inc(read)
@@ -617,40 +579,6 @@ class KVCacheStore:
             self._sync()
 
 
-_ITEMSIZE = {"bool": 1, "uint8": 1, "int8": 1, "float8_e4m3fn": 1, "float8_e5m2": 1, "uint16": 2, "int16": 2,
-             "float16": 2, "bfloat16": 2, "uint32": 4, "int32": 4, "float32": 4, "uint64": 8, "int64": 8,
-             "float64": 8, "complex64": 8, "complex128": 16}
-_PROXY: dict[int, np.dtype[Any]] = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8"), 16: np.dtype("<c16")}
-
-
-def _proxy(dtype: str) -> np.dtype:
-    """An integer dtype of the same item size, to move elements of any dtype (bfloat16 too) as bits."""
-    return _PROXY[_ITEMSIZE[dtype]]
-
-
-def _copy_chunk(kv: Any, axis: int, start: int, length: int, dest: np.ndarray, chunk_shape: tuple[int, ...]) -> None:
-    """Copy kv[start:start+length] on ``axis`` into the byte buffer ``dest`` (C order), in one pass."""
-    if _is_torch(kv):
-        import torch
-
-        target = torch.from_numpy(dest).view(kv.dtype).view(chunk_shape)
-        target.copy_(kv.detach().narrow(axis, start, length))
-        return
-    index = [slice(None)] * kv.ndim
-    index[axis] = slice(start, start + length)
-    np.copyto(dest.view(kv.dtype).reshape(chunk_shape), kv[tuple(index)], casting="no")
-
-
 def _blob_files(table: Table, positions: list[int], buffered: bool) -> list[Any]:
     """File-like handles on the payloads at ``positions`` (read straight into our buffers)."""
     return table.open_blobs("payload", positions)
-
-
-def _read_into(blob: Any, scratch: bytearray, nbytes: int) -> memoryview | bytes:
-    """The blob's bytes, read into ``scratch`` when it has exactly their size (Lance's
-    ``readinto`` copies through a temporary unless handed a whole bytearray)."""
-    with blob as f:
-        if nbytes != len(scratch):
-            return f.read()
-        got = f.readinto(scratch)
-    return memoryview(scratch)[:got]
