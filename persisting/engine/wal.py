@@ -79,7 +79,11 @@ class ReplayReport:
 def list_segments(directory: str) -> list[tuple[int, str]]:
     """(number, path) of every segment in ``directory``, oldest first."""
     out = []
-    for name in os.listdir(directory):
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []  # a writer directory removed at a clean close (its frames are all in Lance)
+    for name in names:
         m = _SEGMENT_RE.match(name)
         if m:
             out.append((int(m.group(1)), os.path.join(directory, name)))
@@ -171,7 +175,8 @@ def read_frames(
                     continue
                 raise CorruptionError(f"{path} offset 0: segment shorter than its header", path=path, offset=0)
             data = f.read(size)  # payload views handed out keep these bytes alive
-        yield from _read_segment(memoryview(data), path, size, is_last, mode, after, report, last_lsn, start_known)
+        # len(data), not size: a live writer may cut its file between the stat and the read
+        yield from _read_segment(memoryview(data), path, len(data), is_last, mode, after, report, last_lsn, start_known)
         last_lsn = max(last_lsn, report.last_lsn)
 
 
