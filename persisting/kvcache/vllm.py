@@ -36,7 +36,9 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 
-from persisting.errors import ConfigError, LockedError, PersistingError
+from persisting.engine.codec import COMPRESSIONS
+from persisting.engine.names import check_name
+from persisting.errors import ConfigError, InvalidNameError, LockedError, PersistingError, SchemaError
 from persisting.kvcache.store import KVCacheStore
 
 if TYPE_CHECKING:
@@ -70,10 +72,12 @@ class ConnectorConfig:
 
     @classmethod
     def from_extra(cls, extra: dict[str, Any] | None) -> ConnectorConfig:
+        """Check vLLM's ``kv_connector_extra_config``; ConfigError names the bad key."""
         extra = dict(extra or {})
         unknown = sorted(set(extra) - _KNOWN)
         if unknown:
-            raise ConfigError(f"kv_connector_extra_config has unknown keys {unknown}; known keys are {sorted(_KNOWN)}", keys=unknown)
+            raise ConfigError(f"kv_connector_extra_config has unknown keys {unknown}; known keys are {sorted(_KNOWN)}",
+                              keys=unknown)
         path = extra.get("path")
         if not isinstance(path, str) or not path:
             raise ConfigError(
@@ -81,9 +85,24 @@ class ConnectorConfig:
                 f"where the KV cache is stored (got {path!r})",
                 field="path",
             )
-        return cls(path=path, namespace=extra.get("namespace"), capacity_bytes=extra.get("capacity_bytes"),
-                   compression=extra.get("compression"), storage_options=extra.get("storage_options"),
+        cap, comp, opts, ns = (extra.get(k) for k in ("capacity_bytes", "compression", "storage_options", "namespace"))
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
+            _bad("capacity_bytes", "an int >= 0 or absent", cap)
+        if comp not in COMPRESSIONS:
+            _bad("compression", f"one of {COMPRESSIONS}", comp)
+        if opts is not None and not isinstance(opts, dict):
+            _bad("storage_options", "a dict of str", opts)
+        if ns is not None:
+            try:
+                check_name(ns, what="kv_connector_extra_config['namespace']")
+            except InvalidNameError as exc:
+                raise ConfigError(str(exc), field="namespace") from None
+        return cls(path=path, namespace=ns, capacity_bytes=cap, compression=comp, storage_options=opts,
                    wal_dir=extra.get("wal_dir"))
+
+
+def _bad(key: str, wanted: str, got: object) -> None:
+    raise ConfigError(f"kv_connector_extra_config[{key!r}] must be {wanted}, got {got!r}", field=key)
 
 
 @dataclass(frozen=True)
@@ -183,15 +202,20 @@ class PersistingConnector(KVConnectorBase_V1):
     # -- store handles -----------------------------------------------------------------------
     def _open(self, read_only: bool) -> KVCacheStore:
         c = self.config
-        return KVCacheStore(c.path, namespace=self.namespace, chunk_size=self.block_size, capacity_bytes=c.capacity_bytes,
-                            compression=c.compression, storage_options=c.storage_options, read_only=read_only,
-                            wal_dir=c.wal_dir)
+        try:
+            return KVCacheStore(c.path, namespace=self.namespace, chunk_size=self.block_size,
+                                capacity_bytes=c.capacity_bytes, compression=c.compression,
+                                storage_options=c.storage_options, read_only=read_only, wal_dir=c.wal_dir)
+        except (SchemaError, InvalidNameError) as exc:  # a bad value in kv_connector_extra_config
+            raise ConfigError(f"PersistingConnector: kv_connector_extra_config: {exc}",
+                              field="kv_connector_extra_config") from exc
 
     def _open_writer(self) -> None:
         try:
             self._store, self._writable = self._open(read_only=False), True
         except LockedError as exc:
-            log.warning("PersistingConnector: %s; this engine loads from %s but does not save to it", exc, self.config.path)
+            log.warning("PersistingConnector: %s; this engine loads from %s but does not save to it",
+                        exc, self.config.path)
             self._store = self._open(read_only=True)
 
     def _reader(self) -> KVCacheStore | None:
@@ -271,7 +295,8 @@ class PersistingConnector(KVConnectorBase_V1):
         """Keep the per-layer paged caches, in the model's layer order; refuse layouts we cannot copy."""
         missing = [n for n in self._layer_names if n not in kv_caches]
         if missing:
-            raise ConfigError(f"PersistingConnector: vLLM registered no KV cache for layers {missing[:4]}", layers=missing)
+            raise ConfigError(f"PersistingConnector: vLLM registered no KV cache for layers {missing[:4]}",
+                              layers=missing)
         layers = [kv_caches[n] for n in self._layer_names]
         shapes = {tuple(t.shape[1:]) for t in layers}
         if any(t.dim() != 4 for t in layers) or len(shapes) != 1 or layers[0].shape[2] != self.block_size:
@@ -285,6 +310,8 @@ class PersistingConnector(KVConnectorBase_V1):
 
     def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
         """Copy every matched block of this step into vLLM's paged cache before the forward pass."""
+        if not self.has_connector_metadata():
+            return
         meta = self._get_connector_metadata()
         assert isinstance(meta, PersistingConnectorMetadata)
         assert self._store is not None

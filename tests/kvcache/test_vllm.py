@@ -108,18 +108,22 @@ def test_bad_config_is_a_typed_error(tmp_path: Any, child: Any) -> None:
         errors = {{}}
         for name, extra, groups in [("no_path", {{}}, [full]), ("unknown_key", {{"path": {str(tmp_path / "kv")!r}, "pth": 1}}, [full]),
                                     ("hybrid", {{"path": {str(tmp_path / "kv")!r}}}, [full, window]),
-                                    ("window", {{"path": {str(tmp_path / "kv")!r}}}, [window])]:
+                                    ("window", {{"path": {str(tmp_path / "kv")!r}}}, [window]),
+                                    ("capacity", {{"path": {str(tmp_path / "kv")!r}, "capacity_bytes": -1}}, [full]),
+                                    ("compression", {{"path": {str(tmp_path / "kv")!r}, "compression": "gzip"}}, [full]),
+                                    ("namespace", {{"path": {str(tmp_path / "kv")!r}, "namespace": "../x"}}, [full])]:
             try:
                 PersistingConnector(config(extra), KVConnectorRole.SCHEDULER, kv_config(*groups))
                 errors[name] = None
             except ConfigError as exc:
                 errors[name] = str(exc)
         ok = PersistingConnector(config({{"path": {str(tmp_path / "kv")!r}}}), KVConnectorRole.SCHEDULER, kv_config(full))
-        errors["namespace"] = ok.namespace
+        errors["derived"] = ok.namespace
         print(json.dumps(errors))
     """, timeout=180)
     assert "kv_connector_extra_config['path']" in out["no_path"]
     assert "pth" in out["unknown_key"]
     assert "SlidingWindowSpec" in out["hybrid"] and "FullAttentionSpec" in out["hybrid"]
     assert "SlidingWindowSpec" in out["window"]
-    assert out["namespace"].startswith("vllm-model-")
+    assert "capacity_bytes" in out["capacity"] and "gzip" in out["compression"] and "../x" in out["namespace"]
+    assert out["derived"].startswith("vllm-model-")
