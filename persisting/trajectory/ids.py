@@ -139,11 +139,15 @@ class EpisodeIds:
 
     def _reserve(self) -> None:
         with self._sessions.locked():
-            self._ids.refresh()  # every other session's reservations, committed before their lock was released
-            start = max(high_water(self._ids), self._floor)
-            stop = start + ID_BLOCK
-            self._ids.append([{"session": self.session_id, "event": "reserve", "block_start": start, "next_id": stop}])
-            self._ids.flush()  # durable and visible to every process before any id is used
+            self.reserve_locked()
+
+    def reserve_locked(self) -> None:
+        """Reserve the next block (the caller holds the store lock)."""
+        self._ids.refresh()  # every other session's reservations, committed before their lock was released
+        start = max(high_water(self._ids), self._floor)
+        stop = start + ID_BLOCK
+        self._ids.append([{"session": self.session_id, "event": "reserve", "block_start": start, "next_id": stop}])
+        self._ids.flush()  # durable and visible to every process before any id is used
         self._next, self._stop = start, stop
         self.reserved = True
 

@@ -176,7 +176,8 @@ class TrajectoryStore(EpisodeReads):
                     floor = self._recover()
                     self._sessions.start(self._session_id, {"steps": self._steps.writer_id,
                                                             "episodes": self._episodes.writer_id})
-                self._id_source = EpisodeIds(self._ids, self._sessions, self._session_id, floor)
+                    self._id_source = EpisodeIds(self._ids, self._sessions, self._session_id, floor)
+                    self._id_source.reserve_locked()  # the first block now: the first episode costs no commit
         except BaseException:
             if self._sessions is not None:
                 self._sessions.release()

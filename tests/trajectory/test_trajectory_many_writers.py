@@ -145,7 +145,7 @@ def test_sampling_never_crosses_episodes_with_interleaved_writers(actors_run: di
 
 def test_sigkilled_writer_recovered_once_while_others_go_on(tmp_path: Path, spawn_child: Any) -> None:
     path = str(tmp_path / "kill")
-    steady = [spawn_child("actor", path, str(k)) for k in range(2)]
+    steady = [spawn_child("actor", path, str(k), "100000") for k in range(2)]  # until told to stop
     for p in steady:
         assert p.stdout.readline().strip() == "ready", p.stderr.read()
     Path(path + ".go").touch()

@@ -6,9 +6,9 @@ crash <path> [obs size]: write 5 complete episodes, begin one long open episode 
     hand off + sync and print ``ack <episode_id> <steps>``; never returns (the parent kills it).
 writer <path>: open the store as a writer while another process has it open (many writers
     share a store), write 3 episodes of 7 steps, print ``wrote <ids>`` and close.
-actor <path> <k>: a CartPole actor logging through RecordEpisodes; prints ``ready``, waits for
-    the file ``<path>.go``, then logs episodes until the file ``<path>.stop`` exists (or 60
-    episodes), printing ``ep <id> <length> <sum of obs> <actions>`` after each one; closes and
+actor <path> <k> [most]: a CartPole actor logging through RecordEpisodes; prints ``ready``,
+    waits for the file ``<path>.go``, then logs episodes until the file ``<path>.stop`` exists
+    (or ``most`` episodes, 60 by default), printing ``ep <id> <length> <sum of obs> <actions>`` after each one; closes and
     prints ``done``. Small step buffers and a low compaction threshold interleave its rows with
     the other actors' and compact while they append.
 recover <path>: wait for ``<path>.go``, open the store as a writer, print ``recovered <ids>``.
@@ -80,7 +80,7 @@ def _wait_for(name: str) -> None:
         time.sleep(0.005)
 
 
-def actor(path: str, k: str) -> None:
+def actor(path: str, k: str, most: str = "60") -> None:
     import gymnasium as gym
 
     from persisting.trajectory.gym import RecordEpisodes
@@ -90,7 +90,7 @@ def actor(path: str, k: str) -> None:
     rng = np.random.default_rng(int(k))
     say("ready")
     _wait_for(path + ".go")
-    for n in range(60):
+    for n in range(int(most)):
         if os.path.exists(path + ".stop"):
             break
         obs, _ = env.reset(seed=int(k) * 1000 + n)
