@@ -106,7 +106,8 @@ def test_one_process_checkpoint_resharded_onto_two_ranks(run: dict[str, Any]) ->
 
 def test_evaluation_job_never_sees_a_partial_checkpoint(run: dict[str, Any]) -> None:
     ev = run["eval"]
-    assert ev["bad"] == [] and ev["loads"] >= 1
+    print(f"evaluation job: {ev['loads']} loads, steps seen {ev['steps']}")
+    assert ev["bad"] == [] and ev["loads"] >= 1, ev
     assert ev["steps"] == sorted(ev["steps"]) and ev["steps"][-1] == _LAST
     assert run[0]["final"] == list(range(1, _LAST + 1))
 
