@@ -60,3 +60,36 @@ def test_load_rebuilds_tree_and_drops_orphans() -> None:
     assert drop == [2, 4] and set(idx.entries) == {"a0", "a1", "a2"} and idx.nbytes == 15
     # a parent is never colder than its child, so the chain goes from its end
     assert [[e.key for e in idx.pop_lru()] for _ in range(3)] == [["a2"], ["a1"], ["a0"]]
+
+
+def test_merge_follows_other_processes_rows() -> None:
+    idx = ChunkIndex(SEED)
+    # the whole table: a0 <- a1, b0 (and an orphan whose parent is gone)
+    orphans = idx.merge(["a0", "a1", "b0", "x1"], [SEED, "a0", SEED, "gone"], [0, 1, 0, 1], [10, 10, 10, 10],
+                        start=0, replace=True)
+    assert orphans == [3] and len(idx) == 3 and idx.nbytes == 30
+    idx.touch([idx.entries["b0"]])  # b0 used here; a0, a1 only seen
+    # appended by another process: a child of a1 and a duplicate of b0
+    assert idx.merge(["a2", "b0"], ["a1", SEED], [2, 0], [10, 10], start=3, replace=False) == []
+    assert idx.entries["a2"].position == 3 and idx.nbytes == 50 and idx.extra == {"b0": 10}
+    # removing b0 removes its duplicate row's bytes too
+    assert [e.key for e in idx.remove_subtree("b0")] == ["b0"] and idx.nbytes == 30
+    # another process deleted a0's chain and compacted: the whole table again, positions moved
+    tick_b = idx.entries["a2"].tick
+    assert idx.merge(["c0", "a0", "a1"], [SEED, SEED, "a0"], [0, 0, 1], [7, 10, 10], start=0, replace=True) == []
+    assert set(idx.entries) == {"c0", "a0", "a1"} and idx.nbytes == 27
+    assert idx.entries["a0"].position == 1 and idx.entries["a1"].position == 2
+    assert idx.entries["c0"].tick > tick_b  # new to this process: counts as used now
+    assert [e.key for e in idx.pop_lru()] == ["a1"]  # least recent leaf first
+
+
+def test_appended_rows_keep_parents_at_least_as_recent() -> None:
+    idx = ChunkIndex(SEED)
+    idx.add("a0", SEED, 0, 10, 0)
+    idx.add("b0", SEED, 0, 10, 1)
+    idx.touch([idx.entries["a0"]])
+    idx.touch([idx.entries["b0"]])
+    assert idx.merge(["a1"], ["a0"], [1], [10], start=2, replace=False) == []
+    a0, a1 = idx.entries["a0"], idx.entries["a1"]
+    assert a0.children == ["a1"] and a0.tick >= a1.tick > idx.entries["b0"].tick
+    assert [e.key for e in idx.pop_lru()] == ["b0"]  # a0 is not a leaf any more, and newer
