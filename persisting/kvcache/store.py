@@ -113,6 +113,7 @@ class KVCacheStore:
         self.refresh_interval = float(refresh_interval)
         self._seen: RowLayout | None = None  # the table layout the index's positions belong to
         self._orphans: set[str] = set()  # keys of rows whose parent is gone, for the writer to delete
+        self._foreign: dict[str, int] = {}  # key -> position of rows of chains from another chunk_size
         self._checked = time.monotonic()
         self._seed = namespace_seed(namespace, chunk_size)
         self._lock = threading.RLock()
@@ -145,6 +146,7 @@ class KVCacheStore:
         self._closed = False
         try:
             self._sync()
+            self._check_chunk_size()
             if self._orphans and not read_only:
                 self._drop_orphans()
         except BaseException:
@@ -162,12 +164,16 @@ class KVCacheStore:
         kept = None if self._seen is None or self._buffered else self._seen.kept_rows(layout)
         t = self._table.scan(columns=["key", "parent", "depth", "nbytes"], offset=kept or 0)
         cols = {c: t.column(c).to_pylist() for c in t.column_names} if t.num_rows else {}
-        keys = cols.get("key", [])
-        orphans = self._index.merge(keys, cols.get("parent", []), cols.get("depth", []), cols.get("nbytes", []),
-                                    start=kept or 0, replace=kept is None)
+        keys, parents, depths = cols.get("key", []), cols.get("parent", []), cols.get("depth", [])
+        orphans = self._index.merge(keys, parents, depths, cols.get("nbytes", []), start=kept or 0, replace=kept is None)
         if kept is None:
-            self._orphans = set()
-        self._orphans.update(keys[i] for i in orphans)
+            self._orphans, self._foreign = set(), {}
+        for i in sorted(orphans, key=lambda i: depths[i]):
+            # chains from another seed (another chunk_size) are not ours to delete
+            if depths[i] == 0 or parents[i] in self._foreign:
+                self._foreign[keys[i]] = (kept or 0) + i
+            else:
+                self._orphans.add(keys[i])
         self._orphans.difference_update(self._index.entries.keys())
         self._seen = None if self._buffered else layout  # buffered rows: read everything next time
         if not self._index.entries:
@@ -180,6 +186,19 @@ class KVCacheStore:
             del shape[axis]
             self._layout = Layout(row["dtype"], axis, tuple(shape))
         self._update_gauges()
+
+    def _check_chunk_size(self) -> None:
+        """A namespace holds one chunk size: refuse to open it with another (its chains would
+        look like orphans, and deleting them would destroy another process's cache)."""
+        if not self._foreign:
+            return
+        row = self._table.take([min(self._foreign.values())], columns=["shape", "token_axis"]).to_pylist()[0]
+        n = row["shape"][row["token_axis"]]
+        raise ConfigError(
+            f"namespace {self.namespace!r} at {self._table.uri} holds chunks of {n} tokens, not "
+            f"{self.chunk_size}: open it with chunk_size={n}, or use another namespace",
+            namespace=self.namespace,
+        )
 
     def _catch_up(self, *, force: bool = False) -> bool:
         """Follow other processes' commits (at most every refresh_interval unless forced);

@@ -205,6 +205,10 @@ def test_two_stores_on_one_path_in_one_process(tmp_path: Path) -> None:
             s2.put(prompt(3, 16), make_kv(3, 16, dim=4))
     with KVCacheStore(tmp_path, namespace="m", chunk_size=CS) as s:
         assert len(s) == 8
+        # another chunk size would see every chain as an orphan and delete it: refused, typed
+        with pytest.raises(ConfigError, match=f"{tmp_path}.*chunk_size={CS}"):
+            KVCacheStore(tmp_path, namespace="m", chunk_size=2 * CS)
+        assert s.lookup(prompt(2, 16)) == 16
     with pytest.raises(ConfigError, match=str(tmp_path)):
         KVCacheStore(tmp_path, namespace="m", refresh_interval=-1)
 
