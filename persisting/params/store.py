@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from persisting.engine.codec import checksum, decode_tensor, dtype_name, raw_view
+from persisting.engine.codec import checksum, dtype_name, raw_view
 from persisting.engine.names import check_name
 from persisting.engine.options import TableOptions
 from persisting.engine.table import Table
@@ -52,6 +52,7 @@ from persisting.params import manifest as mf
 from persisting.params.chunks import ChunkTable
 from persisting.params.head import HEAD_NAME, Head, check_head, read_head, write_head
 from persisting.params.manifest import CheckpointInfo, Manifest, TensorEntry
+from persisting.params.materialize import materialize, snapshot_tensor
 from persisting.params.tree import (
     NUMPY_SCALAR,
     TORCH,
@@ -251,7 +252,7 @@ class ParamStore:
         prepared = self._prepare(state, step, tags, metadata)  # validation, outside the write lock
         with self._submit_lock:
             staging, self._staging = self._staging, {}
-        snapshot = replace(prepared, tensors=tuple(_snapshot(r, staging) for r in prepared.tensors))
+        snapshot = replace(prepared, tensors=tuple(snapshot_tensor(r, staging) for r in prepared.tensors))
         with self._submit_lock:
             self._check_new_step(snapshot.step)
             if self._executor is None:
@@ -294,7 +295,7 @@ class ParamStore:
             wanted = sorted(set(tree_tensor_indices(tree)))
             dest = match_tensors(tree, into, _is_torch) if into is not None else {}
             self._chunks.ensure(k for i in wanted for k in m.tensors[i].chunks)
-            values = self._materialize({i: m.tensors[i] for i in wanted}, info.step, dest)
+            values = materialize(self._chunks, {i: m.tensors[i] for i in wanted}, info.step, dest, self._counts)
             self._counts["loads"] += 1
         return decode_tree(tree, values.__getitem__)
 
@@ -545,47 +546,6 @@ class ParamStore:
             del self._infos[s]
         self.gc()
 
-    # -- reading tensors -------------------------------------------------------------------
-    def _materialize(self, entries: Mapping[int, TensorEntry], step: int, dest: Mapping[int, Any]) -> dict[int, Any]:
-        """Build the tensors of ``entries`` from their chunks, each chunk read once; ``dest``
-        offers existing tensors, by tensor reference, to read into."""
-        buffers: dict[int, np.ndarray] = {}
-        outputs: dict[int, Any] = {}
-        targets: dict[str, list[tuple[int, int]]] = {}
-        for i, e in entries.items():
-            if e.kind == TORCH:
-                import torch
-
-                t: Any = dest.get(i)
-                if not _fits(t, e):
-                    t = torch.empty(e.shape, dtype=getattr(torch, e.dtype))
-                outputs[i] = t
-                t = t.detach()
-                buffers[i] = t.reshape(-1).view(torch.uint8).numpy() if e.nbytes else np.empty(0, np.uint8)
-            else:
-                buffers[i] = np.empty(e.nbytes, np.uint8)
-            offset = 0
-            for key in e.chunks:
-                targets.setdefault(key, []).append((i, offset))
-                offset += self._chunks.size(key)
-            if offset != e.nbytes:
-                raise CorruptionError(
-                    f"tensor {e.name!r} of step {step}: its chunks hold {offset} bytes, its manifest says {e.nbytes}",
-                    step=step, key=e.name,
-                )
-        for key, data in self._chunks.read(targets):
-            src = data
-            for i, off in targets[key]:
-                buffers[i][off : off + len(src)] = src
-            self._counts["bytes_read"] += len(src)
-            self._counts["chunks_read"] += 1
-        for i, e in entries.items():
-            if e.kind != TORCH:
-                raw = memoryview(buffers[i])  # type: ignore[arg-type]  # numpy stubs lack Buffer
-                arr = decode_tensor(raw, dtype=e.dtype, shape=e.shape, framework="numpy", copy=False)
-                outputs[i] = arr[()] if e.kind == NUMPY_SCALAR else arr
-        return outputs
-
 
 def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "is_contiguous")
@@ -597,40 +557,9 @@ def _nest(key: str, value: Any) -> Any:
     return value
 
 
-def _fits(t: Any, e: TensorEntry) -> bool:
-    """Can stored tensor ``e`` be read straight into ``t``?"""
-    return (
-        t is not None and str(t.dtype).removeprefix("torch.") == e.dtype and tuple(t.shape) == e.shape
-        and t.device.type == "cpu" and t.is_contiguous() and e.nbytes > 0
-    )
-
-
 def _decode_plain(tree: Any) -> Any:
     return decode_tree(tree, _no_tensor)
 
 
 def _no_tensor(i: int) -> Any:
     raise CorruptionError(f"metadata refers to tensor {i}; metadata holds plain values only")
-
-
-def _snapshot(ref: TensorRef, staging: dict[tuple[Any, tuple[int, ...]], list[Any]]) -> TensorRef:
-    """A private copy of a tensor, so the caller may change the original at once; into a
-    buffer of ``staging`` (same dtype and shape) when one is left."""
-    if ref.kind == TORCH:
-        t = ref.value.detach()
-        spare = staging.get((t.dtype, tuple(t.shape)))
-        if spare:
-            buf = spare.pop()
-            buf.copy_(t)
-            return TensorRef(ref.name, ref.kind, buf)
-        copy = t.to("cpu", copy=True) if t.device.type != "cpu" else t.clone(memory_format=_contiguous())
-        return TensorRef(ref.name, ref.kind, copy)
-    if ref.kind == NUMPY_SCALAR:
-        return ref
-    return TensorRef(ref.name, ref.kind, np.array(ref.value, copy=True, order="C"))
-
-
-def _contiguous() -> Any:
-    import torch
-
-    return torch.contiguous_format
