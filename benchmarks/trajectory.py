@@ -8,8 +8,10 @@
    parquet file; ``sample_steps(256)`` p50.
 3. ``sample_steps(256)`` and ``episode(id)`` p50 on a large store (``--big-steps``, written
    with vectorised ``add_steps``), against TorchRL's ``LazyMemmapStorage`` when installed.
+4. Many writers (``--writers 1,3``): N actor processes log into one store at once (step by
+   step, ``add_step``); aggregate steps/s, and ``sample_steps(256)`` p50 of a reader meanwhile.
 
-Run: ``python benchmarks/trajectory.py [--episodes 300 --steps 500 --big-steps 10000000]``.
+Run: ``python benchmarks/trajectory.py [--episodes 300 --steps 500 --big-steps 10000000 --writers 1,3]``.
 Needs ``gymnasium``; Minari, h5py and TorchRL anchors are skipped when not installed.
 """
 
@@ -238,11 +240,66 @@ def big_section(tmp: str) -> None:
     store.close()
 
 
+_WRITER = """
+import sys, time
+import numpy as np
+from persisting.trajectory import TrajectoryStore
+path, k, episodes, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+store = TrajectoryStore(path)
+obs = np.zeros(3, np.float32)
+print("ready", flush=True)
+sys.stdin.readline()
+t0 = time.perf_counter()
+for e in range(episodes):
+    with store.episode(actor=k) as ep:
+        for t in range(steps):
+            obs[0] = t
+            ep.add_step(obs=obs, action=t % 3, reward=1.0)
+store.close()
+print(f"{t0} {time.perf_counter()}", flush=True)
+"""
+
+
+def writers_section(tmp: str) -> None:
+    import subprocess
+
+    episodes, steps = max(1, ARGS.episodes // 3), ARGS.steps
+    print(f"== many writers: each logs {episodes} episodes x {steps} steps (add_step), one store ==")
+    for n in (int(x) for x in ARGS.writers.split(",")):
+        path = os.path.join(tmp, f"writers{n}")
+        procs = [subprocess.Popen([sys.executable, "-c", _WRITER, path, str(k), str(episodes), str(steps)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for k in range(n)]
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        samples: list[float] = []
+        with TrajectoryStore(path, read_only=True) as reader:
+            while any(p.poll() is None for p in procs):
+                try:
+                    t0 = time.perf_counter()
+                    reader.sample_steps(256, seed=len(samples))
+                    samples.append(time.perf_counter() - t0)
+                except Exception:  # noqa: BLE001 - nothing flushed yet
+                    time.sleep(0.01)
+        spans = [tuple(map(float, p.communicate()[0].split())) for p in procs]
+        wall = max(b for _, b in spans) - min(a for a, _ in spans)
+        with TrajectoryStore(path, read_only=True) as reader:
+            assert reader.num_steps() == n * episodes * steps and len(reader.episodes()) == n * episodes
+        row(f"{n} writer(s): aggregate steps/s", n * episodes * steps / wall, "steps/s")
+        if samples:
+            row(f"{n} writer(s): reader sample_steps(256) p50", statistics.median(samples) * 1e3, "ms")
+
+
 def main() -> None:
     warnings.filterwarnings("ignore", module="minari")  # dataset-card reminders
     tmp = tempfile.mkdtemp(prefix="persisting-bench-trajectory-", dir=ARGS.dir)
     try:
         print(f"gymnasium {gym.__version__}, cores {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
+        if ARGS.writers:
+            writers_section(tmp)
         logging_section(tmp)
         if ARGS.big_steps:
             big_section(tmp)
@@ -255,6 +312,7 @@ if __name__ == "__main__":
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--big-steps", type=int, default=10_000_000)
+    parser.add_argument("--writers", default="1,3", help="writer process counts for section 4 ('' skips it)")
     parser.add_argument("--dir", default=None, help="where to put the temporary stores")
     ARGS = parser.parse_args()
     main()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import threading
+from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -250,6 +251,15 @@ class TableReads:
                 yield from conform(b, target).to_batches()
         if pending is not None:
             yield from conform(pending, target).to_batches(max_chunksize=batch_rows)
+
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Hold this handle's view still until the block ends: none of its own background
+        commits lands (and, with ``follow=False``, nothing moves at all), so positions read
+        inside (``count``, :meth:`row_layout`, ``scan``) stay valid for ``take`` inside.
+        Do not append or flush inside: a full buffer may wait for the commit held back."""
+        with self._lock:
+            yield
 
     def row_layout(self) -> RowLayout:
         """Where the committed rows of the current version sit (see :mod:`~persisting.engine.rowlayout`):

@@ -6,8 +6,8 @@ episode is never located by a position range. The index keeps every visible step
 position sorted by ``(episode_id, step)``: an episode is one slice of that order, and a
 uniform step sample is a uniform index into it.
 
-Positions are valid for the table as pinned when the index was refreshed (the store reads
-under its lock, and its steps table commits only inside the store's calls). The committed
+Positions are valid for the table as it was when the index was refreshed; the store refreshes
+the index and takes rows inside one ``Table.pinned()`` block, so no commit lands in between. The committed
 part is refreshed incrementally while other writers only append (the engine's row layout
 says so: read just the new rows, two int columns); after a compaction or delete it is read
 again. This handle's own pending rows follow the committed ones and are re-read when they

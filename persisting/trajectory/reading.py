@@ -10,7 +10,8 @@ different writers interleave and other writers' compactions move them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -123,8 +124,18 @@ class EpisodeReads:
             ep.flush()
         self._steps.refresh()
         self._follow_specs()
-        self._index.refresh(self._steps)
+        with self._steps.pinned():
+            self._index.refresh(self._steps)
         return self._index
+
+    @contextmanager
+    def _positions(self) -> Iterator[StepIndex]:
+        """The step index, with row positions that stay valid for takes inside the block: the
+        steps table's own background commit cannot land meanwhile (call :meth:`_refresh`
+        first, outside: handing steps off may wait for that commit)."""
+        with self._steps.pinned():
+            self._index.refresh(self._steps)
+            yield self._index
 
     def _follow_specs(self) -> None:
         """Learn step fields other writers added (the store implements it)."""
@@ -166,14 +177,15 @@ class EpisodeReads:
         ``episode_id`` and ``step``. Unknown ids raise NotFoundError."""
         with self._lock:
             self._check_open()
-            idx = self._refresh()
-            sl = idx.episode_slice(int(episode_id))
-            if sl.stop == sl.start:
-                if not len(self._latest(ids=[int(episode_id)])):
-                    raise NotFoundError(f"trajectory store {self.path} has no episode {episode_id}", episode_id=episode_id)
-                return {"episode_id": np.empty(0, np.int64), "step": np.empty(0, np.int64)}
-            table, names = self._take(idx.positions[sl], fields)
-            return self._decode(table, list(STEP_KEYS) + names)
+            self._refresh()
+            with self._positions() as idx:
+                sl = idx.episode_slice(int(episode_id))
+                if sl.stop > sl.start:
+                    table, names = self._take(idx.positions[sl], fields)
+                    return self._decode(table, list(STEP_KEYS) + names)
+            if not len(self._latest(ids=[int(episode_id)])):
+                raise NotFoundError(f"trajectory store {self.path} has no episode {episode_id}", episode_id=episode_id)
+            return {"episode_id": np.empty(0, np.int64), "step": np.empty(0, np.int64)}
 
     def sample_steps(self, n: int, *, seed: int | np.random.Generator | None = None,
                      fields: Sequence[str] | None = None, obs_field: str = "obs") -> dict[str, np.ndarray]:
@@ -186,35 +198,40 @@ class EpisodeReads:
         rng = np.random.default_rng(seed)
         with self._lock:
             self._check_open()
-            idx = self._refresh()
-            if not len(idx.keys):
-                raise NotFoundError(f"trajectory store {self.path} has no steps to sample")
-            draw = rng.integers(0, len(idx.keys), size=n)
-            stored = self._steps.schema.names if self._steps.schema is not None else []
-            wanted = [c for c in stored if c in self._specs] if fields is None else list(fields)
-            if obs_field not in self._specs or obs_field not in stored:
-                return self._gather(idx.positions[draw], wanted)
-            final_name = "final_" + obs_field
-            extra = [c for c in (obs_field, final_name) if c in self._specs and c not in wanted]
-            nxt_pos = idx.positions[np.minimum(draw + 1, len(idx.keys) - 1)]
-            # one take for the sampled rows and their successors: each Lance take has a fixed cost
-            table, names = self._take(np.concatenate([idx.positions[draw], nxt_pos]), wanted + extra)
-            both = self._decode(table, list(STEP_KEYS) + names)
-            out = {k: v[:n] for k, v in both.items() if k not in extra}
-            nxt = both[obs_field][n:]
-            has_next = idx.has_next(draw)
-            if final_name in both and not has_next.all():
-                final_valid = np.asarray(table.column(final_name).is_valid())[:n]
-                use = ~has_next & final_valid
-                nxt = nxt.copy()
-                nxt[use] = both[final_name][:n][use]
-                has_next = has_next | final_valid
-            if not has_next.all() and nxt.dtype != object:
-                nxt = nxt.copy()
-                nxt[~has_next] = np.nan if nxt.dtype.kind == "f" else 0
-            out["next_" + obs_field] = nxt
-            out["has_next"] = has_next
-            return out
+            self._refresh()
+            with self._positions() as idx:
+                return self._sample_steps(idx, rng, n, fields, obs_field)
+
+    def _sample_steps(self, idx: StepIndex, rng: np.random.Generator, n: int,
+                      fields: Sequence[str] | None, obs_field: str) -> dict[str, np.ndarray]:
+        if not len(idx.keys):
+            raise NotFoundError(f"trajectory store {self.path} has no steps to sample")
+        draw = rng.integers(0, len(idx.keys), size=n)
+        stored = self._steps.schema.names if self._steps.schema is not None else []
+        wanted = [c for c in stored if c in self._specs] if fields is None else list(fields)
+        if obs_field not in self._specs or obs_field not in stored:
+            return self._gather(idx.positions[draw], wanted)
+        final_name = "final_" + obs_field
+        extra = [c for c in (obs_field, final_name) if c in self._specs and c not in wanted]
+        nxt_pos = idx.positions[np.minimum(draw + 1, len(idx.keys) - 1)]
+        # one take for the sampled rows and their successors: each Lance take has a fixed cost
+        table, names = self._take(np.concatenate([idx.positions[draw], nxt_pos]), wanted + extra)
+        both = self._decode(table, list(STEP_KEYS) + names)
+        out = {k: v[:n] for k, v in both.items() if k not in extra}
+        nxt = both[obs_field][n:]
+        has_next = idx.has_next(draw)
+        if final_name in both and not has_next.all():
+            final_valid = np.asarray(table.column(final_name).is_valid())[:n]
+            use = ~has_next & final_valid
+            nxt = nxt.copy()
+            nxt[use] = both[final_name][:n][use]
+            has_next = has_next | final_valid
+        if not has_next.all() and nxt.dtype != object:
+            nxt = nxt.copy()
+            nxt[~has_next] = np.nan if nxt.dtype.kind == "f" else 0
+        out["next_" + obs_field] = nxt
+        out["has_next"] = has_next
+        return out
 
     def _gather(self, positions: np.ndarray, fields: Sequence[str] | None) -> dict[str, np.ndarray]:
         table, names = self._take(positions, fields)
@@ -246,8 +263,9 @@ class EpisodeReads:
         rng = np.random.default_rng(seed)
         with self._lock:
             self._check_open()
-            idx = self._refresh()
-            starts = idx.slice_starts(length, rng, n)
-            sorted_idx = (starts[:, None] + np.arange(length)[None, :]).reshape(-1)
-            flat = self._gather(idx.positions[sorted_idx], fields)
+            self._refresh()
+            with self._positions() as idx:
+                starts = idx.slice_starts(length, rng, n)
+                sorted_idx = (starts[:, None] + np.arange(length)[None, :]).reshape(-1)
+                flat = self._gather(idx.positions[sorted_idx], fields)
             return {k: v.reshape((n, length) + v.shape[1:]) for k, v in flat.items()}

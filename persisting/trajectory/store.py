@@ -141,9 +141,6 @@ class TrajectoryStore(EpisodeReads):
         self._session_id = new_session_id()
         opts = options or TableOptions()
         opts = TableOptions(**{**opts.__dict__, "durability": durability})
-        # the steps table commits only inside this store's calls (under its lock), so a read
-        # pins row positions that no background commit moves while it takes them
-        step_opts = TableOptions(**{**opts.__dict__, "background_flush": False})
         tables: list[Table] = []
 
         def table(name: str, topts: TableOptions, schema: pa.Schema | None = None) -> Table:
@@ -158,7 +155,7 @@ class TrajectoryStore(EpisodeReads):
         try:
             if read_only:
                 self._episodes = table("episodes", opts, EPISODE_SCHEMA)
-                self._steps = table("steps", step_opts)
+                self._steps = table("steps", opts)
                 self._load_specs()
             else:
                 if wal_dir is None and not is_local(self.path):
@@ -171,7 +168,7 @@ class TrajectoryStore(EpisodeReads):
                     # episodes before steps: the writer hands steps to their table before the
                     # episode row that counts them, so a reader that pins episodes first sees them
                     self._episodes = table("episodes", opts, EPISODE_SCHEMA)
-                    self._steps = table("steps", step_opts)
+                    self._steps = table("steps", opts)
                     self._load_specs()
                     floor = self._recover()
                     self._sessions.start(self._session_id, {"steps": self._steps.writer_id,
