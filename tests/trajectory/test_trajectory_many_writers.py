@@ -235,3 +235,14 @@ def test_two_stores_on_one_path_in_one_process(tmp_path: Path) -> None:
         b.close()
     with TrajectoryStore(path) as again:
         assert again.recovered == []
+
+
+def test_writer_coordination_errors_are_typed_and_name_the_path(tmp_path: Path) -> None:
+    from persisting.errors import StorageError, WALError
+
+    with pytest.raises(WALError, match="s3://bucket/traj.*wal_dir"):
+        TrajectoryStore("s3://bucket/traj", storage_options={"region": "us-east-1"})
+    blocker = tmp_path / "wal"
+    blocker.write_text("a file where the writers' directory should be")
+    with pytest.raises(StorageError, match=str(blocker)):
+        TrajectoryStore(str(tmp_path / "s"), wal_dir=str(blocker))
