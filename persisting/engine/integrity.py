@@ -147,7 +147,10 @@ def record(root: str, new_files: Sequence[str], removed: Iterable[str] = ()) -> 
         entries[rel] = digest_file(path)
     gone = [r for r in removed if is_immutable(r)]
     if gone:
-        prune(root, gone)
+        try:
+            prune(root, gone)
+        except OSError as exc:  # stale entries only cost a later prune; the new record matters more
+            log.warning("could not prune digest records of %s: %s", root, exc)
     if not entries:
         return None
     versions = [v for v in (manifest_version(r) for r in entries) if v is not None]
@@ -190,15 +193,21 @@ def prune(root: str, removed: Iterable[str]) -> None:
     names = sorted(n for n in os.listdir(directory) if n.endswith(".json"))
     merged: dict[str, Digest] = {}
     for n in names:
-        with open(os.path.join(directory, n), "rb") as f:
-            merged.update(_decode(os.path.join(directory, n), f.read()))
+        try:
+            with open(os.path.join(directory, n), "rb") as f:
+                merged.update(_decode(os.path.join(directory, n), f.read()))
+        except FileNotFoundError:
+            continue  # merged away by another writer's concurrent prune: its merge keeps the entries
     kept = {k: v for k, v in merged.items() if k not in gone}
     if kept:
         versions = [v for v in (manifest_version(r) for r in kept) if v is not None]
         new = f"{max(versions, default=0):020d}-{uuid.uuid4().hex[:12]}.json"
         _write_durable(os.path.join(directory, new), _encode(kept))
     for n in names:
-        os.unlink(os.path.join(directory, n))
+        try:
+            os.unlink(os.path.join(directory, n))
+        except FileNotFoundError:
+            pass  # another writer's prune removed it first
     fsync_path(directory)
     with _lock:
         _records.pop(os.path.abspath(root), None)
