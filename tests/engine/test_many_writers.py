@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -17,11 +16,12 @@ from persisting.errors import LockedError
 
 CHILD = textwrap.dedent(
     """
-    import sys, time
+    import sys
     from persisting.engine import Table, TableOptions
-    uri, k, start_at, mode = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+    uri, k, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     t = Table(uri, options=TableOptions(durability="always", flush_rows=7)) if mode != "open" else None
-    time.sleep(max(0.0, start_at - time.time()))
+    print("ready", flush=True)
+    sys.stdin.readline()  # every child is imported and open before any of them goes on
     if mode == "open":  # race to open (and adopt orphans), then append one row and close
         t = Table(uri, options=TableOptions(durability="always"))
         t.append([{"k": k, "i": -1}])
@@ -40,10 +40,15 @@ CHILD = textwrap.dedent(
 )
 
 
-def _run(uri: str, n: int, mode: str, delay: float = 3.0) -> list[subprocess.CompletedProcess[str]]:
-    start_at = time.time() + delay  # every child has imported and opened by then
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, uri, str(k), str(start_at), mode],
+def _run(uri: str, n: int, mode: str) -> list[subprocess.CompletedProcess[str]]:
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, uri, str(k), mode], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(n)]
+    for p in procs:  # a barrier: all ready, then all go at once
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready", p.stderr.read() if p.stderr else ""
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
     out = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=120)
@@ -71,10 +76,10 @@ def test_dead_writers_are_adopted_exactly_once_by_racing_openers(tmp_path: Path)
     uri = str(tmp_path / "t.lance")
     with Table(uri) as t:
         t.append([{"k": -1, "i": -1}])
-    for res in _run(uri, 3, "crash", delay=3.0):
+    for res in _run(uri, 3, "crash"):
         assert res.returncode == -9 and "acked" in res.stdout, res.stderr
     assert len(os.listdir(tmp_path / "t.wal" / "writers")) == 3  # three orphans on disk
-    for res in _run(uri, 3, "open", delay=1.0):  # three processes open at once: each orphan once
+    for res in _run(uri, 3, "open"):  # three processes open at once: each orphan once
         assert res.returncode == 0, res.stderr
     with Table(uri, read_only=True) as t:
         pairs = _pairs(t)
