@@ -7,11 +7,12 @@ Load it through vLLM's config::
                      kv_role="kv_both", kv_connector_extra_config={"path": "/data/kv"})
 
 One store chunk is one vLLM block (``chunk_size = block_size``), so a chunk key names the whole
-block-aligned prefix that ends with that block. A chunk holds that block of every layer, as
-``[layers, *per-block view]`` with tokens on axis 2: the per-layer ``[blocks, heads, block_size,
-channels]`` view vLLM hands to connectors, copied block by block and written back the same way.
-Only whole blocks are moved, so packed interiors (the CPU backend keeps K and V in one block) are
-reproduced bit for bit.
+block-aligned prefix that ends with that block. A chunk holds that block of every layer: the
+per-layer ``[blocks, heads, block_size, channels]`` views vLLM hands to connectors, one block's
+``[layers, heads, block_size, channels]`` bytes contiguous, stored as ``[block_size, rest]`` rows
+(axis 0 counts the block's tokens but rows are not tokens). Whole blocks are moved with
+contiguous copies, and packed interiors (the CPU backend keeps K and V in one block) are
+reproduced bit for bit. The store never splits a chunk, so the row view is never cut.
 
 Processes: vLLM runs the scheduler and the workers in different processes on CPU (``mp``
 executor). The worker holds the store's one writer handle; the scheduler holds a read-only
@@ -52,8 +53,8 @@ if TYPE_CHECKING:
 __all__ = ["ConnectorConfig", "PersistingConnector", "PersistingConnectorMetadata"]
 
 log = logging.getLogger(__name__)
-_TOKEN_AXIS = 2  # of a stored chunk: [layers, heads, block_size, channels]
-_LAYOUT_VERSION = "persisting.vllm/v1 [L,H,N,C] per block"
+_TOKEN_AXIS = 0  # of a stored chunk: [block_size, layers * heads * channels], a block's bytes in order
+_LAYOUT_VERSION = "persisting.vllm/v2 block-major [L,H,N,C] as [N, L*H*C]"
 _KNOWN = {"path", "namespace", "capacity_bytes", "compression", "storage_options", "wal_dir"}
 
 
@@ -323,11 +324,11 @@ class PersistingConnector(KVConnectorBase_V1):
                 self._failed.update(load.block_ids[max(got, load.first_block):])
             if got <= load.first_block or kv is None:
                 continue
-            ids = torch.tensor(load.block_ids[load.first_block : got], dtype=torch.long)
-            for layer, dst in enumerate(self._layers):
-                src = kv[layer].narrow(1, load.first_block * bs, (got - load.first_block) * bs)
-                h, _, c = src.shape
-                dst.index_copy_(0, ids, src.reshape(h, -1, bs, c).transpose(0, 1).to(dst.dtype))
+            blocks = kv.view((got, len(self._layers)) + tuple(self._layers[0].shape[1:]))  # [blocks, L, H, N, C]
+            for n in range(load.first_block, got):  # one contiguous copy per block and layer: faster than index_copy_
+                block_id = load.block_ids[n]
+                for layer, dst in enumerate(self._layers):
+                    dst[block_id].copy_(blocks[n, layer])
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         return  # start_load_kv loads every layer before the forward pass starts
@@ -346,13 +347,13 @@ class PersistingConnector(KVConnectorBase_V1):
             if self._store.lookup(save.tokens) >= len(save.tokens):
                 continue  # another request or process stored it meanwhile
             # every block is copied, stored ones too: another process may evict them before put
-            first = self._layers[0]
-            ids = torch.tensor(save.block_ids, dtype=torch.long)
-            kv = torch.empty((len(self._layers), first.shape[1], len(ids) * bs, first.shape[3]), dtype=first.dtype)
-            for layer, src in enumerate(self._layers):
-                part = src.index_select(0, ids).transpose(0, 1)  # [heads, blocks, bs, channels]
-                kv[layer].copy_(part.reshape(part.shape[0], -1, part.shape[3]))
-            self._store.put(save.tokens, kv, token_axis=_TOKEN_AXIS)
+            n_blocks = len(save.block_ids)
+            blocks = torch.empty((n_blocks, len(self._layers)) + tuple(self._layers[0].shape[1:]),
+                                 dtype=self._layers[0].dtype)  # [blocks, L, H, N, C], one block contiguous
+            for n, block_id in enumerate(save.block_ids):
+                for layer, src in enumerate(self._layers):
+                    blocks[n, layer].copy_(src[block_id])
+            self._store.put(save.tokens, blocks.view(n_blocks * bs, -1), token_axis=_TOKEN_AXIS)
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         failed, self._failed = self._failed, set()
