@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from persisting.engine.names import check_name
+from persisting.kvcache.namespaces import check_namespace
 from persisting.errors import InvalidRecordError
 
 __all__ = ["KEY_VERSION", "as_token_array", "chunk_keys", "iter_chunk_keys", "namespace_seed"]
@@ -39,7 +39,7 @@ def namespace_seed(namespace: str, chunk_size: int) -> bytes:
     The chunk size is part of the seed: a store reopened with another chunk size finds no
     entries rather than entries cut at other boundaries.
     """
-    check_name(namespace, what="namespace")
+    check_namespace(namespace)
     text = KEY_VERSION + b"\0" + namespace.encode() + b"\0" + str(int(chunk_size)).encode()
     return hashlib.blake2b(text, digest_size=32).digest()
 

@@ -35,14 +35,20 @@ def _tokens(input_ids: Any) -> Any:
 def save_cache(store: KVCacheStore, input_ids: Any, cache: Any) -> int:
     """Store the KV of every full chunk of ``input_ids`` held by ``cache``; return tokens newly stored.
 
-    The cache may be longer than ``input_ids`` (e.g. after generation): its first
-    ``len(input_ids)`` positions are stored. The caller's cache is not modified.
+    Only positions both hold are stored. A cache may be longer than ``input_ids`` (its first
+    ``len(input_ids)`` positions are stored) or shorter: right after ``generate``,
+    ``out.past_key_values`` covers every token of ``out.sequences`` but the last (that token was
+    sampled, never fed back), so ``save_cache(store, out.sequences, out.past_key_values)`` stores
+    the prefix the cache covers. The caller's cache is not modified.
     """
     tokens = _tokens(input_ids)
-    n = len(tokens)
     layers = getattr(cache, "layers", None)
     if not layers:
         raise InvalidRecordError(f"expected a transformers DynamicCache with layers, got {type(cache).__name__}")
+    first = getattr(layers[0], "keys", None)
+    held = int(first.shape[2]) if isinstance(first, torch.Tensor) and first.dim() == 4 else len(tokens)
+    n = min(len(tokens), held)
+    tokens = tokens[:n]
     parts = []
     for i, layer in enumerate(layers):
         if getattr(layer, "is_sliding", False) or not hasattr(layer, "keys") or layer.keys is None:

@@ -37,7 +37,6 @@ import pyarrow as pa
 
 from persisting.engine import RowLayout
 from persisting.engine.codec import COMPRESSIONS, check_framework, checksum, decode_tensor, dtype_name, encode_tensor
-from persisting.engine.names import check_name
 from persisting.engine.options import TableOptions
 from persisting.engine.table import Table
 from persisting.errors import (
@@ -53,6 +52,7 @@ from persisting.kvcache.chunks import META_COLUMNS, SCHEMA, Layout, copy_chunk, 
 from persisting.kvcache.hashing import as_token_array, iter_chunk_keys, namespace_seed
 from persisting.kvcache.index import ChunkIndex, Entry
 from persisting.kvcache.metrics import KVCacheMetrics
+from persisting.kvcache.namespaces import check_namespace, storage_name
 
 __all__ = ["KVCacheStore", "Layout"]
 
@@ -95,7 +95,7 @@ class KVCacheStore:
         wal_dir: str | None = None,
         refresh_interval: float = 0.0,
     ) -> None:
-        check_name(namespace, what="namespace")
+        check_namespace(namespace)
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
             raise SchemaError(f"chunk_size must be a positive int, got {chunk_size!r}", chunk_size=chunk_size)
         if capacity_bytes is not None and (isinstance(capacity_bytes, bool) or not isinstance(capacity_bytes, int) or capacity_bytes < 0):
@@ -128,7 +128,7 @@ class KVCacheStore:
         self._read_buf = bytearray()  # reused buffer for payloads being read
         self._layout: Layout | None = None
         self._index = ChunkIndex(self._seed.hex())
-        uri = self.path.rstrip("/") + "/" + namespace + ".lance"
+        uri = self.path.rstrip("/") + "/" + storage_name(namespace) + ".lance"
         if "://" not in self.path:
             os.makedirs(self.path, exist_ok=True)
         self._table = Table(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -30,6 +30,7 @@ from persisting.engine.commits import applied_lsn, writer_applied_lsn
 from persisting.engine.lance_io import default_wal_dir
 from persisting.engine.writers import read_base, writer_wal_dirs
 from persisting.engine.wal import ReplayReport, list_segments, read_frames
+from persisting.kvcache.namespaces import namespace_of
 from persisting.queue.topics import read_topic
 
 __all__ = ["KINDS", "StoreInfo", "TableInfo", "discover", "find_tables", "table_info", "wal_pending_rows"]
@@ -266,6 +267,8 @@ def discover(root: str, *, wal_rows: bool = True) -> list[StoreInfo]:
                 by_topic.setdefault(t.topic, []).append(t)
             for topic, group in sorted(by_topic.items(), key=lambda kv: kv[0] or ""):
                 stores.append(StoreInfo("queue", directory, tuple(group), topic=topic or os.path.basename(directory)))
+        elif kind == "kvcache":  # tables are named by the encoded namespace: show it as given
+            stores.append(StoreInfo(kind, directory, tuple(replace(t, name=namespace_of(t.name)) for t in tables)))
         else:
             stores.append(StoreInfo(kind, directory, tuple(tables)))
     return stores

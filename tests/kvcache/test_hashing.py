@@ -55,7 +55,7 @@ def test_float_torch_tokens_refused() -> None:
         as_token_array(torch.tensor([1.0, 2.0]))
 
 
-@pytest.mark.parametrize("bad", ["", "..", "a/b", "a\0b", 5])
+@pytest.mark.parametrize("bad", ["", "a\0b", 5])  # model ids with "/" are fine: see test_namespaces.py
 def test_bad_namespace(bad: object) -> None:
     with pytest.raises(InvalidNameError):
         namespace_seed(bad, 4)  # type: ignore[arg-type]

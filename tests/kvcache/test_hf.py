@@ -118,3 +118,18 @@ def test_new_process_generates_from_the_loaded_cache(tmp_path: Path, model: Any,
     assert out["computed"] == [PROMPT - 2 * CS]  # only the suffix went through the model
     assert out["equal_here"] and out["equal_parent"], out
     assert out["gen_equal"] and out["gen_new"] == 6
+
+
+@torch.no_grad()
+def test_save_cache_right_after_generate(tmp_path: Path, model: Any) -> None:
+    """``generate`` returns one token more than its cache covers: the covered prefix is stored."""
+    ids = prompt_ids()
+    out = model.generate(ids, max_new_tokens=5, do_sample=False, return_dict_in_generate=True)
+    assert out.past_key_values.get_seq_length() == out.sequences.shape[-1] - 1
+    with KVCacheStore(tmp_path, namespace="meta-llama/Llama-3.1-8B", chunk_size=CS) as store:
+        covered = (out.sequences.shape[-1] - 1) // CS * CS
+        assert save_cache(store, out.sequences, out.past_key_values) == covered
+        loaded, n = load_cache(store, out.sequences, config=model.config)
+        assert n == covered
+        _, ref = continuation_from_memory(model, out.sequences, n)
+        assert torch.equal(model(out.sequences[:, n:], past_key_values=loaded).logits, ref)

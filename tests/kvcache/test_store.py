@@ -327,7 +327,7 @@ def test_bad_input_raises_typed_errors_and_writes_nothing(tmp_path: Path) -> Non
             store.put(fresh, make_kv(13, 2 * CS), token_axis=7)
         assert store._table.version == version and len(store) == 2 and store.lookup(fresh) == 0
         np.testing.assert_array_equal(store.get(toks), kv)
-    for bad_ns in ["", "..", "a/b", "x\0y"]:
+    for bad_ns in ["", "x\0y"]:  # model ids with "/" or ".." are fine: see test_namespaces.py
         with pytest.raises(InvalidNameError):
             KVCacheStore(tmp_path, namespace=bad_ns)
     # (the engine's creation lock for shared tables is a hidden file beside the dataset)
