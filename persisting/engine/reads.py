@@ -8,7 +8,9 @@ by Lance to committed rows and to an in-memory Lance copy of the pending ones.
 from __future__ import annotations
 
 import io
+import os
 import threading
+from dataclasses import dataclass
 from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,7 @@ import pyarrow as pa
 
 from persisting.engine import integrity
 from persisting.engine.lance_io import BLOB_METADATA, GuardedBlob, is_blob, lance_errors, read_blob
+from persisting.engine.durable import is_local, local_path
 from persisting.engine.rowlayout import RowLayout, row_layout
 from persisting.engine.schema import conform
 from persisting.errors import ClosedError, NotFoundError
@@ -29,7 +32,18 @@ if TYPE_CHECKING:
     from persisting.engine.table import Table
     from persisting.engine.wal import WAL
 
-__all__ = ["TableReads"]
+__all__ = ["BlobLocation", "TableReads"]
+
+_PACKED, _DEDICATED = 1, 2  # Lance blob v2 descriptor kinds kept in a .blob file of their own
+
+
+@dataclass(frozen=True)
+class BlobLocation:
+    """Where a committed blob's bytes sit in a local file: ``size`` bytes from ``offset``."""
+
+    path: str
+    offset: int
+    size: int
 
 
 class TableReads:
@@ -216,6 +230,47 @@ class TableReads:
         with lance_errors(self.uri, f"blob column {column!r} at positions {list(positions)[:8]}"):
             blobs = list(ds.take_blobs(column, indices=list(positions), buffer_size=buffer_size))
         return [b if b is None else GuardedBlob(b, self.uri, column, p) for b, p in zip(blobs, positions)]
+
+    def blob_locations(self, column: str, positions: Sequence[int]) -> list[BlobLocation | None]:
+        """The file, offset and size of each committed blob at ``positions`` (Lance blob v2 keeps
+        large payloads in ``data/<data file>/<reversed id>.blob``), so payload reads can go to
+        the file directly. None where no such file exists: remote tables, pending rows, nulls,
+        blobs Lance kept inline in its data file, or anything this layout does not cover. The
+        files may vanish once another writer's cleanup removed this version: a reader treats
+        a missing file as a stale view, never as data."""
+        positions = list(positions)
+        out: list[BlobLocation | None] = [None] * len(positions)
+        with self._lock:
+            self._check_open()
+            ds = self._ds
+            if ds is None or not is_local(self.uri) or column not in ds.schema.names or not is_blob(
+                ds.schema.field(column)
+            ):
+                return out
+            asked = [(i, p) for i, p in enumerate(positions) if 0 <= p < self._flushed_rows]
+            if not asked:
+                return out
+            with lance_errors(self.uri, f"blob column {column!r} at positions {[p for _, p in asked][:8]}"):
+                taken = ds.take([p for _, p in asked], columns=[column, "_rowaddr"])
+                field_id = ds.lance_schema.field(column).id()
+                files = {}
+                for frag in ds.get_fragments():
+                    for f in frag.metadata.files:
+                        if field_id in f.fields and f.base_id is None:
+                            files[frag.fragment_id] = f.path
+        root = local_path(self.uri)
+        descs = taken.column(column).to_pylist()
+        addrs = taken.column("_rowaddr").to_pylist()
+        for (i, _), d, addr in zip(asked, descs, addrs):
+            if not isinstance(d, dict) or d.get("kind") not in (_PACKED, _DEDICATED) or d.get("blob_uri"):
+                continue
+            data_file = files.get(addr >> 32)
+            if data_file is None:
+                continue
+            name = format(int(d["blob_id"]), "032b")[::-1] + ".blob"
+            path = os.path.join(root, "data", data_file.removesuffix(".lance"), name)
+            out[i] = BlobLocation(path, int(d["position"]), int(d["size"]))
+        return out
 
     def iter_batches(
         self, *, columns: list[str] | None = None, filter: str | None = None, batch_rows: int = 65536
