@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["SCHEMA", "META_COLUMNS", "Layout", "copy_chunk", "is_torch", "itemsize", "proxy", "read_into"]
+__all__ = ["SCHEMA", "META_COLUMNS", "Layout", "copy_chunk", "is_torch", "itemsize", "proxy"]
 
 _BLOB = {"lance-encoding:blob": "true"}
 SCHEMA = pa.schema([
@@ -79,12 +79,3 @@ def copy_chunk(kv: Any, axis: int, start: int, length: int, dest: np.ndarray, ch
     index[axis] = slice(start, start + length)
     np.copyto(dest.view(kv.dtype).reshape(chunk_shape), kv[tuple(index)], casting="no")
 
-
-def read_into(blob: Any, scratch: bytearray, nbytes: int) -> memoryview | bytes:
-    """The blob's bytes, read into ``scratch`` when it has exactly their size (Lance's
-    ``readinto`` copies through a temporary unless handed a whole bytearray)."""
-    with blob as f:
-        if nbytes != len(scratch):
-            return f.read()
-        got = f.readinto(scratch)
-    return memoryview(scratch)[:got]

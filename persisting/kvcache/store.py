@@ -48,7 +48,8 @@ from persisting.errors import (
     SchemaError,
     StorageError,
 )
-from persisting.kvcache.chunks import META_COLUMNS, SCHEMA, Layout, copy_chunk, is_torch, itemsize, proxy, read_into
+from persisting.engine.payloads import read_into
+from persisting.kvcache.chunks import META_COLUMNS, SCHEMA, Layout, copy_chunk, is_torch, itemsize, proxy
 from persisting.kvcache.hashing import as_token_array, iter_chunk_keys, namespace_seed
 from persisting.kvcache.index import ChunkIndex, Entry
 from persisting.kvcache.metrics import KVCacheMetrics
@@ -506,7 +507,8 @@ class KVCacheStore:
     def _read_chain(self, chain: list[Entry], framework: Framework | None) -> Any:
         """Assemble the chain's KV; on a corrupt chunk, remove it and its suffix, return None.
 
-        Each payload is read into one reused buffer, checked, and copied once into the output.
+        Each payload is read straight into its slice of the output (engine ``read_into``: one
+        scattered read per chunk, chunks in parallel, checksum verified), with no staging copy.
         """
         assert self._layout is not None
         layout, cs = self._layout, self.chunk_size
@@ -519,44 +521,36 @@ class KVCacheStore:
             raise
         if framework is None:
             framework = meta[0]["framework"]
+        if any(m["key"] != e.key for e, m in zip(chain, meta)):
+            self._seen = None  # out of step with the table: read every key again
+            self._catch_up(force=True)
+            return None
         shape = layout.shape(len(chain) * cs)
         as_bits = proxy(layout.dtype)
         out = np.empty(int(np.prod(shape, dtype=np.int64)) * as_bits.itemsize, dtype=np.uint8)
         out_view = out.view(as_bits).reshape(shape)
         index: list[Any] = [slice(None)] * len(shape)
-        if len(self._read_buf) != chain[0].nbytes:  # kept across gets: fresh pages cost more than the copy
-            self._read_buf = bytearray(chain[0].nbytes)
-        scratch = self._read_buf
-        read = 0
-        if any(m["key"] != e.key for e, m in zip(chain, meta)):
-            self._seen = None  # out of step with the table: read every key again
-            self._catch_up(force=True)
-            return None
-        try:
-            blobs = _blob_files(self._table, positions, self._buffered)
-        except CorruptionError:
-            if self._catch_up(force=True):
-                return None
-            raise
-        for n, (e, m, blob) in enumerate(zip(chain, meta, blobs)):
-            try:
-                data = read_into(blob, scratch, e.nbytes)  # a damaged blob file: CorruptionError, a miss
-                raw = decode_tensor(
-                    data, dtype="uint8", shape=(m["raw_nbytes"],), checksum_=m["checksum"],
-                    compression=m["compression"], copy=False, where=f"{self._table.uri} chunk {e.key} (row {e.position})",
-                )
-            except CorruptionError:
-                # another process's eviction and compaction may have removed the file under
-                # this version: only damage found on the newest version is damage
-                if not self._catch_up(force=True):
-                    self._remove_corrupt(e)
-                return None
+        dests = []
+        for n in range(len(chain)):
             index[layout.token_axis] = slice(n * cs, (n + 1) * cs)
-            out_view[tuple(index)] = raw.view(as_bits).reshape(m["shape"])
-            read += len(data)
+            dests.append(out_view[tuple(index)])
+        chunk_shape = layout.shape(cs)
+        results = read_into(
+            self._table, "payload", positions, dests, checksums=[m["checksum"] for m in meta],
+            compressions=[m["compression"] for m in meta],
+        )
+        for e, m, r in zip(chain, meta, results):
+            if r.ok and tuple(m["shape"]) == chunk_shape:
+                continue
+            # a vanished file or damage: another process's eviction and compaction may have
+            # removed the file under this version, so only damage found on the newest version
+            # is damage
+            if not self._catch_up(force=True) and (r.status == "corrupt" or r.ok):
+                self._remove_corrupt(e)
+            return None
+        read = sum(r.nbytes for r in results)
         self._counts["bytes_read"] += read
         self._metrics.bytes_read.inc(read)
-        self._table.metrics.bytes_read.inc(read)
         return decode_tensor(out.data, dtype=layout.dtype, shape=shape, framework=framework, copy=False)
 
     def _remove_corrupt(self, entry: Entry) -> None:
@@ -597,7 +591,3 @@ class KVCacheStore:
         else:
             self._sync()
 
-
-def _blob_files(table: Table, positions: list[int], buffered: bool) -> list[Any]:
-    """File-like handles on the payloads at ``positions`` (read straight into our buffers)."""
-    return table.open_blobs("payload", positions)
