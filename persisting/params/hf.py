@@ -7,7 +7,11 @@ Resuming: the Trainer decides where to restart from a checkpoint *directory*, so
 :meth:`ParamStoreCallback.checkpoint_dir` writes a light one from the store (``model.safetensors``
 and ``trainer_state.json``, no pickles); pass it to ``trainer.train(resume_from_checkpoint=...)``.
 The Trainer loads the weights and skips the steps already done, and at ``on_train_begin`` the
-callback restores optimizer, scheduler and RNG state from the same checkpoint.
+callback restores optimizer and scheduler state from the same checkpoint. The RNG state goes
+into the directory as the ``rng_state.pth`` the Trainer expects: the Trainer restores it itself,
+after it has skipped the batches already trained on (which draws random numbers), so dropout
+masks and shuffling continue exactly as in an uninterrupted run. Restoring it any earlier (at
+``on_train_begin``) lets that skipping consume the restored state.
 """
 
 from __future__ import annotations
@@ -81,18 +85,45 @@ class ParamStoreCallback(TrainerCallback):
         save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(path, "trainer_state.json"), "w") as f:
             json.dump(state["trainer_state"], f, indent=2, sort_keys=True)
+        rng = self.store.load(info.step, keys=["rng"]).get("rng")
+        if rng is not None:
+            _write_trainer_rng(rng, os.path.join(path, "rng_state.pth"))
         self._restore_step = info.step
         return path
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         if self._restore_step is None:
             return
-        saved = self.store.load(self._restore_step, keys=["optim", "scheduler", "rng"])
+        saved = self.store.load(self._restore_step, keys=["optim", "scheduler"])
         optimizer, lr_scheduler = kw.get("optimizer"), kw.get("lr_scheduler")
         if optimizer is not None and "optim" in saved:
             optimizer.load_state_dict(saved["optim"])
         if lr_scheduler is not None and "scheduler" in saved:
             lr_scheduler.load_state_dict(saved["scheduler"])
-        if "rng" in saved:
-            restore_rng(saved["rng"])
-        self._restore_step = None
+        self._restore_step = None  # the RNG: the Trainer restores rng_state.pth at its own point
+
+
+def _write_trainer_rng(rng: Any, path: str) -> None:
+    """Write ``rng`` (as :func:`capture_rng` took it) in the Trainer's ``rng_state.pth`` layout.
+
+    The stored state is put into the generators once and read back with the calls the Trainer
+    uses, which gives exactly the types its ``_load_rng_state`` expects; the caller's generators
+    are left as they were. The Trainer reads the file with ``torch.load(weights_only=True)``.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    mine = capture_rng()
+    try:
+        restore_rng(rng)
+        states: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+                                  "cpu": torch.random.get_rng_state()}
+        if torch.cuda.is_available() and "cuda" in rng:
+            states["cuda"] = torch.cuda.random.get_rng_state_all()
+    finally:
+        restore_rng(mine)
+    tmp = path + ".partial"
+    torch.save(states, tmp)
+    os.replace(tmp, path)
