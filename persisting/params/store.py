@@ -346,11 +346,15 @@ class ParamStore:
             freed = self._chunks.reclaim(compact=compact) if removed or compact else 0
             return GCReport(removed, removed_bytes, freed)
 
-    def export_safetensors(self, step: int | None, path: str | os.PathLike[str], *, tag: str | None = None) -> None:
-        """Write checkpoint ``step`` as a safetensors file (flat dotted names)."""
+    def export_safetensors(
+        self, step: int | None, path: str | os.PathLike[str], *, tag: str | None = None, keys: Keys | None = None,
+        strip_prefix: str | None = None,
+    ) -> None:
+        """Write checkpoint ``step`` as a safetensors file (flat dotted names); ``keys`` selects
+        parts, ``strip_prefix`` drops a name prefix for Hugging Face (see safetensors_io)."""
         from persisting.params.safetensors_io import export_safetensors
 
-        export_safetensors(self, step, os.fspath(path), tag=tag)
+        export_safetensors(self, step, os.fspath(path), tag=tag, keys=keys, strip_prefix=strip_prefix)
 
     def import_safetensors(
         self, path: str | os.PathLike[str], *, step: int, tags: Iterable[str] = (),

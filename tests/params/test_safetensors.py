@@ -68,3 +68,41 @@ def test_export_refuses_colliding_names_and_bad_files(store_path: str, tmp_path)
         with pytest.raises(NotFoundError):
             store.import_safetensors(str(tmp_path / "missing.safetensors"), step=2)
         assert [i.step for i in store.list()] == [1]
+
+
+def test_export_for_hugging_face_selects_strips_and_uses_normal_modes(store_path: str, tmp_path) -> None:
+    """``keys="model", strip_prefix="model."``: only the weights, under the names
+    ``from_pretrained`` expects (a real GPT-2 loads them, nothing missing or unexpected), in a
+    file any user can read (0666 less the umask, as a new file would be)."""
+    transformers = pytest.importorskip("transformers")
+    import os
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=16,
+                                  bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(cfg)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 4, dtype=torch.long), labels=torch.zeros(1, 4, dtype=torch.long)).loss.backward()
+    opt.step()
+    with ParamStore(store_path) as store:
+        store.save({"model": model.state_dict(), "optim": opt.state_dict(), "step": 1}, step=1)
+        hf_dir = tmp_path / "hf"
+        cfg.save_pretrained(hf_dir)
+        store.export_safetensors(1, hf_dir / "model.safetensors", keys="model", strip_prefix="model.")
+        old = os.umask(0o027)
+        try:
+            store.export_safetensors(1, tmp_path / "private.safetensors", keys="model", strip_prefix="model.")
+        finally:
+            os.umask(old)
+        with pytest.raises(InvalidRecordError, match="strip_prefix"):
+            store.export_safetensors(1, tmp_path / "bad.safetensors", strip_prefix="model.")  # optim has no prefix
+        with pytest.raises(NotFoundError):
+            store.export_safetensors(1, tmp_path / "none.safetensors", keys="nothing.here")
+    assert os.stat(hf_dir / "model.safetensors").st_mode & 0o777 == 0o666 & ~old
+    assert os.stat(tmp_path / "private.safetensors").st_mode & 0o777 == 0o640
+    names = set(safetensors_torch.load_file(str(hf_dir / "model.safetensors")))
+    assert names and not any(n.startswith(("model.", "optim", "state")) for n in names)
+    loaded, info = transformers.GPT2LMHeadModel.from_pretrained(hf_dir, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
