@@ -45,8 +45,10 @@ _pool: ThreadPoolExecutor | None = None
 @dataclass(frozen=True)
 class ReadResult:
     """What reading one payload did: ``hit`` (destination filled, checksum matched), ``miss``
-    (nothing there; ``retry`` when a refreshed view may find it), ``corrupt`` (the bytes failed
-    their checksum or size and were not kept as data). ``where`` names the file or row."""
+    (nothing there), ``corrupt`` (the bytes failed their checksum or size and were not kept as
+    data). ``retry``: the view may be stale (a file vanished under another writer's cleanup);
+    refresh the table and read again before calling it lost or damaged. ``where`` names the
+    file or row."""
 
     status: Status
     nbytes: int
@@ -123,7 +125,14 @@ def read_into(
                           option="destinations")
     comps = list(compressions) if compressions is not None else [None] * n
     runs = [byte_runs(d) for d in destinations]
-    locations = table.blob_locations(column, positions)
+    try:
+        locations = table.blob_locations(column, positions)
+    except PersistingError as exc:
+        # a data file of this view is gone or damaged: stale after another writer's cleanup,
+        # or damage; the caller refreshes and asks again, and judges damage on the newest view
+        status: Status = "corrupt" if isinstance(exc, CorruptionError) else "miss"
+        where = f"table {table.uri} column {column!r}"
+        return [ReadResult(status, 0, where, str(exc), retry=True) for _ in positions]
     results: list[ReadResult | None] = [None] * n
     direct = [i for i in range(n) if locations[i] is not None]
     if len(direct) > 1:

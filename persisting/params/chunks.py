@@ -17,7 +17,7 @@ a read, gc removes both once unreferenced).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,8 +25,9 @@ import pyarrow as pa
 
 from persisting.engine.codec import checksum
 from persisting.engine.options import TableOptions
+from persisting.engine.payloads import read_into
 from persisting.engine.table import Table
-from persisting.errors import CorruptionError, NotFoundError, StorageError
+from persisting.errors import CorruptionError, NotFoundError
 
 __all__ = ["SCHEMA", "ChunkTable", "PutResult"]
 
@@ -37,7 +38,7 @@ SCHEMA = pa.schema([
     pa.field("data", pa.large_binary(), metadata=_BLOB),
 ])
 _DELETE_BATCH = 500  # keys per delete predicate
-_READ_BATCH_BYTES = 64 * 1024 * 1024  # chunk bytes fetched per read call
+_READ_BATCH_CHUNKS = 256  # chunks located and read per read_into call
 
 
 @dataclass(frozen=True)
@@ -156,13 +157,15 @@ class ChunkTable:
             # another writer committed in between: Lance put its rows before ours
             self.reindex()
 
-    def read(self, keys: Iterable[str]) -> Iterator[tuple[str, np.ndarray]]:
-        """Yield (key, uint8 array) for ``keys`` (unique), verified against their checksum.
+    def read_into(self, targets: Mapping[str, np.ndarray]) -> int:
+        """Read each chunk ``key`` straight into ``targets[key]`` (a writable uint8 buffer of its
+        size), verified against its checksum, chunks in parallel; return the bytes read.
 
-        A chunk that fails its checksum raises CorruptionError and is never yielded.
-        """
-        batch: list[str] = []
-        size = 0
+        A chunk that fails its checksum raises CorruptionError (its target then holds no
+        promise); a chunk no longer stored raises NotFoundError. When a read fails because
+        another process deleted or compacted chunks and cleaned up the files this view points
+        at, the view moves to the newest version and the failed chunks are read once more."""
+        keys = list(targets)
         for key in keys:
             if key not in self._positions:
                 raise NotFoundError(
@@ -170,56 +173,47 @@ class ChunkTable:
                     "the store was modified outside ParamStore",
                     key=key,
                 )
-            batch.append(key)
-            size += self._sizes.get(key, 0)
-            if size >= _READ_BATCH_BYTES:
-                yield from self._read_batch_again(batch)
-                batch, size = [], 0
-        if batch:
-            yield from self._read_batch_again(batch)
+        total = 0
+        for start in range(0, len(keys), _READ_BATCH_CHUNKS):
+            total += self._read_batch(keys[start : start + _READ_BATCH_CHUNKS], targets)
+        return total
 
-    def _read_batch_again(self, keys: list[str]) -> Iterator[tuple[str, np.ndarray]]:
-        """Read a batch; if it fails (another process deleted or compacted chunks and cleaned
-        up the files this view points at), sync and read the whole batch once more. A chunk
-        is only ever yielded after its checksum matched, so a stale position never serves
-        wrong bytes; re-yielded keys carry the same bytes."""
-        try:
-            yield from self._read_batch(keys)
-        except (StorageError, CorruptionError, NotFoundError, OSError):
+    def _read_batch(self, keys: list[str], targets: Mapping[str, np.ndarray]) -> int:
+        total = 0
+        for attempt in range(2):
+            results = read_into(
+                self._table, "data", [self._positions[k] for k in keys], [targets[k] for k in keys],
+                checksums=[bytes.fromhex(k) for k in keys],
+            )
+            total += sum(r.nbytes for r in results if r.ok)
+            failed = [(k, r) for k, r in zip(keys, results) if not r.ok]
+            if not failed:
+                return total
             before = self._table.version
             self._table.refresh()
-            if self._table.version == before:
-                raise
+            if attempt or self._table.version == before:
+                key, r = failed[0]
+                if r.status == "corrupt":
+                    raise CorruptionError(
+                        f"chunk {key} in {self.uri} fails its check ({r.reason}) at {r.where}; the stored "
+                        "bytes are corrupt and were not returned (restore the file or load another checkpoint)",
+                        key=key, where=r.where,
+                    )
+                raise NotFoundError(
+                    f"chunk {key} could not be read from {self.uri} ({r.reason}, {r.where}); it was "
+                    "removed while it was being read (the checkpoint was deleted meanwhile): load a newer checkpoint",
+                    key=key,
+                )
             self.reindex()
-            missing = [k for k in keys if k not in self._positions]
+            missing = [k for k, _ in failed if k not in self._positions]
             if missing:
                 raise NotFoundError(
                     f"chunk {missing[0]} was removed from {self.uri} while it was being read (the "
                     "checkpoint was deleted meanwhile); load a newer checkpoint",
                     key=missing[0],
-                ) from None
-            yield from self._read_batch(keys)
-
-    def _read_batch(self, keys: list[str]) -> Iterator[tuple[str, np.ndarray]]:
-        # each chunk is read once, straight from Lance's blob file into its own buffer: no
-        # Arrow array or Python bytes in between (half the copies, and no batch-sized peak)
-        blobs = self._table.open_blobs("data", [self._positions[k] for k in keys])
-        for key, blob in zip(keys, blobs):
-            with blob as f:
-                size = self._sizes.get(key)
-                if size is None:
-                    data = np.frombuffer(bytearray(f.read()), np.uint8)
-                else:
-                    buf = bytearray(size)
-                    got = f.readinto(buf)
-                    data = np.frombuffer(buf, np.uint8)[:got]
-            if checksum(memoryview(data)).hex() != key:  # type: ignore[arg-type]
-                raise CorruptionError(
-                    f"chunk {key} in {self.uri} fails its xxh3-128 checksum; the stored bytes are corrupt "
-                    "and were not returned (restore the file or load another checkpoint)",
-                    key=key, where=self.uri,
                 )
-            yield key, data
+            keys = [k for k, _ in failed]
+        return total
 
     def remove_unreferenced(self, referenced: set[str]) -> tuple[int, int]:
         """Delete chunks no checkpoint references; return (chunks, bytes) removed."""

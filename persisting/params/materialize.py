@@ -1,5 +1,5 @@
 """Tensors <-> chunks outside the store's bookkeeping: assembling stored tensors from their
-chunks (each chunk read once, into caller tensors where they fit) and private snapshots of the
+chunks (each chunk read once, straight into caller tensors where they fit) and private snapshots of the
 caller's tensors for background saves.
 """
 
@@ -50,12 +50,13 @@ def materialize(
                 f"tensor {e.name!r} of step {step}: its chunks hold {offset} bytes, its manifest says {e.nbytes}",
                 step=step, key=e.name,
             )
-    for key, data in chunks.read(targets):
-        src = data
-        for i, off in targets[key]:
+    first = {key: buffers[at[0][0]][at[0][1] : at[0][1] + chunks.size(key)] for key, at in targets.items()}
+    counts["bytes_read"] += chunks.read_into(first)
+    counts["chunks_read"] += len(first)
+    for key, at in targets.items():  # a chunk shared by several tensors (dedup) is read once
+        src = first[key]
+        for i, off in at[1:]:
             buffers[i][off : off + len(src)] = src
-        counts["bytes_read"] += len(src)
-        counts["chunks_read"] += 1
     for i, e in entries.items():
         if e.kind != TORCH:
             raw = memoryview(buffers[i])  # type: ignore[arg-type]  # numpy stubs lack Buffer
