@@ -7,20 +7,27 @@ episodes. Episode metadata: ``env`` (the env id), the ``seed`` passed to ``reset
 keyword metadata the wrapper was given. With ``info_keys`` the named ``info`` entries are logged
 as ``info_<key>`` fields (new keys simply become new columns).
 
+Observations from ``Dict`` and ``Tuple`` spaces (nested too) are stored one column per leaf:
+``obs/<key>`` for a dict entry, ``obs[<i>]`` for a tuple position (``obs/pos``, ``obs[0]``,
+``obs/sensors[1]``), so each leaf keeps its own dtype and shape and outside readers see plain
+columns. :func:`unflatten` turns what the store returns (``episode(id)``, ``sample_steps``...)
+back into nested dicts and tuples with the steps on axis 0.
+
 Only this module imports gymnasium.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
 
-from persisting.errors import ClosedError
+from persisting.errors import ClosedError, InvalidRecordError
 from persisting.trajectory.store import Episode, TrajectoryStore
 
-__all__ = ["RecordEpisodes"]
+__all__ = ["RecordEpisodes", "flatten", "unflatten"]
 
 
 class RecordEpisodes(gym.Wrapper):
@@ -54,16 +61,14 @@ class RecordEpisodes(gym.Wrapper):
         if self.episode is None:
             raise ClosedError("RecordEpisodes.step() called with no episode open; call reset() first")
         obs, reward, terminated, truncated, info = self.env.step(action)
-        row: dict[str, Any] = {
-            "obs": self._obs, "action": action, "reward": reward,
-            "terminated": bool(terminated), "truncated": bool(truncated),
-        }
+        row: dict[str, Any] = flatten("obs", self._obs)
+        row.update({"action": action, "reward": reward, "terminated": bool(terminated), "truncated": bool(truncated)})
         for key in self.info_keys:
             if key in info:
                 row["info_" + key] = info[key]
         done = terminated or truncated
         if done:
-            row["final_obs"] = obs
+            row.update(flatten("final_obs", obs))
         self.episode.add_step(row)
         self._obs = obs
         if done:
@@ -80,3 +85,60 @@ class RecordEpisodes(gym.Wrapper):
     def close(self) -> None:
         self._end_open("incomplete")
         super().close()
+
+
+_PART = re.compile(r"/([^/\[\]]+)|\[(\d+)\]")
+
+
+def flatten(name: str, value: Any) -> dict[str, Any]:
+    """``{name: value}``, or one entry per leaf of a dict / tuple ``value``: ``name/key``, ``name[i]``."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, v: Any) -> None:
+        if isinstance(v, Mapping):
+            for k, item in v.items():
+                if not isinstance(k, str) or not k or "/" in k or "[" in k or "]" in k:
+                    raise InvalidRecordError(
+                        f"field {prefix!r}: dict key {k!r} cannot name a column; use non-empty str keys "
+                        "without '/', '[' or ']'", field=prefix)
+                walk(f"{prefix}/{k}", item)
+        elif isinstance(v, tuple):
+            for i, item in enumerate(v):
+                walk(f"{prefix}[{i}]", item)
+        else:
+            out[prefix] = v
+
+    walk(name, value)
+    return out
+
+
+def unflatten(columns: Mapping[str, Any]) -> dict[str, Any]:
+    """Nest columns named by :func:`flatten` (``obs/pos``, ``obs[0]``) back into dicts and tuples;
+    other columns are returned as they are. The caller's mapping is not modified."""
+    root: dict[str, Any] = {}
+    tuples: set[int] = set()  # ids of dicts that stand for tuples (keys are positions)
+    for key, value in columns.items():
+        base = re.split(r"[/\[]", key, maxsplit=1)[0]
+        rest = key[len(base):]
+        parts = _PART.findall(rest)
+        if not base or not parts or "".join(f"/{k}" if k else f"[{i}]" for k, i in parts) != rest:
+            root[key] = value
+            continue
+        node, name = root, base
+        for k, i in parts:
+            child = node.get(name)
+            if not isinstance(child, dict):
+                child = node[name] = {}
+                if i:
+                    tuples.add(id(child))
+            node, name = child, (k if k else int(i))
+        node[name] = value
+
+    def build(v: Any) -> Any:
+        if isinstance(v, dict) and id(v) in tuples:
+            return tuple(build(v[i]) for i in sorted(v))
+        if isinstance(v, dict):
+            return {k: build(x) for k, x in v.items()}
+        return v
+
+    return {k: build(v) for k, v in root.items()}

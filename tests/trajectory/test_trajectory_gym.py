@@ -99,3 +99,67 @@ def test_reset_mid_episode_marks_incomplete_and_step_before_reset_is_refused(tmp
         eps = store.episodes()
         assert eps.column("status").to_pylist() == ["incomplete", "incomplete"]
         assert eps.column("length").to_pylist() == [2, 0]
+
+
+class DictObsEnv(gym.Env):
+    """A tiny env whose observations come from a nested Dict space (Box, Discrete, Tuple)."""
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Dict({
+            "pos": gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
+            "mode": gym.spaces.Discrete(3),
+            "sensors": gym.spaces.Tuple((gym.spaces.Box(0, 255, (2, 2), np.uint8), gym.spaces.Discrete(4))),
+        })
+        self.action_space = gym.spaces.Discrete(2)
+        self._t = 0
+
+    def reset(self, *, seed=None, options=None):  # type: ignore[no-untyped-def]
+        super().reset(seed=seed)
+        self._t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action):  # type: ignore[no-untyped-def]
+        self._t += 1
+        return self.observation_space.sample(), float(action), self._t >= 7, False, {}
+
+
+def _same(a, b) -> None:  # type: ignore[no-untyped-def]
+    """``a``: nested obs with steps on axis 0 (from the store); ``b``: the env's per-step obs."""
+    if isinstance(b[0], dict):
+        assert isinstance(a, dict) and set(a) == set(b[0])
+        for k in a:
+            _same(a[k], [x[k] for x in b])
+    elif isinstance(b[0], tuple):
+        assert isinstance(a, tuple) and len(a) == len(b[0])
+        for i in range(len(a)):
+            _same(a[i], [x[i] for x in b])
+    else:
+        expected = np.stack([np.asarray(x) for x in b])
+        assert a.dtype != object and a.shape == expected.shape
+        np.testing.assert_array_equal(a, expected)
+
+
+@pytest.mark.parametrize("make", [DictObsEnv, lambda: gym.make("Blackjack-v1")], ids=["dict", "tuple"])
+def test_dict_and_tuple_observation_spaces_round_trip(tmp_path, make) -> None:  # type: ignore[no-untyped-def]
+    from persisting.trajectory.gym import unflatten
+
+    path = str(tmp_path / "runs")
+    seen: list[list] = []
+    with TrajectoryStore(path) as store:
+        env = RecordEpisodes(make(), store)
+        env.action_space.seed(0)
+        for e in range(3):
+            obs, _ = env.reset(seed=e)
+            steps, done = [obs], False
+            while not done:
+                obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+                steps.append(obs)
+                done = terminated or truncated
+            seen.append(steps)
+        ids = store.episodes().column("episode_id").to_pylist()
+    with TrajectoryStore(path, read_only=True) as store:
+        for eid, steps in zip(ids, seen):
+            ep = unflatten(store.episode(eid))
+            _same(ep["obs"], steps[:-1])
+            last = unflatten({k: v[-1:] for k, v in store.episode(eid).items() if k.startswith("final_obs")})
+            _same(last["final_obs"], steps[-1:])
