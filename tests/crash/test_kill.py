@@ -609,9 +609,15 @@ def many_writer_campaign(
     stats: collections.Counter[str] = collections.Counter()
     try:
         for _ in range(kills):
-            time.sleep(rng.uniform(1.0, 2.0))  # the child needs ~1 s to import and open
             i = rng.randrange(len(live))
             proc, log, th = live[i]
+            # kill at a random moment after the victim's first acknowledgement: imports and
+            # opens take 1 s or (on a loaded machine) much more, and a kill before any ack
+            # tests nothing
+            deadline = time.monotonic() + CHILD_TIMEOUT
+            while not log.acks and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.5))
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             th.join()
@@ -620,7 +626,11 @@ def many_writer_campaign(
             incarnations.append(log)
             stats["kills"] += 1
             live[i] = start()
-        time.sleep(1.5)
+        for proc, log, _ in live:  # let the last generation acknowledge something too
+            deadline = time.monotonic() + CHILD_TIMEOUT
+            while not log.acks and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+        time.sleep(0.3)
     finally:
         for proc, log, th in live:
             if proc.poll() is None:

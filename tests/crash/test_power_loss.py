@@ -132,7 +132,10 @@ def cut_once(case: str, base: str, shim: str, seed: int, cut_after: float, kill_
     env = pc.env({"PCUT_KILL_AT": str(kill_at)} if kill_at else None)
     if kill_match:
         env["PCUT_KILL_MATCH"] = kill_match
-    lines, _ = run_until_cut([sys.executable, CHILD, case, pc.root, str(seed)], env, cut_after)
+    # a cut at a random moment counts from the first acknowledgement; fsync-counted cuts
+    # (kill_at) reach the early windows
+    lines, _ = run_until_cut([sys.executable, CHILD, case, pc.root, str(seed)], env, cut_after,
+                             after=() if kill_at else ("A ", "D "))
     need = required_ids(lines)
     pc.cut_over()
     out = Outcome(required=len(need))

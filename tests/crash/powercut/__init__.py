@@ -156,12 +156,15 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def run_until_cut(argv: list[str], env: dict[str, str], cut_after: float, *, ready: str = "GO",
-                  timeout: float = 60.0) -> tuple[list[str], int]:
-    """Run a child, SIGKILL it ``cut_after`` seconds after it prints ``ready`` (unless the shim
-    killed it first at ``PCUT_KILL_AT``); return every line it printed and its exit code."""
+                  timeout: float = 60.0, after: tuple[str, ...] = ()) -> tuple[list[str], int]:
+    """Run a child, SIGKILL it ``cut_after`` seconds after it prints ``ready`` -- or, with
+    ``after``, after its first line starting with one of those prefixes (its first
+    acknowledgement, so a loaded machine cannot make every cut land before any) -- unless the
+    shim killed it first at ``PCUT_KILL_AT``; return every line it printed and its exit code."""
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     started = threading.Event()
+    acked = threading.Event()
 
     def read() -> None:
         assert proc.stdout is not None
@@ -169,13 +172,18 @@ def run_until_cut(argv: list[str], env: dict[str, str], cut_after: float, *, rea
             lines.append(line.rstrip("\n"))
             if line.startswith(ready):
                 started.set()
+            if after and line.startswith(after):
+                acked.set()
         started.set()
+        acked.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     if not started.wait(timeout):
         proc.kill()
         raise TimeoutError(f"child {argv} never printed {ready}")
+    if after:
+        acked.wait(timeout)
     try:
         proc.wait(cut_after)
     except subprocess.TimeoutExpired:
