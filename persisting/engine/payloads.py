@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ _IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 102
 _MIN_RUN = 4096  # below this a scattered read costs more than one read and a copy
 _THREADS = max(2, min(8, 2 * (os.cpu_count() or 1)))
 _pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,10 @@ class ReadResult:
 
 def _executor() -> ThreadPoolExecutor:
     global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="persisting-payload")
-    return _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="persisting-payload")
+        return _pool
 
 
 def _as_array(dest: Any) -> np.ndarray:
@@ -87,7 +90,10 @@ def _as_array(dest: Any) -> np.ndarray:
 def byte_runs(dest: Any) -> list[memoryview]:
     """The destination's memory as contiguous byte runs in C order (one run when it is
     contiguous; one per slice of the leading dimensions when it is a strided view)."""
-    arr = _as_array(dest)
+    return _runs(_as_array(dest))
+
+
+def _runs(arr: np.ndarray) -> list[memoryview]:
     if not arr.flags.writeable:
         raise ConfigError("read_into destination is read-only; pass writable memory", option="destinations")
     if arr.size == 0:
@@ -124,7 +130,8 @@ def read_into(
         raise ConfigError("read_into: positions, destinations, checksums and compressions differ in length",
                           option="destinations")
     comps = list(compressions) if compressions is not None else [None] * n
-    runs = [byte_runs(d) for d in destinations]
+    arrays = [_as_array(d) for d in destinations]
+    runs = [_runs(a) for a in arrays]
     try:
         locations = table.blob_locations(column, positions)
     except PersistingError as exc:
@@ -136,22 +143,24 @@ def read_into(
     results: list[ReadResult | None] = [None] * n
     direct = [i for i in range(n) if locations[i] is not None]
     if len(direct) > 1:
-        futures = {i: _executor().submit(_read_file, locations[i], runs[i], checksums[i], comps[i]) for i in direct}
+        futures = {i: _executor().submit(_read_file, locations[i], arrays[i], runs[i], checksums[i], comps[i])
+                   for i in direct}
         for i, fut in futures.items():
             results[i] = fut.result()
     for i in direct if len(direct) == 1 else ():
-        results[i] = _read_file(locations[i], runs[i], checksums[i], comps[i])  # type: ignore[arg-type]
+        results[i] = _read_file(locations[i], arrays[i], runs[i], checksums[i], comps[i])  # type: ignore[arg-type]
     table.metrics.bytes_read.inc(sum(r.nbytes for r in results if r is not None and r.ok))
     rest = [i for i in range(n) if locations[i] is None]
     if rest:
         for i, r in zip(rest, _read_through_table(table, column, [positions[i] for i in rest],
-                                                  [runs[i] for i in rest], [checksums[i] for i in rest],
+                                                  [arrays[i] for i in rest], [runs[i] for i in rest],
+                                                  [checksums[i] for i in rest],
                                                   [comps[i] for i in rest])):
             results[i] = r
     return results  # type: ignore[return-value]
 
 
-def _read_file(loc: BlobLocation, runs: list[memoryview], expected: bytes | None,
+def _read_file(loc: BlobLocation, arr: np.ndarray, runs: list[memoryview], expected: bytes | None,
                compression: str | None) -> ReadResult:
     """One payload from its blob file: scattered into ``runs`` when stored raw, else read
     whole, checked, decompressed and copied."""
@@ -175,10 +184,10 @@ def _read_file(loc: BlobLocation, runs: list[memoryview], expected: bytes | None
         os.close(fd)
     if got != loc.size:
         return ReadResult("corrupt", got, where, f"file ends after {got} of {loc.size} bytes")
-    return _check_and_place(targets, runs, scattered, expected, compression, where, got)
+    return _check_and_place(targets, arr, scattered, expected, compression, where, got)
 
 
-def _check_and_place(targets: list[memoryview], runs: list[memoryview], scattered: bool,
+def _check_and_place(targets: list[memoryview], arr: np.ndarray, scattered: bool,
                      expected: bytes | None, compression: str | None, where: str, nbytes: int) -> ReadResult:
     if expected is not None:
         h = xxhash.xxh3_128()
@@ -188,17 +197,14 @@ def _check_and_place(targets: list[memoryview], runs: list[memoryview], scattere
             return ReadResult("corrupt", nbytes, where, "xxh3-128 checksum mismatch: the stored bytes are corrupt")
     if scattered:
         return ReadResult("hit", nbytes, where)
-    want = sum(r.nbytes for r in runs)
+    want = arr.nbytes
     try:
         raw = memoryview(decompress(targets[0], compression, raw_nbytes=want)).cast("B")
     except Exception as exc:  # noqa: BLE001 - any codec failure means damaged bytes
         return ReadResult("corrupt", nbytes, where, f"cannot decompress ({compression}): {exc}")
     if raw.nbytes != want:
         return ReadResult("corrupt", nbytes, where, f"holds {raw.nbytes} bytes, the destination needs {want}")
-    off = 0
-    for r in runs:
-        r[:] = raw[off : off + r.nbytes]
-        off += r.nbytes
+    np.copyto(arr, np.frombuffer(raw, arr.dtype).reshape(arr.shape), casting="no")
     return ReadResult("hit", nbytes, where)
 
 
@@ -222,7 +228,8 @@ def _preadv_all(fd: int, runs: list[memoryview], offset: int) -> int:
     return total
 
 
-def _read_through_table(table: TableReads, column: str, positions: list[int], runs: list[list[memoryview]],
+def _read_through_table(table: TableReads, column: str, positions: list[int], arrays: list[np.ndarray],
+                        runs: list[list[memoryview]],
                         checksums: list[bytes | None], comps: list[str | None]) -> list[ReadResult]:
     """The slow path: Lance's blob reader (remote tables, pending rows, inline blobs)."""
     where = f"table {table.uri} column {column!r}"
@@ -235,7 +242,7 @@ def _read_through_table(table: TableReads, column: str, positions: list[int], ru
     except PersistingError as exc:
         return [ReadResult("miss", 0, where, str(exc), retry=True)] * len(positions)
     out = []
-    for p, v, r, c, comp in zip(positions, values, runs, checksums, comps):
+    for p, v, a, r, c, comp in zip(positions, values, arrays, runs, checksums, comps):
         at = f"{where} row {p}"
         if v is None:
             out.append(ReadResult("miss", 0, at, "no payload stored"))
@@ -245,6 +252,6 @@ def _read_through_table(table: TableReads, column: str, positions: list[int], ru
             out.append(ReadResult("corrupt", data.nbytes, at,
                                   f"holds {data.nbytes} bytes, the destination needs {sum(x.nbytes for x in r)}"))
             continue
-        res = _check_and_place([data], r, False, c, comp, at, data.nbytes)
+        res = _check_and_place([data], a, False, c, comp, at, data.nbytes)
         out.append(res)
     return out

@@ -136,3 +136,18 @@ def test_remote_table_reads_through_lance(s3_options: dict[str, str], s3_bucket:
                         checksums=[checksum(_raw(chunks[0])), b"\0" * 16])
     assert [r.status for r in res] == ["hit", "corrupt"]
     assert torch.equal(out[..., :64, :], chunks[0])
+
+
+def test_tiny_runs_are_read_whole_and_placed_in_one_copy(tmp_path: Path) -> None:
+    """Tokens on the last axis: runs of 32 bytes, read as one block, then copied into place."""
+    full = np.random.default_rng(0).standard_normal((256, 32, 16)).astype(np.float32)
+    parts = [np.ascontiguousarray(full[..., i * 8 : (i + 1) * 8]) for i in range(2)]
+    with _table(str(tmp_path / "tiny.lance")) as t:
+        t.append([{"key": str(i), "payload": p.tobytes()} for i, p in enumerate(parts)])
+        t.flush()
+        assert None not in t.blob_locations("payload", [0, 1])
+        out = np.zeros_like(full)
+        res = read_into(t, "payload", [0, 1], [out[..., :8], out[..., 8:]],
+                        checksums=[checksum(p.tobytes()) for p in parts])
+    assert [r.status for r in res] == ["hit", "hit"]
+    assert np.array_equal(out, full)
