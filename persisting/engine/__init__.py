@@ -5,6 +5,8 @@ and :mod:`persisting.engine.codec`.
 """
 
 from persisting.engine.codec import EncodedTensor, decode_tensor, encode_tensor
+from persisting.engine.durable import fsync_path
+from persisting.engine.flocks import held, try_flock, unlock
 from persisting.engine.names import check_name
 from persisting.engine.options import Durability, TableOptions
 from persisting.engine.rowlayout import RowLayout
@@ -12,14 +14,18 @@ from persisting.engine.table import Table
 from persisting.engine.wal import WAL, ReplayReport
 
 __all__ = [
-    "WAL",
     "Durability",
     "EncodedTensor",
     "ReplayReport",
     "RowLayout",
     "Table",
     "TableOptions",
+    "WAL",
     "check_name",
     "decode_tensor",
     "encode_tensor",
+    "fsync_path",
+    "held",
+    "try_flock",
+    "unlock",
 ]

@@ -275,15 +275,22 @@ def version_files(ds: lance.LanceDataset) -> list[str]:
     return out
 
 
+def _recorded(uri: str, ds: lance.LanceDataset | None) -> tuple[str, dict[str, Digest]] | None:
+    """(local root, recorded digests) of an opened local dataset that records any; else None."""
+    if ds is None or not is_local(uri):
+        return None
+    root = local_path(uri)
+    recorded = load(root)
+    return (root, recorded) if recorded else None
+
+
 def check_dataset(uri: str, ds: lance.LanceDataset | None) -> None:
     """Raise CorruptionError if a file the opened version reads fails its recorded digest, or a
     recorded manifest newer than this version is gone (the newest commit was lost)."""
-    if ds is None or not is_local(uri):
+    found = _recorded(uri, ds)
+    if found is None:
         return
-    root = local_path(uri)
-    recorded = load(root)
-    if not recorded:
-        return
+    root, recorded = found
     version = ds.version
     mine: list[str] = []
     for rel in recorded:
@@ -321,12 +328,10 @@ def check_blob_files(uri: str, ds: lance.LanceDataset | None) -> None:
     blob bytes are served by reads that have no per-payload checksum of their own (once per
     file and process); the streaming path (``open_blobs``) leaves it to the stores' payload
     checksums, so a KV hit or a checkpoint load never hashes more than it reads."""
-    if ds is None or not is_local(uri):
+    found = _recorded(uri, ds)
+    if found is None:
         return
-    root = local_path(uri)
-    recorded = load(root)
-    if not recorded:
-        return
+    root, recorded = found
     stems = tuple("data/" + f.path.removesuffix(".lance") + "/" for frag in ds.get_fragments()
                   for f in frag.metadata.files)
     for rel in sorted(recorded):

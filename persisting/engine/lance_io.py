@@ -21,8 +21,6 @@ from persisting.errors import ConfigError, CorruptionError, NotFoundError, Persi
 
 __all__ = [
     "BLOB_METADATA",
-    "LSN_KEY",
-    "applied_lsn",
     "damage",
     "default_wal_dir",
     "is_panic",
@@ -34,7 +32,6 @@ __all__ = [
     "variable_width",
 ]
 
-LSN_KEY = "persisting.lsn"
 BLOB_METADATA = {b"lance-encoding:blob": b"true"}
 
 
@@ -149,31 +146,6 @@ def lance_errors(uri: str, what: str, *, filter: str | None = None,
                 raise ConfigError(f"filter {filter!r} on table {uri} is not a valid SQL predicate: {why}",
                                   filter=filter) from exc
         raise damage(uri, what, exc) from exc
-
-
-def applied_lsn(ds: lance.LanceDataset | None) -> int:
-    """The highest WAL LSN applied to ``ds``: from the newest commit that recorded one, or
-    from the dataset config that maintenance (compaction, cleanup) keeps up to date.
-
-    Walks back from the newest version one transaction at a time (listing every version
-    first costs seconds once thousands accumulate) and stops at the first commit that carries
-    the LSN, or at the config update that recorded it: nothing older can hold a higher one.
-    """
-    if ds is None:
-        return 0
-    best = int(ds.config().get(LSN_KEY, 0) or 0)
-    for v in range(ds.version, 0, -1):
-        try:
-            tx = ds.read_transaction(v)
-        except Exception:  # noqa: BLE001 - an old version's transaction may be cleaned up
-            break
-        props = getattr(tx, "transaction_properties", None) or {}
-        if LSN_KEY in props:
-            return max(best, int(props[LSN_KEY]))
-        updates = getattr(getattr(getattr(tx, "operation", None), "config_updates", None), "updates", None)
-        if updates and LSN_KEY in updates:
-            return best
-    return best
 
 
 def variable_width(t: pa.DataType) -> bool:

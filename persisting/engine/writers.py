@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import crc32c
 
 from persisting.engine.durable import fsync_path, is_local, local_path
+from persisting.engine.flocks import held, try_flock, unlock
 from persisting.engine.wal import list_segments
 from persisting.errors import LockedError, StorageError
 
@@ -57,14 +58,6 @@ def _makedirs_durable(path: str) -> None:
         fsync_path(os.path.dirname(d))
 
 
-def _try_flock(fd: int, op: int) -> bool:
-    try:
-        fcntl.flock(fd, op | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-
-
 class TableLock:
     """The table-level lock: shared by every writer, exclusive for an exclusive writer.
 
@@ -79,7 +72,7 @@ class TableLock:
             raise StorageError(f"WAL directory {wal_dir} cannot be created: {exc}") from exc
         path = os.path.join(wal_dir, "LOCK")
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _try_flock(self.fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH):
+        if not try_flock(self.fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH):
             os.close(self.fd)
             self.fd = -1
             held = "by another writer" if exclusive else "exclusively by another writer"
@@ -90,10 +83,7 @@ class TableLock:
             )
 
     def release(self) -> None:
-        if self.fd >= 0:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = -1
+        self.fd = unlock(self.fd)
 
 
 @dataclass
@@ -162,10 +152,7 @@ class WriterDir:
         self.release()
 
     def release(self) -> None:
-        if self.lock_fd >= 0:
-            fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
-            os.close(self.lock_fd)
-            self.lock_fd = -1
+        self.lock_fd = unlock(self.lock_fd)
 
 
 def read_base(path: str) -> tuple[int, int]:
@@ -219,7 +206,7 @@ def find_orphans(wal_dir: str) -> list[Orphan]:
         # the single-writer layout: no single writer can be alive (we share the table LOCK it
         # held exclusively); among new writers, the holder of ADOPT_LEGACY adopts it
         fd = os.open(os.path.join(wal_dir, "ADOPT_LEGACY"), os.O_RDWR | os.O_CREAT, 0o644)
-        if _try_flock(fd, fcntl.LOCK_EX) and list_segments(wal_dir):
+        if try_flock(fd, fcntl.LOCK_EX) and list_segments(wal_dir):
             found.append(Orphan(WriterDir("", wal_dir, fd), legacy=True))
         else:
             os.close(fd)
@@ -237,7 +224,7 @@ def find_orphans(wal_dir: str) -> list[Orphan]:
             fd = os.open(os.path.join(path, "LOCK"), os.O_RDWR)
         except (FileNotFoundError, NotADirectoryError):
             continue  # being removed by its adopter, or not ours
-        if not _try_flock(fd, fcntl.LOCK_EX):
+        if not try_flock(fd, fcntl.LOCK_EX):
             os.close(fd)
             continue  # alive, or being adopted by another process
         if os.fstat(fd).st_nlink == 0:
@@ -263,7 +250,7 @@ def _remove_abandoned(path: str) -> None:
     except FileNotFoundError:
         return
     try:
-        if _try_flock(fd, fcntl.LOCK_EX):
+        if try_flock(fd, fcntl.LOCK_EX):
             for name in os.listdir(path):
                 os.unlink(os.path.join(path, name))
             os.rmdir(path)
@@ -299,10 +286,5 @@ def creation_lock(uri: str, wal_dir: str | None) -> Iterator[None]:
     else:
         assert wal_dir is not None
         lock = os.path.join(wal_dir, "CREATE.lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with held(lock):
         yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)

@@ -42,7 +42,6 @@ from persisting.engine.table import Table
 from persisting.errors import (
     ClosedError,
     ConfigError,
-    CorruptionError,
     InvalidRecordError,
     PersistingError,
     SchemaError,
@@ -126,7 +125,6 @@ class KVCacheStore:
         self._commits = 0
         self._stage: np.ndarray | None = None  # reused staging buffer for payloads being written
         self._last_sizes: list[int] = []
-        self._read_buf = bytearray()  # reused buffer for payloads being read
         self._layout: Layout | None = None
         self._index = ChunkIndex(self._seed.hex())
         uri = self.path.rstrip("/") + "/" + storage_name(namespace) + ".lance"

@@ -30,7 +30,7 @@ from persisting.engine import integrity
 from persisting.engine.batches import decode_batch
 from persisting.engine.codec import checksum
 from persisting.engine.commits import writer_applied_lsn
-from persisting.engine.lance_io import applied_lsn, is_blob, is_panic
+from persisting.engine.lance_io import is_blob, is_panic
 from persisting.engine.wal import ReplayReport, read_frames
 from persisting.engine.writers import base_problem, read_base, writer_wal_dirs
 from persisting.errors import CorruptionError, PersistingError

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from persisting.engine.durable import fsync_path
+from persisting.engine import fsync_path, try_flock, unlock
 from persisting.errors import StorageError
 
 __all__ = ["DeadSession", "Sessions", "new_session_id"]
@@ -32,14 +32,6 @@ __all__ = ["DeadSession", "Sessions", "new_session_id"]
 def new_session_id() -> str:
     """A random session id: unique across processes, hosts and restarts."""
     return secrets.token_hex(8)
-
-
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
 
 
 @dataclass
@@ -52,10 +44,7 @@ class DeadSession:
     fd: int
 
     def release(self) -> None:
-        if self.fd >= 0:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = -1
+        self.fd = unlock(self.fd)
 
 
 class Sessions:
@@ -118,10 +107,7 @@ class Sessions:
 
     def release(self) -> None:
         """Unlock without removing (a failed close: the next writer open recovers us)."""
-        if self._fd >= 0:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = -1
+        self._fd = unlock(self._fd)
 
     def live(self) -> set[str]:
         """Ids of every session file present (live, or dead and not yet recovered)."""
@@ -138,7 +124,7 @@ class Sessions:
                 fd = os.open(path, os.O_RDWR)
             except FileNotFoundError:
                 continue
-            if not _try_lock(fd):
+            if not try_flock(fd):
                 os.close(fd)
                 continue
             if name.startswith("."):  # its creator died before renaming it in: nothing reserved

@@ -507,7 +507,7 @@ def _check_reopen_exactly_once(uri: str, mode: str, expect_seqs: list[int], vers
                          ids=[f"{m}-{p}-{'existing' if e else 'fresh'}" for m, p, e in KP_CASES])
 def test_kill_point_in_flush(kill_point_runs: dict[Any, Any], mode: str, point: str, existing: bool) -> None:
     res = _result(kill_point_runs, ("kp", mode, point, existing))
-    uri, base_lsn, log = res["uri"], res["base_lsn"], res["log"]
+    uri, log = res["uri"], res["log"]
     assert "FLUSHING" in log.markers and "FLUSHED" not in log.markers, log.lines
     new_seqs = list(range(100, 100 + APPENDS * PER))
     assert log.attempted_seqs == new_seqs
@@ -575,6 +575,13 @@ def test_kill_point_in_background_commit(kill_point_runs: dict[Any, Any], mode: 
 # -- many writers ---------------------------------------------------------------------------------
 
 
+def _await_first_ack(proc: subprocess.Popen, log: ChildLog) -> None:
+    """Wait until the child has acknowledged something (or died, or the watchdog time passed)."""
+    deadline = time.monotonic() + CHILD_TIMEOUT
+    while not log.acks and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def many_writer_campaign(
     uri: str, mode: str, *, writers: int, kills: int, seed: int, root: Path, job_extra: dict[str, Any] | None = None,
     compact_fragments: int = 8,
@@ -614,9 +621,7 @@ def many_writer_campaign(
             # kill at a random moment after the victim's first acknowledgement: imports and
             # opens take 1 s or (on a loaded machine) much more, and a kill before any ack
             # tests nothing
-            deadline = time.monotonic() + CHILD_TIMEOUT
-            while not log.acks and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
+            _await_first_ack(proc, log)
             time.sleep(rng.uniform(0.0, 0.5))
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -627,9 +632,7 @@ def many_writer_campaign(
             stats["kills"] += 1
             live[i] = start()
         for proc, log, _ in live:  # let the last generation acknowledge something too
-            deadline = time.monotonic() + CHILD_TIMEOUT
-            while not log.acks and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
+            _await_first_ack(proc, log)
         time.sleep(0.3)
     finally:
         for proc, log, th in live:

@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import gc
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pyarrow.parquet as pq
 import pytest

@@ -19,7 +19,6 @@ import sys
 from typing import Any
 
 import pytest
-import torch
 
 dcp = pytest.importorskip("torch.distributed.checkpoint")
 pytest.importorskip("torch.distributed.tensor")

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 
 from persisting.trajectory import TrajectoryStore
 
