@@ -103,8 +103,12 @@ class WriterDir:
         # built under a hidden name and renamed in locked: nobody can take it for an orphan
         tmp = os.path.join(root, f".new-{writer_id}")
         os.mkdir(tmp)
-        fd = os.open(os.path.join(tmp, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+        # the lock file appears under its name already locked: a process cleaning up abandoned
+        # ".new-" directories must never find LOCK free while its creator is alive
+        creating = os.path.join(tmp, ".LOCK.new")
+        fd = os.open(creating, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(creating, os.path.join(tmp, "LOCK"))
         wd = cls(writer_id, tmp, fd)
         wd.write_base(base_version, 0, durable=True)
         path = os.path.join(root, writer_id)
@@ -245,10 +249,14 @@ def live_writer_ids(wal_dir: str) -> set[str]:
 
 def _remove_abandoned(path: str) -> None:
     """A writer directory whose creator died before renaming it in: it holds no frames."""
-    try:
-        fd = os.open(os.path.join(path, "LOCK"), os.O_RDWR)
-    except FileNotFoundError:
-        return
+    for lock in ("LOCK", ".LOCK.new"):  # its creator may have died before renaming its lock in
+        try:
+            fd = os.open(os.path.join(path, lock), os.O_RDWR)
+            break
+        except FileNotFoundError:
+            continue
+    else:
+        return  # no lock file yet: its creator is between mkdir and open (or died there)
     try:
         if try_flock(fd, fcntl.LOCK_EX):
             for name in os.listdir(path):

@@ -623,6 +623,7 @@ def many_writer_campaign(
             # tests nothing
             _await_first_ack(proc, log)
             time.sleep(rng.uniform(0.0, 0.5))
+            assert proc.poll() is None, f"writer died on its own before its kill:\n{_stderr_of(proc)[-3000:]}"
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             th.join()
