@@ -67,7 +67,15 @@ from persisting.engine.writers import (
     read_base,
     writer_wal_dirs,
 )
-from persisting.errors import ClosedError, CorruptionError, NotFoundError, PersistingError, StorageError, WALError
+from persisting.errors import (
+    ClosedError,
+    CorruptionError,
+    NotFoundError,
+    PersistingError,
+    ReadOnlyError,
+    StorageError,
+    WALError,
+)
 
 __all__ = ["LSN_KEY", "WRITER_KEY", "Table", "applied_lsn", "writer_applied_lsn"]
 
@@ -267,7 +275,7 @@ class Table(TableReads):
         if self._closed:
             raise ClosedError(f"table {self.uri} is closed; open it again to use it")
         if self.read_only:
-            raise StorageError(f"table {self.uri} is open read-only; open it without read_only to write")
+            raise ReadOnlyError(f"table {self.uri} is open read-only; open it without read_only to write", path=self.uri)
 
     def _to_batch(self, rows: Rows) -> pa.RecordBatch:
         if isinstance(rows, pa.Table):
