@@ -24,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeAlias
 
@@ -603,6 +603,19 @@ class Table(TableReads):
         """Delete rows matching a SQL predicate (commits pending rows first)."""
         self._check_writable()
         self._maintain(lambda ds: ds.delete(predicate))
+
+    def delete_in(self, column: str, values: Iterable[Any]) -> int:
+        """Delete every row whose ``column`` holds one of ``values`` (typed by the column, quoted
+        once, several deletes for long lists); commits pending rows first; returns rows deleted."""
+        from persisting.engine.rowkeys import delete_chunks, in_predicates
+
+        self._check_writable()
+        predicates = in_predicates(self.schema, column, values)
+        if not predicates:
+            return 0
+        done = [0]
+        self._maintain(lambda ds: delete_chunks(ds, predicates, done))
+        return done[0]
 
     def tag(self, name: str, version: int | None = None) -> None:
         """Name a version (the current one by default) so cleanup keeps it."""
