@@ -32,7 +32,7 @@ import lance
 import pyarrow as pa
 
 from persisting.engine.batches import decode_batch, encode_batch
-from persisting.engine import integrity
+from persisting.engine import indexes, integrity
 from persisting.engine.durable import DirectorySnapshot, is_local, local_path
 from persisting.engine.commits import (
     LSN_KEY,
@@ -46,6 +46,7 @@ from persisting.engine.commits import (
 )
 from persisting.engine.lance_io import (
     default_wal_dir,
+    lance_errors,
     logical_schema,
     open_dataset,
     variable_width,
@@ -425,6 +426,8 @@ class Table(TableReads):
             limit = self.options.compact_fragments
             if limit and len(ds.get_fragments()) >= limit:
                 self._compact_committed()
+            if indexes.needs_optimize(self._ds):
+                self._compact_committed(indexes.optimize)
 
     def _commit_data(
         self,
@@ -562,13 +565,16 @@ class Table(TableReads):
                 self._flushed_rows = fresh.count_rows()
             return result
 
-    def _compact_committed(self) -> None:
-        """Compaction from inside a commit (the commit lock is held)."""
+    def _compact_committed(self, action: Any = None) -> None:
+        """Compaction (or another maintenance ``action``) from inside a commit (the commit lock is held)."""
         ds = self._ds
         assert ds is not None
         snapshot = DirectorySnapshot(local_path(self.uri)) if is_local(self.uri) else None
         try:
-            ds.optimize.compact_files(materialize_deletions_threshold=0.0)
+            if action is not None:
+                action(ds)
+            else:
+                ds.optimize.compact_files(materialize_deletions_threshold=0.0)
         except Exception as exc:  # noqa: BLE001 - best effort: another writer compacted or deleted first
             if not is_conflict(exc):
                 raise
@@ -584,6 +590,8 @@ class Table(TableReads):
         m = self._maintain(lambda ds: ds.optimize.compact_files(materialize_deletions_threshold=0.0))
         if m is None:
             return {"fragments_removed": 0, "fragments_added": 0}
+        if self._ds is not None and self._ds.list_indices():
+            self._maintain(indexes.optimize)  # compaction keeps indexes; fold in what they miss
         return {"fragments_removed": m.fragments_removed, "fragments_added": m.fragments_added}
 
     def cleanup(self, *, older_than: timedelta | None = None, retain_versions: int | None = None) -> int:
@@ -598,6 +606,44 @@ class Table(TableReads):
             removes_versions=True,
         )
         return 0 if stats is None else int(stats.bytes_removed)
+
+    # -- indexes and search (persisting.engine.indexes) ------------------------------------------
+    def create_index(self, column: str, *, kind: str = "vector", metric: str = "l2", **tuning: Any) -> indexes.IndexInfo:
+        """Index ``column`` (``kind`` "vector", "btree" or "bitmap"; ``metric`` for vectors: "l2",
+        "cosine", "dot"; vector ``tuning``: index_type, num_partitions, num_sub_vectors, ...).
+        Commits pending rows first; the index is one Lance commit, replacing the column's old one.
+        Bad input raises ConfigError/NotFoundError naming the column before anything is written."""
+        self._check_writable()
+        plan = indexes.plan_index(self.schema, column, kind, metric, tuning, self.uri)
+        self._maintain(lambda ds: indexes.build(ds, plan))
+        return next(i for i in self.indexes() if i.name == plan.name)
+
+    def indexes(self) -> list[indexes.IndexInfo]:
+        """Every index: column, kind, metric, and committed rows covered / not yet covered."""
+        with self._lock:
+            self._check_open()
+            return indexes.describe(self._ds)
+
+    def optimize_indexes(self) -> None:
+        """Fold rows appended since an index was built into it now (commits do it by policy)."""
+        self._check_writable()
+        self._maintain(indexes.optimize)
+
+    def search(
+        self, column: str, query: Any, k: int = 10, *, filter: str | None = None, columns: list[str] | None = None,
+        metric: str | None = None, nprobes: int | None = None, refine_factor: int | None = None,
+    ) -> pa.Table:
+        """The ``k`` rows whose ``column`` vector is nearest ``query``, nearest first, with a
+        ``_distance`` column; among committed rows (indexed or not) and this writer's pending
+        ones, those matching the SQL ``filter`` if given. See :mod:`persisting.engine.indexes`."""
+        with self._lock:
+            self._check_open()
+            ds, schema, pending = self._ds, self._schema, None
+            if self._pending and schema is not None:
+                pending = self._pending.dataset(schema) if filter is not None else self._pending.table(schema)
+        with lance_errors(self.uri, "rows", filter=filter, schema=schema):
+            return indexes.search(ds, pending, schema, column, query, k, filter=filter, columns=columns,
+                                  metric=metric, nprobes=nprobes, refine_factor=refine_factor, uri=self.uri)
 
     def delete(self, predicate: str) -> None:
         """Delete rows matching a SQL predicate (commits pending rows first)."""
