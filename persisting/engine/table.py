@@ -55,7 +55,7 @@ from persisting.engine.metrics import TableMetrics
 from persisting.engine.options import TableOptions
 from persisting.engine.pending import Pending
 from persisting.engine.reads import TableReads
-from persisting.engine.schema import conform, evolve, records_to_batch, screen_replayed
+from persisting.engine.schema import conform, evolve, fit_vectors, records_to_batch, screen_replayed
 from persisting.engine.wal import FRAME_BATCH, WAL, ReplayReport, read_frames
 from persisting.engine.writers import (
     Orphan,
@@ -327,7 +327,7 @@ class Table(TableReads):
             self._check_writable()
             if self._flush_error is not None:
                 self.flush()  # retry the failed background commit; raises if it still fails
-            batch = self._to_batch(rows)
+            batch = fit_vectors(self._to_batch(rows), self._schema)
             fits = self._fits(batch.schema)
             if not fits:
                 evolve(self._schema, batch.schema)  # raises SchemaError before anything is written
