@@ -484,7 +484,7 @@ class TrajectoryStore(EpisodeReads):
         with self._lock:
             self._check_open()
             self._steps.refresh()
-            return self._steps.count() + sum(len(e._pending) for e in self._open.values())
+            return self._steps.count() + sum(e.pending_steps for e in self._open.values())
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

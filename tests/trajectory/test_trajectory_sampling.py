@@ -137,3 +137,29 @@ def test_sample_after_reopen_and_nulls_keep_their_meaning(tmp_path):
         whole = store.episode(2)
         assert len(whole["step"]) == 30 and np.isnan(whole["bonus"]).all()
         _check_rows(whole)
+
+
+def test_step_buffer_keeps_values_across_known_and_new_fields(tmp_path):
+    """Steps that match known fields take the columnar fast path, others the full checks;
+    both share one buffer, so order, widening and missing values come out as before."""
+    obs = np.zeros(3, np.float32)
+    with TrajectoryStore(str(tmp_path / "s"), step_buffer=64) as store:
+        with store.episode() as ep:
+            for t in range(10):
+                obs[:] = t  # the caller reuses its array: each step keeps its own copy
+                step = {"obs": obs, "reward": t if t < 5 else t + 0.5, "count": np.arange(2) + t}
+                if t == 3:
+                    step["note"] = "three"
+                if t == 7:
+                    del step["count"]
+                if t == 9:
+                    step["final_obs"] = np.full(3, 10, np.float32)
+                    step["big"] = 2 ** 40
+                ep.add_step(step)
+        out = store.episode(ep.id)
+    assert out["obs"][:, 0].tolist() == list(range(10))
+    assert out["reward"].tolist() == [0, 1, 2, 3, 4, 5.5, 6.5, 7.5, 8.5, 9.5] and ep.return_ == sum(out["reward"])
+    assert out["note"].tolist() == [None, None, None, "three"] + [None] * 6
+    assert out["count"][7].tolist() == [0, 0] and out["count"][8].tolist() == [8, 9]
+    assert np.isnan(out["final_obs"][:9]).all() and out["final_obs"][9].tolist() == [10, 10, 10]
+    assert out["big"][9] == 2 ** 40 and np.isnan(out["big"][:9]).all()
