@@ -24,7 +24,6 @@ from what an IVF index was trained on.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +58,6 @@ OPTIMIZE_MIN_ROWS = 10_000  # ...but never for fewer rows than this: exact searc
 REFINE_FACTOR = 5  # an indexed search re-ranks k * this candidates by exact distance (recall ~0.99)
 _TUNING = ("index_type", "num_partitions", "num_sub_vectors", "m", "ef_construction", "sample_rate", "max_iters")
 _LANCE_KIND = {"BTree": "btree", "Bitmap": "bitmap"}
-_metric_by_uuid: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -186,29 +184,26 @@ def build(ds: lance.LanceDataset, plan: IndexPlan) -> None:
         ds.create_scalar_index(plan.column, plan.kind.upper(), name=plan.name, replace=True)
 
 
-def _metric_of(ds: lance.LanceDataset, index: dict[str, Any]) -> str | None:
-    uuid = str(index["uuid"])
-    if uuid not in _metric_by_uuid:
-        os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")  # statistics without centroids
-        stats = ds.stats.index_stats(index["name"])
-        _metric_by_uuid[uuid] = str(stats["indices"][0].get("metric_type", "l2")).lower()
-    return _metric_by_uuid[uuid]
-
-
 def describe(ds: lance.LanceDataset | None) -> list[IndexInfo]:
     """Every index of ``ds`` with the committed rows it covers and those it does not yet."""
     if ds is None:
         return []
+    described = ds.describe_indices()
+    if not described:
+        return []
     rows = {f.fragment_id: f.count_rows() for f in ds.get_fragments()}
     out = []
-    for idx in ds.list_indices():
-        covered = set(idx["fragment_ids"] or ())
+    for d in described:
+        covered: set[int] = set()
+        for segment in d.segments:
+            covered.update(segment.fragment_ids or ())
         indexed = sum(n for f, n in rows.items() if f in covered)
-        lance_type = str(idx["type"])
+        lance_type = str(d.index_type)
         kind = _LANCE_KIND.get(lance_type, "vector" if lance_type.upper().startswith("IVF") else lance_type.lower())
+        metric = (d.details or {}).get("metric_type")
         out.append(IndexInfo(
-            name=str(idx["name"]), column=str(idx["fields"][0]), kind=kind, index_type=lance_type,
-            metric=_metric_of(ds, idx) if kind == "vector" else None,
+            name=str(d.name), column=str(d.field_names[0]), kind=kind, index_type=lance_type,
+            metric=str(metric).lower() if kind == "vector" and metric else None,
             indexed_rows=indexed, unindexed_rows=sum(rows.values()) - indexed,
         ))
     return out
@@ -216,7 +211,7 @@ def describe(ds: lance.LanceDataset | None) -> list[IndexInfo]:
 
 def needs_optimize(ds: lance.LanceDataset | None) -> bool:
     """True when some index leaves more rows unindexed than the policy allows (see module doc)."""
-    if ds is None or not ds.list_indices():
+    if ds is None or not ds.describe_indices():
         return False
     return any(
         i.unindexed_rows >= OPTIMIZE_MIN_ROWS and i.unindexed_rows > OPTIMIZE_FRACTION * max(i.indexed_rows, 1)
@@ -226,7 +221,7 @@ def needs_optimize(ds: lance.LanceDataset | None) -> bool:
 
 def optimize(ds: lance.LanceDataset) -> None:
     """Fold unindexed fragments into every index (incremental; one Lance commit)."""
-    if ds.list_indices():
+    if ds.describe_indices():
         ds.optimize.optimize_indices()
 
 

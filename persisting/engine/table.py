@@ -590,7 +590,7 @@ class Table(TableReads):
         m = self._maintain(lambda ds: ds.optimize.compact_files(materialize_deletions_threshold=0.0))
         if m is None:
             return {"fragments_removed": 0, "fragments_added": 0}
-        if self._ds is not None and self._ds.list_indices():
+        if self._ds is not None and self._ds.describe_indices():
             self._maintain(indexes.optimize)  # compaction keeps indexes; fold in what they miss
         return {"fragments_removed": m.fragments_removed, "fragments_added": m.fragments_added}
 
