@@ -66,6 +66,12 @@ class RowFollower:
         """Read every row at the next :meth:`changes` (e.g. after a write that failed midway)."""
         self._dirty = True
 
+    @property
+    def version(self) -> int | None:
+        """The table version the last read was complete for (None: the next read is a full one),
+        so a caller can skip :meth:`changes` while the table has not moved."""
+        return None if self._dirty or self._seen is None else self._seen.version
+
     def changes(self) -> RowChange | None:
         """What changed since the last call, or None when nothing did."""
         t = self.table
