@@ -14,7 +14,7 @@ Reading. :func:`read_steps` and :func:`read_episodes` return ``ray.data.Dataset`
 over the store's Lance tables (``steps.lance``, and the newest revision of each episode), so
 training reads them in parallel without knowing the layout. A read sees what the writers had
 flushed when it was created. Steps are one row each (``episode_id``, ``step`` and the
-fields); fixed-shape arrays come back with their shape. Blob fields (arrays of at least the
+fields); fixed-shape arrays come back as Ray tensor columns of their shape. Blob fields (arrays of at least the
 store's ``blob_threshold`` bytes) are left out: read them with ``TrajectoryStore.episode``.
 Storage options are passed explicitly to every read task, never taken from the environment.
 """
@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+import pyarrow as pa
 import ray
 import ray.data
 
@@ -146,21 +146,23 @@ def read_episodes(path: str, *, storage_options: Mapping[str, str] | None = None
 
 
 class _Shape:
-    """A ``map_batches`` function giving fixed-shape fields their shape back."""
+    """A ``map_batches`` function (Arrow batches) turning fixed-shape fields, stored as
+    flattened fixed-size lists, into Ray tensor columns of their shape."""
 
     def __init__(self, shapes: dict[str, tuple[int, ...]]) -> None:
         self.shapes = shapes
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from ray.data.extensions import ArrowTensorArray
+
         for name, shape in self.shapes.items():
-            col = batch.get(name)
-            if col is None:
+            if name not in batch.column_names:
                 continue
-            if col.dtype == object:  # Arrow fixed-size lists arrive as an array of arrays
-                if any(v is None for v in col):
-                    continue  # some steps lack this field: leave it an array of arrays and Nones
-                col = np.stack(list(col)) if len(col) else col
-            batch[name] = col.reshape((len(col), *shape))
+            col = batch.column(name).combine_chunks()
+            if col.null_count or not pa.types.is_fixed_size_list(col.type):
+                continue  # some steps lack this field: it stays a list column with nulls
+            values = col.flatten().to_numpy(zero_copy_only=False).reshape((len(col), *shape))
+            batch = batch.set_column(batch.column_names.index(name), name, ArrowTensorArray.from_numpy(values))
         return batch
 
 
@@ -176,6 +178,15 @@ def _step_columns(path: str, fields: dict[str, FieldSpec], columns: Sequence[str
         raise ConfigError(f"step field(s) {blobs} of {path} are stored as tensor blobs, which ray.data cannot "
                           "decode; read them with TrajectoryStore.episode(id, fields=...)")
     return list(columns)
+
+
+def _fragments(uri: str, storage_options: Mapping[str, str] | None) -> int:
+    import lance
+
+    try:
+        return max(1, len(lance.dataset(uri, storage_options=_opts(storage_options)).get_fragments()))
+    except ValueError:
+        return 1  # no steps table: read_lance below says so
 
 
 def read_steps(path: str, *, storage_options: Mapping[str, str] | None = None, columns: Sequence[str] | None = None,
@@ -206,6 +217,11 @@ def read_steps(path: str, *, storage_options: Mapping[str, str] | None = None, c
     scanner: dict[str, Any] = {"columns": cols}
     if where:
         scanner["filter"] = where  # through scanner_options: read_lance's filter= is deprecated
+    if "override_num_blocks" not in read_args:
+        # one block per fragment at most: Ray 2.60 otherwise splits each fragment's output
+        # into many small blocks (200 by default) and runs the map step below as a separate
+        # task per block, ~10-90x slower on small stores (benchmarks/ray_trajectory.py)
+        read_args["override_num_blocks"] = _fragments(steps_uri(path), storage_options)
     try:
         ds = ray.data.read_lance(steps_uri(path), storage_options=_opts(storage_options), scanner_options=scanner,
                                  **read_args)
@@ -219,5 +235,5 @@ def read_steps(path: str, *, storage_options: Mapping[str, str] | None = None, c
     if shapes or where:
         # also with a filter alone: Ray 2.60 answers count() of a bare read from the fragments'
         # row counts, ignoring the filter; a map step makes it count the rows read
-        ds = ds.map_batches(_Shape(shapes), batch_format="numpy")
+        ds = ds.map_batches(_Shape(shapes), batch_format="pyarrow", zero_copy_batch=True)
     return ds
