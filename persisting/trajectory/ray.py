@@ -200,8 +200,8 @@ def read_steps(path: str, *, storage_options: Mapping[str, str] | None = None, c
         state is one of these (``"complete"``, ``("complete", "truncated")``); the episodes are
         read first, so an ended episode read here has all its steps.
     read_args: passed to ``ray.data.read_lance`` (``concurrency``, ``override_num_blocks``...).
-    Fixed-shape array fields come back as arrays of their shape (``map_batches`` in numpy
-    format); a field some steps lack reads as None there.
+    Fixed-shape array fields come back as Ray tensor columns of their shape (numpy batches:
+    ``(rows, *shape)`` arrays); a field some steps lack stays a flat list column with nulls.
     """
     for bad in ("uri", "storage_options", "scanner_options"):
         if bad in read_args:
@@ -218,10 +218,11 @@ def read_steps(path: str, *, storage_options: Mapping[str, str] | None = None, c
     if where:
         scanner["filter"] = where  # through scanner_options: read_lance's filter= is deprecated
     if "override_num_blocks" not in read_args:
-        # one block per fragment at most: Ray 2.60 otherwise splits each fragment's output
-        # into many small blocks (200 by default) and runs the map step below as a separate
-        # task per block, ~10-90x slower on small stores (benchmarks/ray_trajectory.py)
-        read_args["override_num_blocks"] = _fragments(steps_uri(path), storage_options)
+        # at most one block per fragment: Ray 2.60 otherwise splits each fragment's output
+        # into small blocks (to reach 200) and then runs the map step below as one task per
+        # block, not fused with the read: 20,000 steps in 25 fragments took 3.3-12 s instead
+        # of 0.14 s (benchmarks/ray_trajectory.py). 200 caps the tasks as Ray's default does.
+        read_args["override_num_blocks"] = min(200, _fragments(steps_uri(path), storage_options))
     try:
         ds = ray.data.read_lance(steps_uri(path), storage_options=_opts(storage_options), scanner_options=scanner,
                                  **read_args)
