@@ -6,8 +6,11 @@
    parquet-file-per-episode writer. Overhead = (time - bare time) / steps.
 2. Reads on that data: ``episode(id)`` p50 against Minari's episode lookup and reading one
    parquet file; ``sample_steps(256)`` p50.
-3. ``sample_steps(256)`` and ``episode(id)`` p50 on a large store (``--big-steps``, written
-   with vectorised ``add_steps``), against TorchRL's ``LazyMemmapStorage`` when installed.
+3. A large store (``--big-steps``, written with vectorised ``add_steps``) against TorchRL's
+   ``LazyMemmapStorage`` in the same run: write rate vs ``extend``, ``sample_steps(256)`` and
+   ``sample_slices(32, 64)`` p50 vs ``sample()`` (batch 256) and ``SliceSampler``, open + first
+   sample, ``episode(id)`` p50; then the TorchRL adapter (``--adapter-steps``): extend rate,
+   sample p50 and restore time of a ``TensorDictReplayBuffer`` on ``TrajectoryStorage``.
 4. Many writers (``--writers 1,3``): N actor processes log into one store at once (step by
    step, ``add_step``); aggregate steps/s, and ``sample_steps(256)`` p50 of a reader meanwhile.
 
@@ -201,7 +204,7 @@ def logging_section(tmp: str) -> None:
 def big_section(tmp: str) -> None:
     n = ARGS.big_steps
     per = 100_000
-    print(f"== large store: {n:,} steps (4-float obs, vectorised add_steps of {per:,}) ==")
+    print(f"== large store: {n:,} steps (4-float obs, int action, float reward; {n // per} episodes by add_steps of {per:,}) ==")
     path = os.path.join(tmp, "big")
     rng = np.random.default_rng(2)
     obs = rng.standard_normal((per, 4)).astype(np.float32)
@@ -215,29 +218,74 @@ def big_section(tmp: str) -> None:
                     ep.add_steps({"obs": obs, "action": act, "reward": rew})
             store.compact()
 
-    w = timed(write)
-    row("write (durability none) ", n / w / 1e6, "M steps/s")
-    store = TrajectoryStore(path, read_only=True)
-    t = timed(lambda: store.sample_steps(1, seed=0))
-    row("first sample (builds the step index)", t * 1e3, "ms")
-    ours = p50_ms(lambda i: store.sample_steps(256, seed=i), 50)
-    ids = store.episodes().column("episode_id").to_numpy()
-    ep_ms = p50_ms(lambda i: store.read_episode(int(ids[i % len(ids)]), fields=["action"]), 20)
-    anchor = None
+    ours_write = n / timed(write)
+    rb = None
+    anchor_write = anchor_sample = anchor_slices = None
     try:
         import torch
         from tensordict import TensorDict
         from torchrl.data import LazyMemmapStorage, ReplayBuffer
+        from torchrl.data.replay_buffers.samplers import SliceSampler
 
+        batches = [TensorDict({"obs": torch.from_numpy(obs), "action": torch.from_numpy(act), "reward": torch.from_numpy(rew),
+                               "episode": torch.full((per,), e)}, batch_size=[per]) for e in range(2)]
         rb = ReplayBuffer(storage=LazyMemmapStorage(n, scratch_dir=os.path.join(tmp, "torchrl")), batch_size=256)
-        for _ in range(n // per):
-            rb.extend(TensorDict({"obs": torch.from_numpy(obs), "action": torch.from_numpy(act), "reward": torch.from_numpy(rew)}, batch_size=[per]))
-        anchor = p50_ms(lambda i: rb.sample(), 50)
+
+        def extend() -> None:
+            for e in range(n // per):
+                batches[e % 2]["episode"].fill_(e)
+                rb.extend(batches[e % 2])
+
+        anchor_write = n / timed(extend)
+        anchor_sample = p50_ms(lambda i: rb.sample(), 200)
+        slices = ReplayBuffer(storage=rb._storage, batch_size=32 * 64,
+                              sampler=SliceSampler(slice_len=64, traj_key="episode", strict_length=True))
+        slices.sample()
+        anchor_slices = p50_ms(lambda i: slices.sample(), 50)
     except ImportError:
         print("  torchrl not installed: no LazyMemmapStorage anchor")
-    row("sample_steps(256) p50 (target <= 5 ms)", ours, "ms", anchor, "torchrl LazyMemmapStorage")
-    row(f"episode(id) p50, {per:,}-step episode, 1 field", ep_ms, "ms")
+    row("write rate (add_steps, durability none)", ours_write / 1e6, "M st/s", anchor_write and anchor_write / 1e6,
+        "torchrl extend (target >= 2x)")
+    t_open = time.perf_counter()
+    store = TrajectoryStore(path, read_only=True)
+    store.sample_steps(256, seed=0)
+    row("open + first sample_steps(256) (target <= 1000)", (time.perf_counter() - t_open) * 1e3, "ms")
+    ours = p50_ms(lambda i: store.sample_steps(256, seed=i), 200)
+    row("sample_steps(256) p50 (target <= 1x)", ours, "ms", anchor_sample, "torchrl LazyMemmapStorage sample(256)")
+    ours_slices = p50_ms(lambda i: store.sample_slices(32, 64, seed=i), 50)
+    row("sample_slices(32, 64) p50 (target <= 2x)", ours_slices, "ms", anchor_sample, "torchrl sample(256)")
+    if anchor_slices:
+        row("sample_slices(32, 64) p50", ours_slices, "ms", anchor_slices, "torchrl SliceSampler(64) x 32")
+    ids = store.episodes().column("episode_id").to_numpy()
+    row(f"episode(id) p50, {per:,}-step episode, 1 field", p50_ms(lambda i: store.read_episode(int(ids[i % len(ids)]), fields=["action"]), 50), "ms")
+    row(f"episode(id) p50, {per:,}-step episode, all fields", p50_ms(lambda i: store.episode(int(ids[i % len(ids)])), 50), "ms")
     store.close()
+    if rb is not None:
+        del rb
+        adapter_section(tmp, obs, act, rew, per, anchor_write)
+
+
+def adapter_section(tmp: str, obs: np.ndarray, act: np.ndarray, rew: np.ndarray, per: int, anchor_write: float | None) -> None:
+    """persisting.trajectory.torchrl's TrajectoryStorage under a TensorDictReplayBuffer."""
+    import torch
+    from tensordict import TensorDict
+
+    from persisting.trajectory.torchrl import replay_buffer
+
+    n = min(ARGS.big_steps, ARGS.adapter_steps)
+    print(f"== TorchRL adapter: TensorDictReplayBuffer on TrajectoryStorage, {n:,} steps ==")
+    batch = TensorDict({"obs": torch.from_numpy(obs), "action": torch.from_numpy(act), "reward": torch.from_numpy(rew)}, batch_size=[per])
+    path = os.path.join(tmp, "adapter")
+    with TrajectoryStore(path) as store:
+        rb = replay_buffer(store, n, batch_size=256)
+        w = timed(lambda: [rb.extend(batch) for _ in range(n // per)])
+        row("extend rate (store durability batch)", n / w / 1e6, "M st/s", anchor_write and anchor_write / 1e6, "torchrl LazyMemmapStorage extend")
+        row("sample() p50, batch 256", p50_ms(lambda i: rb.sample(), 200), "ms")
+    t = time.perf_counter()
+    with TrajectoryStore(path, read_only=True) as store:
+        rb = replay_buffer(store, n, batch_size=256)
+        assert len(rb) == n
+        row("reopen: buffer restored from the store", (time.perf_counter() - t) * 1e3, "ms")
 
 
 _WRITER = """
@@ -312,6 +360,7 @@ if __name__ == "__main__":
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--big-steps", type=int, default=10_000_000)
+    parser.add_argument("--adapter-steps", type=int, default=2_000_000, help="steps through the TorchRL adapter section")
     parser.add_argument("--writers", default="1,3", help="writer process counts for section 4 ('' skips it)")
     parser.add_argument("--dir", default=None, help="where to put the temporary stores")
     ARGS = parser.parse_args()

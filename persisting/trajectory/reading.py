@@ -22,7 +22,7 @@ from persisting.engine.table import Table
 from persisting.errors import ClosedError, ConfigError, NotFoundError
 from persisting.trajectory.fields import CHECKSUM_SUFFIX, FieldSpec, to_numpy
 from persisting.trajectory.index import StepIndex
-from persisting.trajectory.sampling import StepView
+from persisting.trajectory.sampling import CommitProbe, StepView
 
 if TYPE_CHECKING:
     from persisting.trajectory.episode import Episode
@@ -54,6 +54,8 @@ class EpisodeReads:
     _episodes: Table
     _specs: dict[str, FieldSpec]
     _view: StepView
+    _steps_probe: CommitProbe
+    _episodes_probe: CommitProbe
     _open: dict[int, Episode]
 
     def _latest(self, filter: str | None = None, ids: Sequence[int] | None = None, *,
@@ -115,18 +117,23 @@ class EpisodeReads:
         if self._closed:
             raise ClosedError(f"trajectory store {self.path} is closed; open it again to use it")
 
-    def _refresh(self) -> StepIndex:
+    def _refresh(self, *, episodes: bool = True, view: bool = True) -> StepIndex:
         """Pin what this read sees and catch the step view up with it: every writer's newest
         episodes, then steps (a writer hands steps over before the end row that counts them,
         so an end row seen here has its steps seen too, once they are committed), plus this
-        handle's own open episodes' steps, handed to the table first."""
-        self._episodes.refresh()
+        handle's own open episodes' steps, handed to the table first. Step sampling reads no
+        episode rows (``episodes=False``) and catches the view up in :meth:`_positions`
+        (``view=False``)."""
+        if episodes and self._episodes_probe.changed():
+            self._episodes.refresh()
         for ep in list(self._open.values()):
             ep.flush()
-        self._steps.refresh()
+        if self._steps_probe.changed():
+            self._steps.refresh()
         self._follow_specs()
-        with self._steps.pinned():
-            self._view.refresh(self._steps, self._specs)
+        if view:
+            with self._steps.pinned():
+                self._view.refresh(self._steps, self._specs)
         return self._view.index
 
     @contextmanager
@@ -145,6 +152,15 @@ class EpisodeReads:
     def fields(self) -> dict[str, FieldSpec]:
         """The step fields stored so far and how each is stored."""
         return dict(self._specs)
+
+    def _rng(self, seed: int | np.random.Generator | None) -> np.random.Generator:
+        """A generator for ``seed``; without one, this handle's own (seeded from the OS once)."""
+        if seed is None:
+            rng = getattr(self, "_own_rng", None)
+            if rng is None:
+                rng = self._own_rng = np.random.default_rng()
+            return rng
+        return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
     def _names(self, fields: Sequence[str] | None) -> list[str]:
         """The stored step fields to return (all by default); unknown names raise."""
@@ -198,10 +214,10 @@ class EpisodeReads:
         else the step's ``final_<obs_field>`` if recorded (see RecordEpisodes), else zeros/NaN;
         ``has_next`` says which rows hold a real next observation.
         """
-        rng = np.random.default_rng(seed)
+        rng = self._rng(seed)
         with self._lock:
             self._check_open()
-            self._refresh()
+            self._refresh(episodes=False, view=False)
             names = self._names(fields)
             with self._positions() as view:
                 return self._sample_steps(view, rng, n, names, obs_field)
@@ -245,7 +261,7 @@ class EpisodeReads:
                         status: Sequence[str] | None = None, replace: bool = False) -> list[dict[str, np.ndarray]]:
         """``n`` whole episodes chosen uniformly (without replacement unless ``replace``);
         ``status`` limits the choice, e.g. ``("complete", "truncated")``."""
-        rng = np.random.default_rng(seed)
+        rng = self._rng(seed)
         with self._lock:
             self._check_open()
             bad = [x for x in (status or ()) if x not in STATUSES]
@@ -270,10 +286,10 @@ class EpisodeReads:
         every valid start. Arrays are shaped ``(n, length, ...)``."""
         if length <= 0 or n <= 0:
             raise ConfigError(f"sample_slices needs n > 0 and length > 0, got n={n}, length={length}")
-        rng = np.random.default_rng(seed)
+        rng = self._rng(seed)
         with self._lock:
             self._check_open()
-            self._refresh()
+            self._refresh(episodes=False, view=False)
             names = self._names(fields)
             with self._positions() as view:
                 starts = view.index.slice_starts(length, rng, n)

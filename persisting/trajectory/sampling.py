@@ -22,6 +22,8 @@ fetched for the sampled rows only, in one ``take`` per call.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -29,10 +31,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from persisting.engine import RowLayout, Table
+from persisting.engine.durable import is_local, local_path
 from persisting.trajectory.fields import FieldSpec
 from persisting.trajectory.index import StepIndex, step_keys
 
-__all__ = ["MAX_CACHED_BYTES", "StepView", "cacheable"]
+__all__ = ["MAX_CACHED_BYTES", "CommitProbe", "StepView", "cacheable"]
 
 MAX_CACHED_BYTES = 1024
 """Fixed-shape fields wider than this per step are not held in memory (they are read from
@@ -107,6 +110,39 @@ def _arrow_values(arr: pa.Array, spec: FieldSpec) -> tuple[np.ndarray, np.ndarra
     return np.asarray(values, dtype=_SCALAR_DTYPES[spec.dtype]), valid
 
 
+_QUIET_NS = 50_000_000  # a directory unchanged for this long cannot change within its mtime tick
+
+
+class CommitProbe:
+    """Has anyone committed to a local table since the last look? One ``stat`` of its
+    ``_versions`` directory (every commit adds a manifest there), against Lance's manifest
+    listing (~10 us idle, 80+ us on a loaded machine) on every read.
+
+    A directory's mtime moves in coarse kernel ticks, so a commit landing in the same tick as
+    the one last seen could leave it unchanged: an mtime that recent is never trusted (the
+    caller asks Lance). Remote tables always ask Lance.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.path = os.path.join(local_path(uri), "_versions") if is_local(uri) else None
+        self.seen: int | None = None
+
+    def changed(self) -> bool:
+        """True unless the directory provably did not change since the last call that returned
+        True (call the table's refresh after a True)."""
+        if self.path is None:
+            return True
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+        except OSError:
+            self.seen = None
+            return True
+        if mtime == self.seen:
+            return False
+        self.seen = mtime if time.time_ns() - mtime > _QUIET_NS else None
+        return True
+
+
 class StepView:
     """Step keys and fixed-width columns of one steps table, caught up by :meth:`refresh`."""
 
@@ -119,6 +155,7 @@ class StepView:
         self.columns: dict[str, _Column] = {}
         self.pending: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
         self.rebuilds = 0  # full reads of the table (tests and stats look at it)
+        self._seen: tuple[object, list[FieldSpec]] = (None, [])  # schema and specs ``cached`` was computed for
 
     @property
     def committed(self) -> int:
@@ -129,8 +166,13 @@ class StepView:
         this handle's pending rows). Call it with the table pinned."""
         total = table.count()
         schema = table.schema
-        stored = set(schema.names) if schema is not None else set()
-        cached = tuple(sorted((n, s.signature) for n, s in specs.items() if n in stored and cacheable(s)))
+        seen_schema, seen_specs = self._seen
+        if schema is seen_schema and len(specs) == len(seen_specs) and all(a is b for a, b in zip(specs.values(), seen_specs)):
+            cached = self.cached
+        else:
+            stored = set(schema.names) if schema is not None else set()
+            cached = tuple(sorted((n, s.signature) for n, s in specs.items() if n in stored and cacheable(s)))
+            self._seen = (schema, list(specs.values()))
         version = table.version
         if version == self.version and total == self.total and cached == self.cached:
             return

@@ -66,7 +66,7 @@ from persisting.trajectory.fields import (
     value_category,
 )
 from persisting.trajectory.ids import IDS_SCHEMA, EpisodeIds, SessionRanges, high_water, mark_recovered, open_sessions
-from persisting.trajectory.sampling import StepView
+from persisting.trajectory.sampling import CommitProbe, StepView
 from persisting.trajectory.reading import (
     EPISODE_COLUMNS,
     EPISODE_SCHEMA,
@@ -183,6 +183,8 @@ class TrajectoryStore(EpisodeReads):
             raise
 
     def _load_specs(self) -> None:
+        self._steps_probe = CommitProbe(self._steps.uri)
+        self._episodes_probe = CommitProbe(self._episodes.uri)
         self._specs: dict[str, FieldSpec] = specs_from_schema(self._steps.schema, STEP_KEYS)
         self._sigs = {n: s.signature for n, s in self._specs.items()}
         self._spec_schema = self._steps.schema
