@@ -34,7 +34,9 @@ from persisting.errors import ConfigError, CorruptionError, NotFoundError, Persi
 if TYPE_CHECKING:
     from persisting.engine.reads import BlobLocation, TableReads
 
-__all__ = ["ReadResult", "byte_runs", "read_into"]
+__all__ = ["CHECKSUM_SUFFIX", "PayloadColumn", "ReadResult", "byte_runs", "payload_columns", "payload_matches", "read_into"]
+
+CHECKSUM_SUFFIX = "__xxh3"  # a payload column X with no declared checksum column is checked against X__xxh3
 
 Status = Literal["hit", "miss", "corrupt"]
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
@@ -61,6 +63,37 @@ class ReadResult:
     @property
     def ok(self) -> bool:
         return self.status == "hit"
+
+
+@dataclass(frozen=True)
+class PayloadColumn:
+    """A payload column and the column holding its checksum (see :func:`payload_matches`)."""
+
+    payload: str
+    checksum: str
+
+
+def payload_matches(stored: Any, digest: Any) -> bool:
+    """The one checksum rule for every payload: the xxh3-128 of the bytes as stored (after any
+    compression) equals ``digest``, kept as 16 raw bytes or as their 32-character hex (a
+    content key). A missing digest never matches."""
+    if digest is None:
+        return False
+    got = xxhash.xxh3_128_digest(stored)
+    if isinstance(digest, str):
+        return got.hex() == digest
+    return got == bytes(digest)
+
+
+def payload_columns(names: Sequence[str], declared: Sequence[PayloadColumn] = ()) -> list[PayloadColumn]:
+    """The payload columns of a table with columns ``names``: the ``declared`` pairs present,
+    then every ``X`` that has an ``X__xxh3`` column."""
+    present = set(names)
+    out = [d for d in declared if d.payload in present and d.checksum in present]
+    taken = {d.payload for d in out}
+    out += [PayloadColumn(c.removesuffix(CHECKSUM_SUFFIX), c) for c in names
+            if c.endswith(CHECKSUM_SUFFIX) and c.removesuffix(CHECKSUM_SUFFIX) in present - taken]
+    return out
 
 
 def _executor() -> ThreadPoolExecutor:

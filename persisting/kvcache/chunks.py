@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["SCHEMA", "META_COLUMNS", "Layout", "copy_chunk", "is_torch", "itemsize", "proxy"]
+from persisting.engine.payloads import PayloadColumn
+
+__all__ = ["PAYLOADS", "SCHEMA", "META_COLUMNS", "Layout", "copy_chunk", "is_torch", "itemsize", "proxy"]
 
 _BLOB = {"lance-encoding:blob": "true"}
 SCHEMA = pa.schema([
@@ -29,6 +31,7 @@ SCHEMA = pa.schema([
     pa.field("payload", pa.large_binary(), metadata=_BLOB),
 ])
 META_COLUMNS = ["key", "dtype", "shape", "token_axis", "compression", "checksum", "raw_nbytes"]
+PAYLOADS = (PayloadColumn("payload", "checksum"),)  # what verify checks, by the engine's one rule
 
 @dataclass(frozen=True)
 class Layout:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -117,8 +118,8 @@ class KVCacheStore:
                         "bytes_written": 0, "bytes_read": 0}
         self._dead_bytes = 0
         self._commits = 0
-        self._stage: np.ndarray | None = None  # reused staging buffer for payloads being written
-        self._last_sizes: list[int] = []
+        self._stages: list[np.ndarray | None] = [None, None]  # reused staging buffers, one per group in flight
+        self._committer: ThreadPoolExecutor | None = None  # commits one group while the next is staged
         self._layout: Layout | None = None
         self._index = ChunkIndex(self._seed.hex())
         uri = self.path.rstrip("/") + "/" + storage_name(namespace) + ".lance"
@@ -251,7 +252,7 @@ class KVCacheStore:
             try:
                 written = self._write_chunks(kv, layout, framework, keys, new)
             except BaseException:
-                self._stage = None  # rows left in the table's buffer may still point into it
+                self._stages = [None, None]  # rows left in the table's buffer may still point into it
                 self._rows.invalidate()
                 self._sync()  # rows committed (or still buffered) are indexed, no others
                 raise
@@ -361,6 +362,8 @@ class KVCacheStore:
         with self._lock:
             if not self._closed:
                 self._closed = True
+                if self._committer is not None:
+                    self._committer.shutdown(wait=True)
                 self._table.close()
 
     def __enter__(self) -> KVCacheStore:
@@ -416,27 +419,48 @@ class KVCacheStore:
         """Write the new chunks in groups of about _APPEND_BYTES, one fsynced commit per group
         (parents always commit before their children); return each chunk's stored byte size.
 
-        Uncompressed chunks are copied once, from kv into a staging buffer the store keeps and
-        reuses: touching fresh pages costs more than the copy itself. Reuse is safe because a
-        group is committed, and Lance done with the buffer, before the next is staged.
+        Uncompressed chunks are copied once, from kv (where a chunk is a strided slice) into one
+        of two staging buffers the store keeps and reuses: touching fresh pages costs more than
+        the copy itself. The copy (and checksum) of a group overlaps the commit and fsyncs of
+        the group before it, on a commit thread; both release the GIL. A buffer is reused two
+        groups later, after the group staged in it was committed and Lance was done with it.
         """
         raw_nbytes = itemsize(layout.dtype) * int(np.prod(layout.shape(self.chunk_size), dtype=np.int64))
         per_group = max(1, _APPEND_BYTES // max(raw_nbytes, 1))
         sizes: list[int] = []
-        for g in range(0, len(new), per_group):
-            batch = self._prepare_group(kv, layout, framework, keys, new[g : g + per_group])
-            self._table.append(batch)
-            self._table.flush()
-            del batch
-            sizes.extend(self._last_sizes)
+        inflight: Future[None] | None = None
+        try:
+            for n, g in enumerate(range(0, len(new), per_group)):
+                batch = self._prepare_group(kv, layout, framework, keys, new[g : g + per_group], n % 2)
+                if inflight is not None:
+                    f, inflight = inflight, None
+                    f.result()  # parents commit before their children
+                self._table.append(batch)
+                sizes.extend(batch.column("nbytes").to_pylist())
+                del batch
+                inflight = self._commit_thread().submit(self._table.flush)
+            if inflight is not None:
+                f, inflight = inflight, None
+                f.result()
+        finally:
+            if inflight is not None:
+                inflight.exception()  # never leave a commit running past a failed put
         return sizes
 
-    def _staging(self, nbytes: int) -> np.ndarray:
-        if self._stage is None or self._stage.nbytes < nbytes:
-            self._stage = np.empty(nbytes, dtype=np.uint8)
-        return self._stage[:nbytes]
+    def _commit_thread(self) -> ThreadPoolExecutor:
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(1, thread_name_prefix="persisting-kv-commit")
+        return self._committer
 
-    def _prepare_group(self, kv: Any, layout: Layout, framework: Framework, keys: list[str], group: list[tuple[int, str]]) -> pa.Table:
+    def _staging(self, nbytes: int, slot: int) -> np.ndarray:
+        stage = self._stages[slot]
+        if stage is None or stage.nbytes < nbytes:
+            stage = self._stages[slot] = np.empty(nbytes, dtype=np.uint8)
+        return stage[:nbytes]
+
+    def _prepare_group(
+        self, kv: Any, layout: Layout, framework: Framework, keys: list[str], group: list[tuple[int, str]], slot: int,
+    ) -> pa.Table:
         """The rows of one group of new chunks, payloads copied out of kv and checksummed."""
         cs = self.chunk_size
         chunk_shape = layout.shape(cs)
@@ -453,7 +477,7 @@ class KVCacheStore:
             "compression": [self.compression] * len(group),
         }
         if direct:
-            data = self._staging(raw_nbytes * len(group))
+            data = self._staging(raw_nbytes * len(group), slot)
             sums = []
             for n, (i, _) in enumerate(group):
                 dest = data[n * raw_nbytes : (n + 1) * raw_nbytes]
@@ -474,7 +498,6 @@ class KVCacheStore:
         rows["checksum"] = sums
         rows["raw_nbytes"] = [raw_nbytes] * len(group)
         rows["nbytes"] = payload_sizes
-        self._last_sizes = payload_sizes
         rows["payload"] = pa.LargeBinaryArray.from_buffers(
             pa.large_binary(), len(group), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
         )

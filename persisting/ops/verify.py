@@ -3,11 +3,10 @@
 WAL segments are read with the table's applied LSN in point-in-time mode (the same rules a
 writer's recovery applies): a torn tail is a warning (a crash leaves one and recovery cuts it),
 a bad frame before the tail is a problem named by file and offset. Rows are read in batches;
-payload checksums (xxh3-128 over the stored bytes) are checked where a store keeps them:
-
-- params ``chunks``: ``data`` against its content key ``hash`` (hex digest);
-- kvcache namespaces: ``payload`` against ``checksum``;
-- trajectory ``steps`` (and any table): a column ``X`` against ``X__xxh3``.
+every payload is checked by the engine's one rule (:func:`~persisting.engine.payloads.payload_matches`:
+xxh3-128 over the bytes as stored), against the checksum column its store declares (params
+``chunks``: ``data`` against its content key ``hash``; kvcache: ``payload`` against ``checksum``)
+or, in any table, a column ``X`` against ``X__xxh3`` (trajectory blob fields).
 
 Checkpoint manifests must reference only chunks that exist. Every committed Lance file
 (manifests, data, blob, deletion, index and transaction files) is hashed against the xxh3-128
@@ -28,9 +27,9 @@ import pyarrow as pa
 
 from persisting.engine import integrity
 from persisting.engine.batches import decode_batch
-from persisting.engine.codec import checksum
 from persisting.engine.commits import writer_applied_lsn
 from persisting.engine.lance_io import is_blob, is_panic
+from persisting.engine.payloads import PayloadColumn, payload_columns, payload_matches
 from persisting.engine.wal import ReplayReport, read_frames
 from persisting.engine.writers import base_problem, read_base, writer_wal_dirs
 from persisting.errors import CorruptionError, PersistingError
@@ -38,7 +37,6 @@ from persisting.ops.catalog import StoreInfo, TableInfo, discover
 
 __all__ = ["Finding", "VerifyReport", "verify"]
 
-_CHECKSUM_SUFFIX = "__xxh3"
 _BATCH_ROWS = 1024
 _BLOB_BATCH_ROWS = 8  # rows with payloads (checkpoint chunks are MiBs each): bounded memory
 
@@ -226,18 +224,22 @@ def _verify_writer_wal(t: TableInfo, writer_id: str, wal: str, report: VerifyRep
             offset=r.offset))
 
 
+def _declared(store: StoreInfo, t: TableInfo) -> tuple[PayloadColumn, ...]:
+    """The payload columns this table's store declares (others follow the ``X__xxh3`` rule)."""
+    if store.kind == "params" and t.name == "chunks":
+        from persisting.params.chunks import PAYLOADS as params_payloads
+
+        return params_payloads
+    if store.kind == "kvcache":
+        from persisting.kvcache.chunks import PAYLOADS as kv_payloads
+
+        return kv_payloads
+    return ()
+
+
 def _checks(store: StoreInfo, t: TableInfo) -> list[tuple[str, str, Callable[[Any, Any], bool]]]:
-    """(payload column, checksum column, matches) pairs for this table."""
-    cols = set(t.columns)
-    out: list[tuple[str, str, Callable[[Any, Any], bool]]] = []
-    if store.kind == "params" and t.name == "chunks" and {"data", "hash"} <= cols:
-        out.append(("data", "hash", lambda data, key: checksum(data).hex() == key))
-    if store.kind == "kvcache" and {"payload", "checksum"} <= cols:
-        out.append(("payload", "checksum", lambda data, s: checksum(data) == bytes(s)))
-    for c in t.columns:
-        if c.endswith(_CHECKSUM_SUFFIX) and c.removesuffix(_CHECKSUM_SUFFIX) in cols:
-            out.append((c.removesuffix(_CHECKSUM_SUFFIX), c, lambda data, s: checksum(data) == bytes(s)))
-    return out
+    """(payload column, checksum column, matches) pairs for this table: one rule for all."""
+    return [(c.payload, c.checksum, payload_matches) for c in payload_columns(list(t.columns), _declared(store, t))]
 
 
 def _batches(ds: lance.LanceDataset) -> Iterator[pa.RecordBatch]:

@@ -26,10 +26,10 @@ import pyarrow as pa
 
 from persisting.engine import RowKeys, Table, TableOptions
 from persisting.engine.codec import checksum
-from persisting.engine.payloads import read_into
+from persisting.engine.payloads import PayloadColumn, read_into
 from persisting.errors import CorruptionError, NotFoundError
 
-__all__ = ["SCHEMA", "ChunkTable", "PutResult"]
+__all__ = ["PAYLOADS", "SCHEMA", "ChunkTable", "PutResult"]
 
 _BLOB = {"lance-encoding:blob": "true"}
 SCHEMA = pa.schema([
@@ -37,6 +37,7 @@ SCHEMA = pa.schema([
     pa.field("nbytes", pa.int64(), nullable=False),
     pa.field("data", pa.large_binary(), metadata=_BLOB),
 ])
+PAYLOADS = (PayloadColumn("data", "hash"),)  # the content key is the payload's checksum (hex)
 _READ_BATCH_CHUNKS = 256  # chunks located and read per read_into call
 
 
