@@ -2,7 +2,7 @@
 
 from persisting.trajectory.episode import Episode
 from persisting.trajectory.fields import FieldSpec
-from persisting.trajectory.reading import STATUSES
+from persisting.trajectory.schema import STATUSES
 from persisting.trajectory.store import TrajectoryStore
 
 __all__ = ["STATUSES", "Episode", "FieldSpec", "TrajectoryStore"]

@@ -16,10 +16,10 @@ import numpy as np
 
 from persisting.errors import ClosedError, InvalidRecordError
 from persisting.trajectory.buffer import StepBuffer
-from persisting.trajectory.reading import STATUSES
+from persisting.trajectory.schema import ENDED_STATUSES
 
 if TYPE_CHECKING:
-    from persisting.trajectory.store import TrajectoryStore
+    from persisting.trajectory.writing import EpisodeWriter
 
 __all__ = ["Episode", "rows_of"]
 
@@ -30,15 +30,15 @@ _REWARD_TYPES = frozenset({float, int, bool, np.float64, np.float32, np.float16,
 class Episode:
     """An open episode: add steps, then :meth:`end` it (or use it as a context manager)."""
 
-    def __init__(self, store: TrajectoryStore, episode_id: int, metadata: dict[str, Any], start: datetime) -> None:
-        self._store = store
+    def __init__(self, writer: EpisodeWriter, episode_id: int, metadata: dict[str, Any], start: datetime) -> None:
+        self._writer = writer
         self.id = episode_id
         self.metadata = metadata
         self.start_time = start
         self.status = "open"
         self.length = 0
         self._return: float | None = None
-        self._buffer = StepBuffer(store.step_buffer)
+        self._buffer = StepBuffer(writer.step_buffer)
         self._last_truncated = False
         self._last_terminated = False
         self._announced = False  # has the "open" row been written?
@@ -71,12 +71,13 @@ class Episode:
         if fields is not None and not isinstance(fields, Mapping):
             raise InvalidRecordError(f"a step is a dict of field -> value, not a {type(fields).__name__}")
         step = kwargs if fields is None else {**fields, **kwargs} if kwargs else fields
-        store = self._store
-        with store._lock:
-            store._check_writable()
+        writer = self._writer
+        fields_ = writer.fields
+        with writer.lock:
+            writer.check_writable()
             self._check_open()
-            if not self._buffer.add_known(step, store._sigs, store._specs, blob_threshold=store.blob_threshold,
-                                          ragged=store.ragged):
+            if not self._buffer.add_known(step, fields_.sigs, fields_.specs, blob_threshold=fields_.blob_threshold,
+                                          ragged=fields_.ragged):
                 self._add_checked([step])
                 return
             reward = step.get("reward")
@@ -85,7 +86,7 @@ class Episode:
             self._last_truncated = bool(step.get("truncated") or False)
             self._last_terminated = bool(step.get("terminated") or False)
             self.length += 1
-            if len(self._buffer) >= store.step_buffer:
+            if len(self._buffer) >= writer.step_buffer:
                 self._flush(announce=True)
 
     def add_steps(self, batch: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> None:
@@ -96,10 +97,10 @@ class Episode:
         to the table at once (the fast path for bulk writes); anything else goes step by step.
         """
         if isinstance(batch, Mapping):
-            with self._store._lock:
-                self._store._check_writable()
+            with self._writer.lock:
+                self._writer.check_writable()
                 self._check_open()
-                stacked = self._store._check_stacked(batch)
+                stacked = self._writer.fields.check_stacked(batch)
                 if stacked is not None:
                     self._add_stacked(batch, stacked)
                     return
@@ -108,26 +109,26 @@ class Episode:
     def _add_stacked(self, batch: Mapping[str, Any], n: int) -> None:
         self._flush(announce=True)
         if not self._announced:
-            self._store._append_episode_row(self, rev=0, end=None)
+            self._writer.append_episode_row(self, rev=0, end=None)
             self._announced = True
-        self._store._write_stacked(self.id, self.length, n, batch)
+        self._writer.write_stacked(self.id, self.length, n, batch)
         self.length += n
         reward = batch.get("reward")
-        if reward is not None and self._store._specs["reward"].kind == "scalar":
+        if reward is not None and self._writer.fields.specs["reward"].kind == "scalar":
             self._return = (self._return or 0.0) + float(np.asarray(reward, dtype=np.float64).sum())
         for key in ("truncated", "terminated"):
             if key in batch:
                 setattr(self, "_last_" + key, bool(np.asarray(batch[key])[-1]))
 
     def _add(self, rows: list[Mapping[str, Any]]) -> None:
-        with self._store._lock:
-            self._store._check_writable()
+        with self._writer.lock:
+            self._writer.check_writable()
             self._check_open()
             self._add_checked(rows)
 
     def _add_checked(self, rows: list[Mapping[str, Any]]) -> None:
-        with self._store._lock:
-            normalized = self._store._normalize_steps(rows)
+        with self._writer.lock:
+            normalized = self._writer.fields.normalize_steps(rows)
             total = self._return
             for row in normalized:
                 reward = row.get("reward")
@@ -138,8 +139,8 @@ class Episode:
             self._last_truncated = bool(last.get("truncated") or False)
             self._last_terminated = bool(last.get("terminated") or False)
             self.length += len(normalized)
-            self._buffer.add_rows(normalized, self._store._specs)
-            if len(self._buffer) >= self._store.step_buffer:
+            self._buffer.add_rows(normalized, self._writer.fields.specs)
+            if len(self._buffer) >= self._writer.step_buffer:
                 self.flush()
 
     def flush(self) -> None:
@@ -147,24 +148,24 @@ class Episode:
         self._flush(announce=True)
 
     def _flush(self, *, announce: bool) -> None:
-        with self._store._lock:
+        with self._writer.lock:
             n = len(self._buffer)
             if n:
                 if announce and not self._announced:
-                    self._store._append_episode_row(self, rev=0, end=None)
+                    self._writer.append_episode_row(self, rev=0, end=None)
                     self._announced = True
-                fields, arrays = self._buffer.take(self._store._specs)
-                self._store._append_steps(self.id, self.length - n, n, fields, arrays)
+                fields, arrays = self._buffer.take(self._writer.fields.specs)
+                self._writer.append_steps(self.id, self.length - n, n, fields, arrays)
 
     def end(self, status: str | None = None, **metadata: Any) -> None:
         """Finish the episode. ``status`` defaults to ``"truncated"`` when the last step was
         truncated and not terminated, else ``"complete"``; ``metadata`` is merged in."""
-        if status is not None and status not in STATUSES[1:]:
-            raise InvalidRecordError(f"status {status!r} is not one of {STATUSES[1:]}")
-        with self._store._lock:
+        if status is not None and status not in ENDED_STATUSES:
+            raise InvalidRecordError(f"status {status!r} is not one of {ENDED_STATUSES}")
+        with self._writer.lock:
             self._check_open()
-            self._store._check_writable()
-            extra = self._store._check_metadata(metadata)
+            self._writer.check_writable()
+            extra = self._writer.check_metadata(metadata)
             if status is None:
                 status = "truncated" if self._last_truncated and not self._last_terminated else "complete"
             # An episode that ends before its first hand-off skips the "open" row: steps, then
@@ -172,16 +173,16 @@ class Episode:
             # steps and marks them an incomplete episode (without its metadata).
             self._flush(announce=False)
             final = {**self.metadata, **extra}
-            self._store._append_episode_row(self, rev=1 if self._announced else 0, end=datetime.now(timezone.utc),
+            self._writer.append_episode_row(self, rev=1 if self._announced else 0, end=datetime.now(timezone.utc),
                                             status=status, metadata=final)
             self.metadata, self.status = final, status
-            self._store._open.pop(self.id, None)
+            self._writer.ended(self)
 
     def __enter__(self) -> Episode:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if self.status == "open" and not self._store.closed:
+        if self.status == "open" and not self._writer.closed:
             self.end("incomplete" if exc_type is not None else None)
 
     def __repr__(self) -> str:

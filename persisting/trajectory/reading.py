@@ -10,7 +10,7 @@ different writers interleave and other writers' compactions move them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,8 @@ from persisting.engine.table import Table
 from persisting.errors import ClosedError, ConfigError, NotFoundError
 from persisting.trajectory.fields import CHECKSUM_SUFFIX, FieldSpec, to_numpy
 from persisting.trajectory.index import StepIndex
+from persisting.trajectory.registry import FieldRegistry
+from persisting.trajectory.schema import EPISODE_COLUMNS, EPISODE_SCHEMA, STATUSES, STEP_KEYS
 from persisting.trajectory.sampling import CommitProbe, StepView
 
 if TYPE_CHECKING:
@@ -29,18 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["EPISODE_COLUMNS", "EPISODE_SCHEMA", "STATUSES", "STEP_KEYS", "EpisodeReads"]
 
-EPISODE_SCHEMA = pa.schema([
-    pa.field("episode_id", pa.int64(), nullable=False),
-    pa.field("rev", pa.int64(), nullable=False),
-    pa.field("status", pa.string(), nullable=False),
-    pa.field("length", pa.int64()),
-    pa.field("return", pa.float64()),
-    pa.field("start_time", pa.timestamp("us", tz="UTC")),
-    pa.field("end_time", pa.timestamp("us", tz="UTC")),
-])
-EPISODE_COLUMNS = tuple(EPISODE_SCHEMA.names)
-STEP_KEYS = ("episode_id", "step")
-STATUSES = ("open", "complete", "truncated", "incomplete")
 
 
 class EpisodeReads:
@@ -52,7 +42,7 @@ class EpisodeReads:
     _closed: bool
     _steps: Table
     _episodes: Table
-    _specs: dict[str, FieldSpec]
+    _fields: FieldRegistry
     _view: StepView
     _steps_probe: CommitProbe
     _episodes_probe: CommitProbe
@@ -133,7 +123,7 @@ class EpisodeReads:
         self._follow_specs()
         if view:
             with self._steps.pinned():
-                self._view.refresh(self._steps, self._specs)
+                self._view.refresh(self._steps, self._fields.specs)
         return self._view.index
 
     @contextmanager
@@ -142,7 +132,7 @@ class EpisodeReads:
         steps table's own background commit cannot land meanwhile (call :meth:`_refresh`
         first, outside: handing steps off may wait for that commit)."""
         with self._steps.pinned():
-            self._view.refresh(self._steps, self._specs)
+            self._view.refresh(self._steps, self._fields.specs)
             yield self._view
 
     def _follow_specs(self) -> None:
@@ -151,7 +141,7 @@ class EpisodeReads:
     @property
     def fields(self) -> dict[str, FieldSpec]:
         """The step fields stored so far and how each is stored."""
-        return dict(self._specs)
+        return dict(self._fields.specs)
 
     def _rng(self, seed: int | np.random.Generator | None) -> np.random.Generator:
         """A generator for ``seed``; without one, this handle's own (seeded from the OS once)."""
@@ -165,10 +155,10 @@ class EpisodeReads:
     def _names(self, fields: Sequence[str] | None) -> list[str]:
         """The stored step fields to return (all by default); unknown names raise."""
         stored = self._steps.schema.names if self._steps.schema is not None else []
-        names = [n for n in stored if n in self._specs] if fields is None else list(fields)
-        unknown = [n for n in names if n not in self._specs]
+        names = [n for n in stored if n in self._fields.specs] if fields is None else list(fields)
+        unknown = [n for n in names if n not in self._fields.specs]
         if unknown:
-            raise NotFoundError(f"trajectory store {self.path} has no step field(s) {unknown}; it has {sorted(self._specs)}")
+            raise NotFoundError(f"trajectory store {self.path} has no step field(s) {unknown}; it has {sorted(self._fields.specs)}")
         return [n for n in names if n in stored]  # a field only in steps not yet handed off reads as absent
 
     def _gather(self, view: StepView, sorted_idx: np.ndarray, names: Sequence[str],
@@ -181,11 +171,11 @@ class EpisodeReads:
         out: dict[str, np.ndarray] = dict(zip(STEP_KEYS, idx.split(sorted_idx)))
         rest = [n for n in names if not view.has(n)]
         if rest:
-            cols = rest + [n + CHECKSUM_SUFFIX for n in rest if self._specs[n].kind == "blob"]
+            cols = rest + [n + CHECKSUM_SUFFIX for n in rest if self._fields.specs[n].kind == "blob"]
             uniq, inverse = np.unique(positions, return_inverse=True)
             taken = self._steps.take(uniq.tolist(), columns=cols).take(pa.array(inverse.astype(np.int64)))
         for name in names:
-            out[name] = view.gather(name, positions) if view.has(name) else to_numpy(taken, self._specs[name])
+            out[name] = view.gather(name, positions) if view.has(name) else to_numpy(taken, self._fields.specs[name])
         if valid is not None and names:
             last = names[-1]
             valid.append(view.valid(last, positions) if view.has(last) else np.asarray(taken.column(last).is_valid()))
@@ -229,10 +219,10 @@ class EpisodeReads:
             raise NotFoundError(f"trajectory store {self.path} has no steps to sample")
         draw = rng.integers(0, len(idx.keys), size=n)
         stored = self._steps.schema.names if self._steps.schema is not None else []
-        if obs_field not in self._specs or obs_field not in stored:
+        if obs_field not in self._fields.specs or obs_field not in stored:
             return self._gather(view, draw, names)
         final_name = "final_" + obs_field
-        extra = [c for c in (obs_field, final_name) if c in self._specs and c in stored and c not in names]
+        extra = [c for c in (obs_field, final_name) if c in self._fields.specs and c in stored and c not in names]
         nxt_idx = np.minimum(draw + 1, len(idx.keys) - 1)
         # one gather for the sampled rows and their successors: each Lance take has a fixed cost
         wanted = names + extra

@@ -52,33 +52,17 @@ from persisting.errors import (
     WALError,
 )
 from persisting.trajectory.episode import Episode, rows_of
-from persisting.trajectory.fields import (
-    FieldSpec,
-    check_column,
-    Signature,
-    arrow_category,
-    merge,
-    normalize,
-    specs_from_schema,
-    stacked_signature,
-    stacked_to_columns,
-    to_columns,
-    value_category,
-)
+from persisting.trajectory.fields import arrow_category, check_column, value_category
 from persisting.trajectory.ids import IDS_SCHEMA, EpisodeIds, SessionRanges, high_water, mark_recovered, open_sessions
+from persisting.trajectory.registry import FieldRegistry
 from persisting.trajectory.sampling import CommitProbe, StepView
-from persisting.trajectory.reading import (
-    EPISODE_COLUMNS,
-    EPISODE_SCHEMA,
-    STATUSES,
-    STEP_KEYS,
-    EpisodeReads,
-)
+from persisting.trajectory.writing import EpisodeWriter
+from persisting.trajectory.reading import EpisodeReads
+from persisting.trajectory.schema import EPISODE_COLUMNS, EPISODE_SCHEMA, STATUSES
 from persisting.trajectory.sessions import Sessions, new_session_id
 
 __all__ = ["TrajectoryStore"]
 
-_PLAIN: dict[type, Signature] = {float: ("scalar", "float", ()), int: ("scalar", "int", ()), bool: ("scalar", "bool", ())}
 
 
 def _join(path: str, name: str) -> str:
@@ -136,6 +120,7 @@ class TrajectoryStore(EpisodeReads):
         self._open: dict[int, Episode] = {}
         self._meta_kinds: dict[str, str | None] = {}
         self._view = StepView()
+        self._fields = FieldRegistry(ragged=self.ragged, blob_threshold=blob_threshold)
         self.recovered: list[int] = []
         self._sessions: Sessions | None = None
         self._session_id = new_session_id()
@@ -185,20 +170,16 @@ class TrajectoryStore(EpisodeReads):
     def _load_specs(self) -> None:
         self._steps_probe = CommitProbe(self._steps.uri)
         self._episodes_probe = CommitProbe(self._episodes.uri)
-        self._specs: dict[str, FieldSpec] = specs_from_schema(self._steps.schema, STEP_KEYS)
-        self._sigs = {n: s.signature for n, s in self._specs.items()}
-        self._spec_schema = self._steps.schema
+        self._fields.load(self._steps.schema)
+        self._writer = EpisodeWriter(
+            lock=self._lock, fields=self._fields, steps=self._steps, episodes=self._episodes,
+            step_buffer=self.step_buffer, check_writable=self._check_writable, check_metadata=self._check_metadata,
+            ended=lambda ep: self._open.pop(ep.id, None), closed=lambda: self._closed,
+        )
 
     def _follow_specs(self) -> None:
         """Take in step fields other writers stored since (this writer's own specs win)."""
-        schema = self._steps.schema
-        if schema is self._spec_schema:
-            return
-        stored = specs_from_schema(schema, STEP_KEYS)
-        new = {n: spec for n, spec in stored.items() if n not in self._specs}
-        self._specs.update(new)
-        self._sigs.update({n: spec.signature for n, spec in new.items()})
-        self._spec_schema = schema
+        self._fields.follow(self._steps.schema)
 
     # -- ids and recovery -----------------------------------------------------------------
     def _new_id(self) -> int:
@@ -241,7 +222,8 @@ class TrajectoryStore(EpisodeReads):
         where = ranges.sql()
         latest = self._latest(where, visible_only=False)
         known = {r["episode_id"]: r for r in latest.to_pylist()}
-        has_reward = "reward" in self._specs and self._specs["reward"].kind == "scalar"
+        specs = self._fields.specs
+        has_reward = "reward" in specs and specs["reward"].kind == "scalar"
         cols = ["episode_id"] + (["reward"] if has_reward else [])
         found = self._steps.scan(columns=cols, filter=where) if self._steps.count() else None
         lengths: dict[int, int] = {}
@@ -316,86 +298,9 @@ class TrajectoryStore(EpisodeReads):
         with self._lock:
             self._check_writable()
             meta = self._check_metadata(metadata)
-            ep = Episode(self, self._new_id(), meta, datetime.now(timezone.utc))
+            ep = Episode(self._writer, self._new_id(), meta, datetime.now(timezone.utc))
             self._open[ep.id] = ep
             return ep
-
-    def _append_episode_row(self, ep: Episode, *, rev: int, end: datetime | None,
-                            status: str = "open", metadata: Mapping[str, Any] | None = None) -> None:
-        row = {**(ep.metadata if metadata is None else metadata), "episode_id": ep.id, "rev": rev, "status": status,
-               "length": ep.length, "return": ep.return_, "start_time": ep.start_time, "end_time": end}
-        self._episodes.append([row])
-
-    def _normalize_steps(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Private copies of the steps, checked against the known field specs (all or nothing)."""
-        new_specs: dict[str, FieldSpec] = {}
-        sigs = self._sigs
-        out = []
-        for i, row in enumerate(rows):
-            clean: dict[str, Any] = {}
-            for name, value in row.items():
-                if name not in sigs:
-                    self._check_field_name(name, i)
-                sig = _PLAIN.get(type(value))
-                if sig is not None:  # the hot path: float, int and bool scalars
-                    stored = value
-                else:
-                    stored, sig = normalize(name, value, ragged=name in self.ragged, blob_threshold=self.blob_threshold)
-                if sig is None:
-                    continue  # a missing value: the column reads null for this step
-                if sigs.get(name) != sig:
-                    known = new_specs.get(name) or self._specs.get(name)
-                    spec = FieldSpec(name, *sig)
-                    new_specs[name] = spec if known is None else merge(known, spec)
-                clean[name] = stored
-            out.append(clean)
-        if new_specs:
-            self._specs.update(new_specs)
-            self._sigs.update({n: s.signature for n, s in new_specs.items()})
-        return out
-
-    @staticmethod
-    def _check_field_name(name: object, i: int) -> None:
-        if not isinstance(name, str) or not name:
-            raise InvalidRecordError(f"step {i}: field name {name!r} must be a non-empty str", index=i)
-        if name in STEP_KEYS or name.endswith("__xxh3"):
-            raise InvalidRecordError(f"step field {name!r} is reserved: the store sets it", field=name)
-        check_column(name, what="step field")
-
-    def _check_stacked(self, batch: Mapping[str, Any]) -> int | None:
-        """Validate a dict of stacked columns; return its step count, or None when it needs
-        the per-step path. Registers new field specs only when every column is valid."""
-        lengths = {k: len(v) if hasattr(v, "__len__") else -1 for k, v in batch.items()}
-        if not lengths or len(set(lengths.values())) > 1:
-            return None
-        n = next(iter(lengths.values()))
-        new_specs: dict[str, FieldSpec] = {}
-        for name, value in batch.items():
-            if name not in self._sigs:
-                self._check_field_name(name, 0)
-            sig = stacked_signature(value, n, ragged=name in self.ragged, blob_threshold=self.blob_threshold)
-            if sig is None:
-                return None
-            if self._sigs.get(name) != sig:
-                known = self._specs.get(name)
-                spec = FieldSpec(name, *sig)
-                new_specs[name] = spec if known is None else merge(known, spec)
-        self._specs.update(new_specs)
-        self._sigs.update({k: s.signature for k, s in new_specs.items()})
-        return n
-
-    def _write_stacked(self, episode_id: int, first_step: int, n: int, batch: Mapping[str, Any]) -> None:
-        fields, arrays = stacked_to_columns(batch, self._specs)
-        self._append_steps(episode_id, first_step, n, fields, arrays)
-
-    def _write_steps(self, episode_id: int, first_step: int, rows: list[dict[str, Any]]) -> None:
-        fields, arrays = to_columns(rows, self._specs)
-        self._append_steps(episode_id, first_step, len(rows), fields, arrays)
-
-    def _append_steps(self, episode_id: int, first_step: int, n: int, fields: list[pa.Field], arrays: list[pa.Array]) -> None:
-        keys = [pa.array(np.full(n, episode_id, np.int64)), pa.array(np.arange(first_step, first_step + n, dtype=np.int64))]
-        schema = pa.schema([pa.field("episode_id", pa.int64(), nullable=False), pa.field("step", pa.int64(), nullable=False), *fields])
-        self._steps.append(pa.Table.from_arrays(keys + arrays, schema=schema))
 
     def update_episodes(self, updates: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]] | pa.Table) -> int:
         """Merge fields into existing episodes by ``episode_id`` (e.g. rewards that arrive

@@ -1,0 +1,67 @@
+"""EpisodeWriter: the narrow interface an open :class:`~persisting.trajectory.Episode` writes
+through, so the episode needs nothing else of its store.
+
+It holds the store's lock, its field registry and its two tables, and hands rows to them:
+steps (``episode_id``, ``step`` and the step columns) and episode revisions. The store gives it
+the checks only the store can make (is it writable, is this metadata compatible) and learns
+when an episode ends.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from persisting.engine import Table
+from persisting.trajectory.fields import stacked_to_columns
+from persisting.trajectory.registry import FieldRegistry
+
+if TYPE_CHECKING:
+    from persisting.trajectory.episode import Episode
+
+__all__ = ["EpisodeWriter"]
+
+_KEY_FIELDS = [pa.field("episode_id", pa.int64(), nullable=False), pa.field("step", pa.int64(), nullable=False)]
+
+
+class EpisodeWriter:
+    """Everything an open episode does to its store."""
+
+    def __init__(self, *, lock: threading.RLock, fields: FieldRegistry, steps: Table, episodes: Table, step_buffer: int,
+                 check_writable: Callable[[], None], check_metadata: Callable[[Mapping[str, Any]], dict[str, Any]],
+                 ended: Callable[[Episode], None], closed: Callable[[], bool]) -> None:
+        self.lock = lock
+        self.fields = fields
+        self.step_buffer = step_buffer
+        self._steps = steps
+        self._episodes = episodes
+        self.check_writable = check_writable
+        self.check_metadata = check_metadata
+        self.ended = ended
+        self._closed = closed
+
+    @property
+    def closed(self) -> bool:
+        return self._closed()
+
+    def append_episode_row(self, ep: Episode, *, rev: int, end: datetime | None, status: str = "open",
+                           metadata: Mapping[str, Any] | None = None) -> None:
+        """A revision of ``ep``'s row: its metadata, counters and status as of now."""
+        row = {**(ep.metadata if metadata is None else metadata), "episode_id": ep.id, "rev": rev, "status": status,
+               "length": ep.length, "return": ep.return_, "start_time": ep.start_time, "end_time": end}
+        self._episodes.append([row])
+
+    def append_steps(self, episode_id: int, first_step: int, n: int, fields: list[pa.Field], arrays: list[pa.Array]) -> None:
+        """Hand ``n`` steps (their columns) to the steps table: from now on they are acknowledged."""
+        keys = [pa.array(np.full(n, episode_id, np.int64)), pa.array(np.arange(first_step, first_step + n, dtype=np.int64))]
+        self._steps.append(pa.Table.from_arrays(keys + arrays, schema=pa.schema([*_KEY_FIELDS, *fields])))
+
+    def write_stacked(self, episode_id: int, first_step: int, n: int, batch: Mapping[str, Any]) -> None:
+        """Hand over columns accepted by :meth:`FieldRegistry.check_stacked`."""
+        fields, arrays = stacked_to_columns(batch, self.fields.specs)
+        self.append_steps(episode_id, first_step, n, fields, arrays)
