@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 from persisting.engine import RowLayout, Table
 from persisting.engine.durable import is_local, local_path
 from persisting.trajectory.fields import FieldSpec
+from persisting.trajectory import viewfile
 from persisting.trajectory.index import StepIndex, step_keys
 
 __all__ = ["MAX_CACHED_BYTES", "CommitProbe", "StepView", "cacheable"]
@@ -63,6 +64,10 @@ class _Column:
         self.values = np.empty((0, *self.shape), dtype)
         self.valid: np.ndarray | None = None  # None: every row so far is valid
         self.rows = 0
+
+    def adopt(self, values: np.ndarray, valid: np.ndarray | None) -> None:
+        """Start from these (read-only, e.g. memory-mapped) rows; a later extend copies."""
+        self.values, self.valid, self.rows = values, valid, len(values)
 
     def extend(self, values: np.ndarray, valid: np.ndarray | None) -> None:
         n = len(values)
@@ -144,9 +149,13 @@ class CommitProbe:
 
 
 class StepView:
-    """Step keys and fixed-width columns of one steps table, caught up by :meth:`refresh`."""
+    """Step keys and fixed-width columns of one steps table, caught up by :meth:`refresh`.
+    ``saved``: the directory of views saved beside the table (:mod:`~persisting.trajectory.viewfile`),
+    tried before a rebuild from Lance."""
 
-    def __init__(self) -> None:
+    def __init__(self, saved: str | None = None) -> None:
+        self.saved = saved
+        self.loads = 0  # views taken from saved files
         self.index = StepIndex()
         self.layout: RowLayout | None = None
         self.version = -1
@@ -182,7 +191,16 @@ class StepView:
             kept = 0
             self.index.reset()
             self.columns = {name: _Column(specs[name]) for name, _ in cached}
-            self.rebuilds += 1
+            found = viewfile.load(self.saved, layout, cached) if self.saved is not None and self.layout is None else None
+            if found is not None:
+                saved, keys, positions, columns = found
+                self.index.ckeys, self.index.cpositions = keys, positions
+                for name, (values, valid) in columns.items():
+                    self.columns[name].adopt(values, valid)
+                kept = saved.rows
+                self.loads += 1
+            else:
+                self.rebuilds += 1
         if layout.rows > kept:
             keys = self._read(table, kept, layout.rows - kept, into_columns=True)
             self.index.add_committed(keys, kept)
@@ -201,6 +219,14 @@ class StepView:
             else:
                 self.pending[name] = (values, valid)
         return step_keys(data.column("episode_id").to_numpy(), data.column("step").to_numpy())  # one copy each
+
+    def save(self) -> str | None:
+        """Save the committed part beside the table (see :mod:`~persisting.trajectory.viewfile`)."""
+        if self.saved is None or self.layout is None:
+            return None
+        n = self.layout.rows
+        columns = {name: (col.values[:n], None if col.valid is None else col.valid[:n]) for name, col in self.columns.items()}
+        return viewfile.save(self.saved, self.layout, self.cached, self.index.ckeys, self.index.cpositions, columns)
 
     def has(self, name: str) -> bool:
         return name in self.columns

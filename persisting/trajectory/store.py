@@ -56,6 +56,7 @@ from persisting.trajectory.fields import arrow_category, check_column, value_cat
 from persisting.trajectory.ids import IDS_SCHEMA, EpisodeIds, SessionRanges, high_water, mark_recovered, open_sessions
 from persisting.trajectory.registry import FieldRegistry
 from persisting.trajectory.sampling import CommitProbe, StepView
+from persisting.trajectory.viewfile import view_dir
 from persisting.trajectory.writing import EpisodeWriter
 from persisting.trajectory.reading import EpisodeReads
 from persisting.trajectory.schema import EPISODE_COLUMNS, EPISODE_SCHEMA, STATUSES
@@ -119,7 +120,7 @@ class TrajectoryStore(EpisodeReads):
         self._closed = False
         self._open: dict[int, Episode] = {}
         self._meta_kinds: dict[str, str | None] = {}
-        self._view = StepView()
+        self._view = self._new_view()
         self._fields = FieldRegistry(ragged=self.ragged, blob_threshold=blob_threshold)
         self.recovered: list[int] = []
         self._sessions: Sessions | None = None
@@ -367,13 +368,19 @@ class TrajectoryStore(EpisodeReads):
             self._episodes.sync()
 
     def compact(self) -> None:
-        """Merge small fragments of both tables."""
+        """Merge small fragments of both tables, then save the sampling view beside them
+        (local stores), so the next handle to open the store samples without a rebuild."""
         with self._lock:
             self._check_writable()
             self.flush()
             self._steps.compact()
             self._episodes.compact()
-            self._view = StepView()
+            self._view = self._new_view()
+            self._refresh(episodes=False)
+            self._view.save()
+
+    def _new_view(self) -> StepView:
+        return StepView(saved=view_dir(local_path(self.path)) if is_local(self.path) else None)
 
     def refresh(self) -> None:
         """Move to every writer's newest commits now (each read does this on its own):

@@ -163,3 +163,34 @@ def test_step_buffer_keeps_values_across_known_and_new_fields(tmp_path):
     assert out["count"][7].tolist() == [0, 0] and out["count"][8].tolist() == [8, 9]
     assert np.isnan(out["final_obs"][:9]).all() and out["final_obs"][9].tolist() == [10, 10, 10]
     assert out["big"][9] == 2 ** 40 and np.isnan(out["big"][:9]).all()
+
+
+def test_view_saved_by_compact_is_used_after_reopen_and_extended(tmp_path):
+    path = str(tmp_path / "s")
+
+    def add(store: TrajectoryStore, n: int) -> int:
+        with store.episode() as ep:
+            t = np.arange(n)
+            ep.add_steps({"obs": np.repeat((ep.id * 1000 + t).astype(np.float32)[:, None], 3, axis=1),
+                          "action": (ep.id + t) % 3, "reward": (t % 5).astype(np.float64)})
+        return ep.id
+
+    with TrajectoryStore(path) as store:
+        for _ in range(4):
+            add(store, 50)
+        store.compact()
+        later = add(store, 20)  # committed after the save: read from Lance on top of the saved view
+    with TrajectoryStore(path, read_only=True) as store:
+        batch = store.sample_steps(600, seed=0)
+        assert store._view.loads == 1 and store._view.rebuilds == 0
+        _check_rows(batch)
+        assert later in set(batch["episode_id"]) and store.num_steps() == 220
+        assert len(store.episode(later)["step"]) == 20
+    with TrajectoryStore(path) as store:  # compaction moved rows: the saved view no longer matches
+        store.compact()
+        add(store, 5)
+        store._steps.delete("episode_id = 0")
+    with TrajectoryStore(path, read_only=True) as store:
+        batch = store.sample_steps(300, seed=1)
+        assert store._view.loads == 0 and store._view.rebuilds == 1 and 0 not in set(batch["episode_id"])
+        _check_rows(batch)
