@@ -108,8 +108,12 @@ class ObjectStore:
 
     def list(self, under: str = "") -> list[str]:
         """Every key below ``under`` (relative names), sorted."""
+        return [name for name, _ in self.list_sized(under)]
+
+    def list_sized(self, under: str = "") -> list[tuple[str, int]]:
+        """``(name, size)`` of every key below ``under`` (relative names), sorted."""
         prefix = self._key(under) if under else (self._loc.prefix + "/" if self._loc.prefix else "")
-        out: list[str] = []
+        out: list[tuple[str, int]] = []
         token: str | None = None
         cut = len(self._loc.prefix) + 1 if self._loc.prefix else 0
         while True:
@@ -117,7 +121,7 @@ class ObjectStore:
             if token:
                 kwargs["ContinuationToken"] = token
             r = self._call("list", under, self._s3.list_objects_v2, **kwargs)
-            out.extend(o["Key"][cut:] for o in r.get("Contents", []))
+            out.extend((o["Key"][cut:], int(o["Size"])) for o in r.get("Contents", []))
             if not r.get("IsTruncated"):
                 return sorted(out)
             token = r.get("NextContinuationToken")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,11 @@ class Segment:
     epoch: int
     seq: int
     name: str  # relative to the store
+    size: int
+
+    @property
+    def fence(self) -> bool:
+        return self.size == len(FENCE)  # a segment is never shorter than its header
 
 
 def _segment_name(writer: str, epoch: int, seq: int) -> str:
@@ -69,10 +75,10 @@ def _segment_name(writer: str, epoch: int, seq: int) -> str:
 def list_segments(store: ObjectStore, writer: str) -> list[Segment]:
     """Every segment or fence object of ``writer``, in (epoch, seq) order."""
     out = []
-    for name in store.list(writer + "/"):
+    for name, size in store.list_sized(writer + "/"):
         m = _SEG_RE.match(name[len(writer) + 1 :])
         if m:
-            out.append(Segment(int(m.group(1)), int(m.group(2)), name))
+            out.append(Segment(int(m.group(1)), int(m.group(2)), name, size))
     return sorted(out, key=lambda s: (s.epoch, s.seq))
 
 
@@ -95,7 +101,7 @@ def fence_and_list(store: ObjectStore, lease: Lease) -> list[Segment]:
         fenced_all = True
         for epoch, items in sorted(by_epoch.items()):
             last = items[-1] if items else None
-            if last is not None and _is_fence(store, last):
+            if last is not None and last.fence:
                 continue
             try:
                 store.put_new(_segment_name(writer, epoch, (last.seq if last else 0) + 1), FENCE)
@@ -103,22 +109,7 @@ def fence_and_list(store: ObjectStore, lease: Lease) -> list[Segment]:
                 fenced_all = False  # the old owner just wrote that seq: list again, fence above it
                 break
         if fenced_all:
-            fences = {s.name for s in segs if _is_fence(store, s)}
-            return [s for s in segs if s.name not in fences]
-
-
-_fence_cache: set[str] = set()
-
-
-def _is_fence(store: ObjectStore, seg: Segment) -> bool:
-    key = f"{store.uri}/{seg.name}"
-    if key in _fence_cache:
-        return True
-    got = store.get(seg.name)
-    if got is not None and got[0] == FENCE:
-        _fence_cache.add(key)
-        return True
-    return False
+            return [s for s in segs if not s.fence]
 
 
 def read_segments(
@@ -128,23 +119,32 @@ def read_segments(
     has a torn tail (PUTs are atomic), so any bad frame is corruption (or salvaged)."""
     last_lsn = 0
     previous: Segment | None = None
-    for seg in segments:
-        got = store.get(seg.name)
-        if got is None:
-            continue  # deleted by a commit that applied it
-        body = got[0]
-        if body == FENCE:
-            continue
-        if previous is not None and previous.epoch == seg.epoch and seg.seq != previous.seq + 1 and mode != "salvage":
-            raise WALError(
-                f"{store.uri}/{seg.name}: segments {previous.seq + 1}..{seg.seq - 1} of epoch {seg.epoch} are "
-                "missing; open with recovery='salvage' to accept the loss"
-            )
-        previous = seg
-        buf = memoryview(body)
-        path = f"{store.uri}/{seg.name}"
-        yield from _read_segment(buf, path, len(body), False, mode, after_lsn, report, last_lsn, False)
-        last_lsn = max(last_lsn, report.last_lsn)
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="persisting-wal-get") as pool:
+        fetched = [pool.submit(store.get, seg.name) for seg in segments]  # GETs in flight, read in order
+        for seg, future in zip(segments, fetched):
+            got = future.result()
+            yield from _frames_of(store, seg, got, previous, mode, after_lsn, report, last_lsn)
+            if got is not None and got[0] != FENCE:
+                previous = seg
+            last_lsn = max(last_lsn, report.last_lsn)
+
+
+def _frames_of(
+    store: ObjectStore, seg: Segment, got: tuple[bytes, str] | None, previous: Segment | None, mode: Any,
+    after_lsn: int, report: ReplayReport, last_lsn: int,
+) -> Iterator[Frame]:
+    if got is None:
+        return  # deleted by a commit that applied it
+    body = got[0]
+    if body == FENCE:
+        return
+    if previous is not None and previous.epoch == seg.epoch and seg.seq != previous.seq + 1 and mode != "salvage":
+        raise WALError(
+            f"{store.uri}/{seg.name}: segments {previous.seq + 1}..{seg.seq - 1} of epoch {seg.epoch} are "
+            "missing; open with recovery='salvage' to accept the loss"
+        )
+    path = f"{store.uri}/{seg.name}"
+    yield from _read_segment(memoryview(body), path, len(body), False, mode, after_lsn, report, last_lsn, False)
 
 
 class RemoteWAL:
