@@ -35,8 +35,9 @@ class Dedup:
         self.seen: dict[str, int] = dict(seen or {})  # appended (logged) rows
         self.committed: dict[str, int] = dict(seen or {})  # rows in Lance commits
 
-    def filter(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """``batch`` without the rows already seen (and without repeats inside it)."""
+    def filter(self, batch: pa.RecordBatch, *, remember: bool = True) -> pa.RecordBatch:
+        """``batch`` without the rows already seen (and without repeats inside it); with
+        ``remember=False`` it only looks (the caller appends the result next)."""
         names = batch.schema.names
         if self.producer not in names or self.seq not in names:
             raise ConfigError(
@@ -46,15 +47,16 @@ class Dedup:
         producers = batch.column(self.producer).to_pylist()
         seqs = batch.column(self.seq).to_pylist()
         keep = []
+        seen = self.seen if remember else dict(self.seen)
         for p, s in zip(producers, seqs):
             if p is None or s is None:
                 keep.append(True)
                 continue
             p = str(p)
-            if s <= self.seen.get(p, 0):
+            if s <= seen.get(p, 0):
                 keep.append(False)
             else:
-                self.seen[p] = int(s)
+                seen[p] = int(s)
                 keep.append(True)
         if all(keep):
             return batch

@@ -375,6 +375,11 @@ class Table(TableReads):
             self._wal.wait(lsn)  # type: ignore[union-attr]  # outside the lock: appenders share PUTs
         return lsn
 
+    def unseen(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """``batch`` without the rows :meth:`append` would drop as retries (``dedup``)."""
+        with self._lock:
+            return self._dedup.filter(batch, remember=False) if self._dedup is not None else batch
+
     def _buffer_full(self, times: int) -> bool:
         p, o = self._pending, self.options
         return p.buffer_rows >= times * o.flush_rows or p.buffer_bytes >= times * o.flush_bytes
