@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -189,7 +190,8 @@ class RemoteWAL:
             self._group.append(frame)
             self._group_bytes += len(frame)
             self._next_lsn = lsn + 1
-            self._cond.notify_all()
+            if len(self._group) == 1:
+                self._cond.notify_all()  # the putter waits for a group's first frame
             return lsn
 
     def _raise_if_failed(self) -> None:
@@ -222,8 +224,9 @@ class RemoteWAL:
                     self._cond.wait()
                 if not self._group:
                     return
-                if self._interval and not self._force and not self._closed:
-                    self._cond.wait(self._interval)
+                end = time.monotonic() + self._interval  # the group stays open this long
+                while not self._force and not self._closed and (left := end - time.monotonic()) > 0:
+                    self._cond.wait(left)
                 group, last = self._group, self._next_lsn - 1
                 self._group, self._group_bytes, self._force = [], 0, False
                 self._seq += 1
