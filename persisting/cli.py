@@ -37,8 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--path", default=None, help="directory to use (default ./persisting-demo)")
     demo.set_defaults(func=cmd_demo)
     from persisting.ops.commands import add_commands
+    from persisting.ops.index import add_index_command
 
     add_commands(sub)
+    add_index_command(sub)
     return parser
 
 

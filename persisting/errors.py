@@ -22,6 +22,7 @@ __all__ = [
     "LockedError",
     "NotFoundError",
     "PersistingError",
+    "ReadOnlyError",
     "SchemaError",
     "StorageError",
     "TopicMismatchError",
@@ -85,6 +86,10 @@ class ClosedError(PersistingError, ValueError):
 
 class StorageError(PersistingError, OSError):
     """The underlying storage (local disk, object store, Lance) failed."""
+
+
+class ReadOnlyError(StorageError, PermissionError):
+    """A write through a store or table opened with ``read_only=True``; open it as a writer."""
 
 
 class WALError(PersistingError):

@@ -9,6 +9,7 @@ from persisting.engine.durable import fsync_path
 from persisting.engine.flocks import held, try_flock, unlock
 from persisting.engine.names import check_name
 from persisting.engine.options import Durability, TableOptions
+from persisting.engine.rowkeys import RowChange, RowFollower, RowKeys
 from persisting.engine.rowlayout import RowLayout
 from persisting.engine.table import Table
 from persisting.engine.wal import WAL, ReplayReport
@@ -17,6 +18,9 @@ __all__ = [
     "Durability",
     "EncodedTensor",
     "ReplayReport",
+    "RowChange",
+    "RowFollower",
+    "RowKeys",
     "RowLayout",
     "Table",
     "TableOptions",

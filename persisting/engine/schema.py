@@ -17,12 +17,22 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from persisting.engine.names import field_name_problem
 from persisting.engine.wal import LostRange, ReplayReport
 from persisting.errors import InvalidRecordError, SchemaError
 
-__all__ = ["Evolution", "check_field_names", "conform", "conform_many", "evolve", "records_to_batch", "screen_replayed"]
+__all__ = [
+    "Evolution",
+    "check_field_names",
+    "conform",
+    "conform_many",
+    "evolve",
+    "fit_vectors",
+    "records_to_batch",
+    "screen_replayed",
+]
 
 
 @dataclass(frozen=True)
@@ -165,9 +175,47 @@ def _widen(stored: pa.DataType, offered: pa.DataType) -> pa.DataType | None:
     if pa.types.is_fixed_size_list(stored) and (
         pa.types.is_list(offered) or pa.types.is_large_list(offered) or pa.types.is_fixed_size_list(offered)
     ):
+        if pa.types.is_fixed_size_list(offered) and offered.list_size != stored.list_size:
+            return None
+        if pa.types.is_floating(stored.value_type) and _numeric(offered.value_type):
+            return stored  # a declared float vector keeps its precision (fit_vectors casts and checks lengths)
         inner = _widen(stored.value_type, offered.value_type)
         return stored if inner == stored.value_type else None
     return None
+
+
+def _numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+def fit_vectors(batch: pa.RecordBatch, stored: pa.Schema | None) -> pa.RecordBatch:
+    """Cast list columns offered for fixed-size list columns (declared vectors) to the stored
+    type now, so a row of the wrong length raises InvalidRecordError naming the field and the
+    row before it is logged, instead of an acknowledged row that can never be committed."""
+    if stored is None:
+        return batch
+    out = batch
+    for i, f in enumerate(batch.schema):
+        t = f.type
+        if not isinstance(t, (pa.ListType, pa.LargeListType, pa.FixedSizeListType)):
+            continue
+        j = stored.get_field_index(f.name)
+        if j < 0 or not pa.types.is_fixed_size_list(stored.field(j).type) or t == stored.field(j).type:
+            continue
+        want = stored.field(j).type
+        if pa.types.is_fixed_size_list(t) or not _numeric(t.value_type) or not _numeric(want.value_type):
+            continue  # evolve() decides: same length or a SchemaError naming the field
+        col = batch.column(i)
+        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        bad = [r for r, n in enumerate(lengths) if n == n and n is not None and int(n) != want.list_size]
+        if bad:
+            raise InvalidRecordError(
+                f"field {f.name!r} holds vectors of {want.list_size} values, but record {bad[0]} offers "
+                f"{int(lengths[bad[0]])}; nothing was written",
+                field=f.name, index=bad[0], dimension=want.list_size, offered=int(lengths[bad[0]]),
+            )
+        out = out.set_column(i, pa.field(f.name, want, nullable=True, metadata=f.metadata), col.cast(want))
+    return out
 
 
 def check_field_names(schema: pa.Schema, known: pa.Schema | Collection[str] | None = None) -> None:

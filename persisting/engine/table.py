@@ -24,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeAlias
 
@@ -32,7 +32,7 @@ import lance
 import pyarrow as pa
 
 from persisting.engine.batches import decode_batch, encode_batch
-from persisting.engine import integrity
+from persisting.engine import indexes, integrity
 from persisting.engine.durable import DirectorySnapshot, is_local, local_path
 from persisting.engine.commits import (
     LSN_KEY,
@@ -46,6 +46,7 @@ from persisting.engine.commits import (
 )
 from persisting.engine.lance_io import (
     default_wal_dir,
+    lance_errors,
     logical_schema,
     open_dataset,
     variable_width,
@@ -54,7 +55,7 @@ from persisting.engine.metrics import TableMetrics
 from persisting.engine.options import TableOptions
 from persisting.engine.pending import Pending
 from persisting.engine.reads import TableReads
-from persisting.engine.schema import conform, evolve, records_to_batch, screen_replayed
+from persisting.engine.schema import conform, evolve, fit_vectors, records_to_batch, screen_replayed
 from persisting.engine.wal import FRAME_BATCH, WAL, ReplayReport, read_frames
 from persisting.engine import remote_log
 from persisting.engine.dedup import Dedup, last_seen
@@ -70,7 +71,15 @@ from persisting.engine.writers import (
     read_base,
     writer_wal_dirs,
 )
-from persisting.errors import ClosedError, CorruptionError, NotFoundError, PersistingError, StorageError, WALError
+from persisting.errors import (
+    ClosedError,
+    CorruptionError,
+    NotFoundError,
+    PersistingError,
+    ReadOnlyError,
+    StorageError,
+    WALError,
+)
 
 __all__ = ["LSN_KEY", "WRITER_KEY", "Table", "applied_lsn", "writer_applied_lsn"]
 
@@ -300,7 +309,7 @@ class Table(TableReads):
         if self._closed:
             raise ClosedError(f"table {self.uri} is closed; open it again to use it")
         if self.read_only:
-            raise StorageError(f"table {self.uri} is open read-only; open it without read_only to write")
+            raise ReadOnlyError(f"table {self.uri} is open read-only; open it without read_only to write", path=self.uri)
 
     def _to_batch(self, rows: Rows) -> pa.RecordBatch:
         if isinstance(rows, pa.Table):
@@ -351,7 +360,7 @@ class Table(TableReads):
             self._check_writable()
             if self._flush_error is not None:
                 self.flush()  # retry the failed background commit; raises if it still fails
-            batch = self._to_batch(rows)
+            batch = fit_vectors(self._to_batch(rows), self._schema)
             fits = self._fits(batch.schema)
             if not fits:
                 evolve(self._schema, batch.schema)  # raises SchemaError before anything is written
@@ -462,6 +471,8 @@ class Table(TableReads):
             limit = self.options.compact_fragments
             if limit and len(ds.get_fragments()) >= limit:
                 self._compact_committed()
+            if indexes.needs_optimize(self._ds):
+                self._compact_committed(indexes.optimize)
 
     def _commit_data(
         self,
@@ -603,13 +614,16 @@ class Table(TableReads):
                 self._flushed_rows = fresh.count_rows()
             return result
 
-    def _compact_committed(self) -> None:
-        """Compaction from inside a commit (the commit lock is held)."""
+    def _compact_committed(self, action: Any = None) -> None:
+        """Compaction (or another maintenance ``action``) from inside a commit (the commit lock is held)."""
         ds = self._ds
         assert ds is not None
         snapshot = DirectorySnapshot(local_path(self.uri)) if is_local(self.uri) else None
         try:
-            ds.optimize.compact_files(materialize_deletions_threshold=0.0)
+            if action is not None:
+                action(ds)
+            else:
+                ds.optimize.compact_files(materialize_deletions_threshold=0.0)
         except Exception as exc:  # noqa: BLE001 - best effort: another writer compacted or deleted first
             if not is_conflict(exc):
                 raise
@@ -625,6 +639,8 @@ class Table(TableReads):
         m = self._maintain(lambda ds: ds.optimize.compact_files(materialize_deletions_threshold=0.0))
         if m is None:
             return {"fragments_removed": 0, "fragments_added": 0}
+        if self._ds is not None and self._ds.describe_indices():
+            self._maintain(indexes.optimize)  # compaction keeps indexes; fold in what they miss
         return {"fragments_removed": m.fragments_removed, "fragments_added": m.fragments_added}
 
     def cleanup(self, *, older_than: timedelta | None = None, retain_versions: int | None = None) -> int:
@@ -640,10 +656,61 @@ class Table(TableReads):
         )
         return 0 if stats is None else int(stats.bytes_removed)
 
+    # -- indexes and search (persisting.engine.indexes) ------------------------------------------
+    def create_index(self, column: str, *, kind: str = "vector", metric: str = "l2", **tuning: Any) -> indexes.IndexInfo:
+        """Index ``column`` (``kind`` "vector", "btree" or "bitmap"; ``metric`` for vectors: "l2",
+        "cosine", "dot"; vector ``tuning``: index_type, num_partitions, num_sub_vectors, ...).
+        Commits pending rows first; the index is one Lance commit, replacing the column's old one.
+        Bad input raises ConfigError/NotFoundError naming the column before anything is written."""
+        self._check_writable()
+        plan = indexes.plan_index(self.schema, column, kind, metric, tuning, self.uri)
+        self._maintain(lambda ds: indexes.build(ds, plan))
+        return next(i for i in self.indexes() if i.name == plan.name)
+
+    def indexes(self) -> list[indexes.IndexInfo]:
+        """Every index: column, kind, metric, and committed rows covered / not yet covered."""
+        with self._lock:
+            self._check_open()
+            return indexes.describe(self._ds)
+
+    def optimize_indexes(self) -> None:
+        """Fold rows appended since an index was built into it now (commits do it by policy)."""
+        self._check_writable()
+        self._maintain(indexes.optimize)
+
+    def search(
+        self, column: str, query: Any, k: int = 10, *, filter: str | None = None, columns: list[str] | None = None,
+        metric: str | None = None, nprobes: int | None = None, refine_factor: int | None = None,
+    ) -> pa.Table:
+        """The ``k`` rows whose ``column`` vector is nearest ``query``, nearest first, with a
+        ``_distance`` column; among committed rows (indexed or not) and this writer's pending
+        ones, those matching the SQL ``filter`` if given. See :mod:`persisting.engine.indexes`."""
+        with self._lock:
+            self._check_open()
+            ds, schema, pending = self._ds, self._schema, None
+            if self._pending and schema is not None:
+                pending = self._pending.dataset(schema) if filter is not None else self._pending.table(schema)
+        with lance_errors(self.uri, "rows", filter=filter, schema=schema):
+            return indexes.search(ds, pending, schema, column, query, k, filter=filter, columns=columns,
+                                  metric=metric, nprobes=nprobes, refine_factor=refine_factor, uri=self.uri)
+
     def delete(self, predicate: str) -> None:
         """Delete rows matching a SQL predicate (commits pending rows first)."""
         self._check_writable()
         self._maintain(lambda ds: ds.delete(predicate))
+
+    def delete_in(self, column: str, values: Iterable[Any]) -> int:
+        """Delete every row whose ``column`` holds one of ``values`` (typed by the column, quoted
+        once, several deletes for long lists); commits pending rows first; returns rows deleted."""
+        from persisting.engine.rowkeys import delete_chunks, in_predicates
+
+        self._check_writable()
+        predicates = in_predicates(self.schema, column, values)
+        if not predicates:
+            return 0
+        done = [0]
+        self._maintain(lambda ds: delete_chunks(ds, predicates, done))
+        return done[0]
 
     def tag(self, name: str, version: int | None = None) -> None:
         """Name a version (the current one by default) so cleanup keeps it."""

@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from persisting.engine import RowLayout
+from persisting.engine import RowFollower
 from persisting.engine.codec import COMPRESSIONS, check_framework, checksum, decode_tensor, dtype_name, encode_tensor
 from persisting.engine.options import TableOptions
 from persisting.engine.table import Table
@@ -62,10 +62,6 @@ _APPEND_BYTES = 64 * 1024 * 1024  # rows are handed to the table in groups of ab
 _MAINTAIN_EVERY = 64  # puts between maintenance passes (drop old versions, merge fragments)
 _COMPACT_MAX_BYTES = 1024 * 1024 * 1024  # merge fragments only while the store holds at most this
 _READ_ATTEMPTS = 4  # a get that keeps racing other processes' evictions gives up as a miss
-
-
-def _key_list(keys: list[str]) -> str:
-    return "key IN (" + ", ".join(f"'{k}'" for k in keys) + ")"
 
 
 class KVCacheStore:
@@ -111,7 +107,6 @@ class KVCacheStore:
         self.compression = compression
         self.read_only = read_only
         self.refresh_interval = float(refresh_interval)
-        self._seen: RowLayout | None = None  # the table layout the index's positions belong to
         self._orphans: set[str] = set()  # keys of rows whose parent is gone, for the writer to delete
         self._foreign: dict[str, int] = {}  # key -> position of rows of chains from another chunk_size
         self._checked = time.monotonic()
@@ -121,7 +116,6 @@ class KVCacheStore:
         self._counts = {"hits": 0, "misses": 0, "hit_tokens": 0, "evictions": 0, "corrupt": 0,
                         "bytes_written": 0, "bytes_read": 0}
         self._dead_bytes = 0
-        self._buffered = False  # a failed put may leave rows in the table's buffer
         self._commits = 0
         self._stage: np.ndarray | None = None  # reused staging buffer for payloads being written
         self._last_sizes: list[int] = []
@@ -142,6 +136,7 @@ class KVCacheStore:
             follow=False,  # the index's positions hold for one version: the store moves on when it syncs
             name=namespace,
         )
+        self._rows = RowFollower(self._table, ["key", "parent", "depth", "nbytes"])
         self._closed = False
         try:
             self._sync()
@@ -154,27 +149,23 @@ class KVCacheStore:
 
     # -- index -------------------------------------------------------------------------------
     def _sync(self) -> None:
-        """Bring the index to the table's current version: read the rows appended since the
-        layout it was built for, or every row's small columns after deletes or compaction
+        """Bring the index to the table's current version: the engine's row follower reads the
+        rows appended since, or every row's small columns after deletes or compaction
         (positions moved). Orphans (parent gone) are left out and noted for the writer."""
-        layout = self._table.row_layout()
-        if layout == self._seen and not self._buffered:
+        change = self._rows.changes()
+        if change is None:
             return
-        kept = None if self._seen is None or self._buffered else self._seen.kept_rows(layout)
-        t = self._table.scan(columns=["key", "parent", "depth", "nbytes"], offset=kept or 0)
-        cols = {c: t.column(c).to_pylist() for c in t.column_names} if t.num_rows else {}
-        keys, parents, depths = cols.get("key", []), cols.get("parent", []), cols.get("depth", [])
-        orphans = self._index.merge(keys, parents, depths, cols.get("nbytes", []), start=kept or 0, replace=kept is None)
-        if kept is None:
+        keys, parents, depths = change.column("key"), change.column("parent"), change.column("depth")
+        orphans = self._index.merge(keys, parents, depths, change.column("nbytes"), start=change.start, replace=change.replaced)
+        if change.replaced:
             self._orphans, self._foreign = set(), {}
         for i in sorted(orphans, key=lambda i: depths[i]):
             # chains from another seed (another chunk_size) are not ours to delete
             if depths[i] == 0 or parents[i] in self._foreign:
-                self._foreign[keys[i]] = (kept or 0) + i
+                self._foreign[keys[i]] = change.start + i
             else:
                 self._orphans.add(keys[i])
         self._orphans.difference_update(self._index.entries.keys())
-        self._seen = None if self._buffered else layout  # buffered rows: read everything next time
         if not self._index.entries:
             self._layout = None
         elif self._layout is None:
@@ -208,7 +199,7 @@ class KVCacheStore:
         self._checked = now
         before = self._table.version
         self._table.refresh()
-        if self._table.version == before and self._seen is not None and self._seen.version == before:
+        if self._table.version == before and self._rows.version == before:
             return False
         self._sync()
         return True
@@ -258,12 +249,10 @@ class KVCacheStore:
                 self._index.touch(chain)
                 return 0
             try:
-                self._buffered = True
                 written = self._write_chunks(kv, layout, framework, keys, new)
-                self._buffered = False
             except BaseException:
                 self._stage = None  # rows left in the table's buffer may still point into it
-                self._seen = None
+                self._rows.invalidate()
                 self._sync()  # rows committed (or still buffered) are indexed, no others
                 raise
             self._sync()  # our rows and whatever other processes committed meanwhile
@@ -520,7 +509,7 @@ class KVCacheStore:
         if framework is None:
             framework = meta[0]["framework"]
         if any(m["key"] != e.key for e, m in zip(chain, meta)):
-            self._seen = None  # out of step with the table: read every key again
+            self._rows.invalidate()  # out of step with the table: read every key again
             self._catch_up(force=True)
             return None
         shape = layout.shape(len(chain) * cs)
@@ -581,8 +570,7 @@ class KVCacheStore:
         """Delete every row of ``keys`` (duplicates too), then bring the index in step."""
         if not keys:
             return
-        for start in range(0, len(keys), 1000):
-            self._table.delete(_key_list(keys[start : start + 1000]))
+        self._table.delete_in("key", keys)
         self._dead_bytes += nbytes
         if self._dead_bytes >= max(self._index.nbytes // 2, 64 * 1024 * 1024):
             self.compact()

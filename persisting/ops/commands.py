@@ -157,6 +157,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             print(f"  error: {t['error']}")
         if "schema" in t:
             print("  schema: " + ", ".join(f"{k}: {v}" for k, v in t["schema"].items()))
+        for i in t.get("indexes") or ():
+            print(f"  index {i['name']}: {i['kind']} on {i['column']} ({i['index_type']}{', ' + i['metric'] if i['metric'] else ''}), "
+                  f"{i['indexed_rows']} rows indexed, {i['unindexed_rows']} not yet")
     return EXIT_OK
 
 

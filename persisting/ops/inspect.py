@@ -1,6 +1,7 @@
 """``persisting inspect``: one store in detail, read-only.
 
-Every table gets its schema, versions, tags, applied LSN and WAL size; each kind adds what
+Every table gets its schema, versions, tags, applied LSN, WAL size and indexes (kind, metric,
+rows covered and not yet covered); each kind adds what
 its users ask about: checkpoints (steps, tags, sizes, dedup ratio), episodes (count, status,
 lengths, returns), queue buckets (records, committed, pending in the WAL, next offset) and KV
 namespaces (entries, bytes, layout). KV hit/miss counts live in the serving process (its
@@ -15,6 +16,7 @@ from typing import Any
 import lance
 import pyarrow.compute as pc
 
+from persisting.engine.indexes import describe as describe_indexes
 from persisting.engine.table import Table
 from persisting.ops.catalog import StoreInfo, TableInfo
 
@@ -29,7 +31,7 @@ def _table_detail(t: TableInfo) -> dict[str, Any]:
         with Table(t.path, read_only=True) as table:
             schema = table.schema
         out["schema"] = {f.name: str(f.type) for f in schema} if schema is not None else {}
-        out.update(tags={}, fragments=0, version_history=[])
+        out.update(tags={}, fragments=0, version_history=[], indexes=[])
         return out
     ds = lance.dataset(t.path)
     out["schema"] = {f.name: str(f.type) for f in ds.schema}
@@ -38,6 +40,7 @@ def _table_detail(t: TableInfo) -> dict[str, Any]:
     out["version_history"] = [
         {"version": v["version"], "timestamp": str(v["timestamp"])} for v in ds.versions()
     ]
+    out["indexes"] = [i.to_json() for i in describe_indexes(ds)]
     return out
 
 

@@ -8,9 +8,10 @@ nothing but a hash. Rows live in one Lance table (``chunks.lance``) through the 
 the durability point, and the manifest row that references the chunks is written after it.
 
 The table is shared: every rank of a multi-rank save (and any other writer process) appends
-its own chunks. The key -> position map is this process's view; :meth:`ChunkTable.sync` moves
-it to the newest version when another process committed (positions shift after their appends,
-deletes and compactions), so dedup never trusts a chunk another process has since removed.
+its own chunks. The key -> position map is the engine's :class:`RowKeys` over this process's
+view; :meth:`ChunkTable.sync` moves the view to the newest version when another process
+committed (the map reads only appended rows, or every key after deletes and compactions), so
+dedup never trusts a chunk another process has since removed.
 Two processes writing the same new chunk at once store it twice: harmless (either copy serves
 a read, gc removes both once unreferenced).
 """
@@ -23,10 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from persisting.engine import RowKeys, Table, TableOptions
 from persisting.engine.codec import checksum
-from persisting.engine.options import TableOptions
 from persisting.engine.payloads import read_into
-from persisting.engine.table import Table
 from persisting.errors import CorruptionError, NotFoundError
 
 __all__ = ["SCHEMA", "ChunkTable", "PutResult"]
@@ -37,7 +37,6 @@ SCHEMA = pa.schema([
     pa.field("nbytes", pa.int64(), nullable=False),
     pa.field("data", pa.large_binary(), metadata=_BLOB),
 ])
-_DELETE_BATCH = 500  # keys per delete predicate
 _READ_BATCH_CHUNKS = 256  # chunks located and read per read_into call
 
 
@@ -77,45 +76,32 @@ class ChunkTable:
             store="params",
             name="chunks",
         )
-        self._positions: dict[str, int] = {}
-        self._sizes: dict[str, int] = {}
-        self._rows = 0
-        self.reindex()
-
-    def reindex(self) -> None:
-        """Rebuild key -> position from the small columns (after open, delete or compaction)."""
-        t = self._table.scan(columns=["hash", "nbytes"])
-        hashes = t.column("hash").to_pylist() if t.num_rows else []
-        sizes = t.column("nbytes").to_pylist() if t.num_rows else []
-        self._positions = {h: i for i, h in enumerate(hashes)}
-        self._sizes = dict(zip(hashes, sizes))
-        self._rows = len(hashes)
+        self._rows = RowKeys(self._table, "hash", values=["nbytes"])
+        self._buffered: dict[str, int] = {}  # key -> size of chunks appended, not yet committed
 
     def sync(self) -> None:
-        """Move to the newest committed version (a ~10 us check) and reindex if it moved."""
-        before = self._table.version
+        """Move to the newest committed version (a ~10 us check); the map follows what changed."""
         self._table.refresh()
-        if self._table.version != before:
-            self.reindex()
+        self._rows.sync()
 
     def ensure(self, keys: Iterable[str]) -> None:
         """Sync when any of ``keys`` is unknown here (another process wrote it)."""
-        if any(k not in self._positions for k in keys):
+        if any(k not in self._rows for k in keys):
             self.sync()
 
     def __contains__(self, key: str) -> bool:
-        return key in self._positions
+        return key in self._rows or key in self._buffered
 
     def __len__(self) -> int:
-        return len(self._positions)
+        return len(self._rows)
 
     def size(self, key: str) -> int:
         """Stored size of chunk ``key`` (0 if unknown; reading it then raises NotFoundError)."""
-        return self._sizes.get(key, 0)
+        return int(self._rows.value("nbytes", key, self._buffered.get(key, 0)))
 
     @property
     def stored_bytes(self) -> int:
-        return sum(self._sizes.values())
+        return sum(self._rows.values("nbytes").values())
 
     def put(self, raw: memoryview, chunk_bytes: int) -> PutResult:
         """Append the chunks of ``raw`` not stored yet (buffered until :meth:`commit`)."""
@@ -125,7 +111,7 @@ class ChunkTable:
         new: list[int] = []
         seen: set[str] = set()
         for i, h in enumerate(hashes):
-            if h not in self._positions and h not in seen:
+            if h not in self and h not in seen:
                 new.append(i)
                 seen.add(h)
         if new:
@@ -144,18 +130,14 @@ class ChunkTable:
             )
             self._table.append(batch)
             for j, i in enumerate(new):
-                self._positions[hashes[i]] = self._rows + j
-                self._sizes[hashes[i]] = sizes[j]
-            self._rows += len(new)
+                self._buffered[hashes[i]] = sizes[j]
         return PutResult(tuple(hashes), len(new), sum(bounds[i][1] - bounds[i][0] for i in new))
 
     def commit(self) -> None:
         """Make every appended chunk durable (one fsynced Lance commit)."""
-        before = self._table.version
         self._table.flush()
-        if self._table.version not in (before, before + 1):
-            # another writer committed in between: Lance put its rows before ours
-            self.reindex()
+        self._rows.sync()  # reads just the rows committed since (ours, and others' in between)
+        self._buffered.clear()
 
     def read_into(self, targets: Mapping[str, np.ndarray]) -> int:
         """Read each chunk ``key`` straight into ``targets[key]`` (a writable uint8 buffer of its
@@ -167,7 +149,7 @@ class ChunkTable:
         at, the view moves to the newest version and the failed chunks are read once more."""
         keys = list(targets)
         for key in keys:
-            if key not in self._positions:
+            if key not in self._rows:
                 raise NotFoundError(
                     f"chunk {key} is referenced by a checkpoint but missing from {self.uri}; "
                     "the store was modified outside ParamStore",
@@ -182,7 +164,7 @@ class ChunkTable:
         total = 0
         for attempt in range(2):
             results = read_into(
-                self._table, "data", [self._positions[k] for k in keys], [targets[k] for k in keys],
+                self._table, "data", [self._rows.position(k) for k in keys], [targets[k] for k in keys],
                 checksums=[bytes.fromhex(k) for k in keys],
             )
             total += sum(r.nbytes for r in results if r.ok)
@@ -204,8 +186,8 @@ class ChunkTable:
                     "removed while it was being read (the checkpoint was deleted meanwhile): load a newer checkpoint",
                     key=key,
                 )
-            self.reindex()
-            missing = [k for k, _ in failed if k not in self._positions]
+            self._rows.sync()
+            missing = [k for k, _ in failed if k not in self._rows]
             if missing:
                 raise NotFoundError(
                     f"chunk {missing[0]} was removed from {self.uri} while it was being read (the "
@@ -218,14 +200,12 @@ class ChunkTable:
     def remove_unreferenced(self, referenced: set[str]) -> tuple[int, int]:
         """Delete chunks no checkpoint references; return (chunks, bytes) removed."""
         self.sync()  # other writers' orphans too
-        dead = [k for k in self._positions if k not in referenced]
+        dead = [k for k in self._rows if k not in referenced]
         if not dead:
             return 0, 0
-        dead_bytes = sum(self._sizes[k] for k in dead)
-        for start in range(0, len(dead), _DELETE_BATCH):
-            keys = ", ".join(f"'{k}'" for k in dead[start : start + _DELETE_BATCH])
-            self._table.delete(f"hash IN ({keys})")
-        self.reindex()
+        dead_bytes = sum(self.size(k) for k in dead)
+        self._table.delete_in("hash", dead)
+        self._rows.sync()
         return len(dead), dead_bytes
 
     def reclaim(self, *, compact: bool) -> int:
@@ -238,7 +218,7 @@ class ChunkTable:
         if compact:
             self._table.compact()
         freed = self._table.cleanup()
-        self.reindex()
+        self._rows.sync()
         return freed
 
     def close(self) -> None:

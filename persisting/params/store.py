@@ -325,7 +325,7 @@ class ParamStore:
         with self._lock:
             self._check_writable()
             info = self._resolve(step, None)
-            self._manifests.delete(f"step = {info.step}")
+            self._manifests.delete_in("step", [info.step])
             del self._infos[info.step]
             self._record_head()
 
@@ -545,7 +545,7 @@ class ParamStore:
         doomed = [s for s in steps if s not in keep]
         if not doomed:
             return
-        self._manifests.delete(f"step IN ({', '.join(str(s) for s in doomed)})")
+        self._manifests.delete_in("step", doomed)
         for s in doomed:
             del self._infos[s]
         self.gc()

@@ -15,12 +15,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from persisting.errors import ClosedError, InvalidRecordError
+from persisting.trajectory.buffer import StepBuffer
 from persisting.trajectory.reading import STATUSES
 
 if TYPE_CHECKING:
     from persisting.trajectory.store import TrajectoryStore
 
 __all__ = ["Episode", "rows_of"]
+
+_REWARD_TYPES = frozenset({float, int, bool, np.float64, np.float32, np.float16, np.int64, np.int32, np.bool_})
 
 
 
@@ -35,7 +38,7 @@ class Episode:
         self.status = "open"
         self.length = 0
         self._return: float | None = None
-        self._pending: list[dict[str, Any]] = []
+        self._buffer = StepBuffer(store.step_buffer)
         self._last_truncated = False
         self._last_terminated = False
         self._announced = False  # has the "open" row been written?
@@ -43,6 +46,11 @@ class Episode:
     @property
     def episode_id(self) -> int:
         return self.id
+
+    @property
+    def pending_steps(self) -> int:
+        """Steps added but not yet handed to the steps table."""
+        return len(self._buffer)
 
     @property
     def return_(self) -> float | None:
@@ -62,9 +70,23 @@ class Episode:
         **extra)`` or ``add_step({...})``. A bad value raises before the step is kept."""
         if fields is not None and not isinstance(fields, Mapping):
             raise InvalidRecordError(f"a step is a dict of field -> value, not a {type(fields).__name__}")
-        step = dict(fields or {})
-        step.update(kwargs)
-        self._add([step])
+        step = kwargs if fields is None else {**fields, **kwargs} if kwargs else fields
+        store = self._store
+        with store._lock:
+            store._check_writable()
+            self._check_open()
+            if not self._buffer.add_known(step, store._sigs, store._specs, blob_threshold=store.blob_threshold,
+                                          ragged=store.ragged):
+                self._add_checked([step])
+                return
+            reward = step.get("reward")
+            if reward is not None and type(reward) in _REWARD_TYPES:
+                self._return = (self._return or 0.0) + float(reward)
+            self._last_truncated = bool(step.get("truncated") or False)
+            self._last_terminated = bool(step.get("terminated") or False)
+            self.length += 1
+            if len(self._buffer) >= store.step_buffer:
+                self._flush(announce=True)
 
     def add_steps(self, batch: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> None:
         """Add several steps at once: a list of step dicts, or a dict of columns whose values
@@ -101,6 +123,10 @@ class Episode:
         with self._store._lock:
             self._store._check_writable()
             self._check_open()
+            self._add_checked(rows)
+
+    def _add_checked(self, rows: list[Mapping[str, Any]]) -> None:
+        with self._store._lock:
             normalized = self._store._normalize_steps(rows)
             total = self._return
             for row in normalized:
@@ -112,8 +138,8 @@ class Episode:
             self._last_truncated = bool(last.get("truncated") or False)
             self._last_terminated = bool(last.get("terminated") or False)
             self.length += len(normalized)
-            self._pending.extend(normalized)
-            if len(self._pending) >= self._store.step_buffer:
+            self._buffer.add_rows(normalized, self._store._specs)
+            if len(self._buffer) >= self._store.step_buffer:
                 self.flush()
 
     def flush(self) -> None:
@@ -122,12 +148,13 @@ class Episode:
 
     def _flush(self, *, announce: bool) -> None:
         with self._store._lock:
-            if self._pending:
+            n = len(self._buffer)
+            if n:
                 if announce and not self._announced:
                     self._store._append_episode_row(self, rev=0, end=None)
                     self._announced = True
-                self._store._write_steps(self.id, self.length - len(self._pending), self._pending)
-                self._pending = []
+                fields, arrays = self._buffer.take(self._store._specs)
+                self._store._append_steps(self.id, self.length - n, n, fields, arrays)
 
     def end(self, status: str | None = None, **metadata: Any) -> None:
         """Finish the episode. ``status`` defaults to ``"truncated"`` when the last step was

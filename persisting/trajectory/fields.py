@@ -33,7 +33,7 @@ from persisting.engine.names import field_name_problem
 from persisting.engine.schema import check_field_names
 from persisting.errors import InvalidRecordError, SchemaError
 
-__all__ = ["CHECKSUM_SUFFIX", "FieldSpec", "check_column", "Signature", "merge", "normalize", "specs_from_schema", "stacked_signature", "stacked_to_columns", "to_columns", "to_numpy"]
+__all__ = ["ARROW_DTYPES", "CHECKSUM_SUFFIX", "column_to_arrow", "dtype_name", "FieldSpec", "check_column", "Signature", "merge", "normalize", "specs_from_schema", "stacked_signature", "stacked_to_columns", "to_columns", "to_numpy"]
 
 KIND_KEY = b"persisting.kind"
 DTYPE_KEY = b"persisting.dtype"
@@ -42,7 +42,7 @@ BLOB_KEY = b"lance-encoding:blob"
 CHECKSUM_SUFFIX = "__xxh3"
 
 _SCALAR_TYPES = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "str": pa.string(), "bytes": pa.binary()}
-_ARROW_DTYPES = frozenset({
+ARROW_DTYPES = _ARROW_DTYPES = frozenset({
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64",
 })
 
@@ -127,7 +127,7 @@ def normalize(name: str, value: Any, *, ragged: bool, blob_threshold: int) -> tu
     if hit is not None:
         return value, hit[1]
     if type(value) is np.ndarray and value.ndim and not ragged:  # the hot path: observations
-        dtype = _dtype_name(value.dtype)
+        dtype = dtype_name(value.dtype)
         if dtype is not None:
             big = value.nbytes >= blob_threshold or dtype not in _ARROW_DTYPES
             return value.copy(), ("blob" if big else "fixed", dtype, value.shape)
@@ -174,7 +174,7 @@ def normalize(name: str, value: Any, *, ragged: bool, blob_threshold: int) -> tu
 _DTYPE_NAMES: dict[np.dtype, str] = {}
 
 
-def _dtype_name(dtype: np.dtype) -> str | None:
+def dtype_name(dtype: np.dtype) -> str | None:
     """``dtype.name`` for numeric dtypes (cached: numpy computes it in Python); None otherwise."""
     name = _DTYPE_NAMES.get(dtype)
     if name is None and dtype.kind in "biufc" and dtype.isnative:
@@ -270,7 +270,7 @@ def stacked_signature(value: Any, n: int, *, ragged: bool, blob_threshold: int) 
             return None
     if type(value) is not np.ndarray or value.ndim == 0 or len(value) != n or ragged:
         return None
-    dtype = _dtype_name(value.dtype)
+    dtype = dtype_name(value.dtype)
     if dtype is None:
         return None
     if value.ndim == 1:
@@ -311,27 +311,44 @@ def to_columns(rows: Sequence[Mapping[str, Any]], specs: Mapping[str, FieldSpec]
     fields: list[pa.Field] = []
     arrays: list[pa.Array] = []
     for name in names:
-        spec = specs[name]
-        values = [r.get(name) for r in rows]
-        if spec.kind == "scalar":
-            arrays.append(pa.array(values, type=_SCALAR_TYPES[spec.dtype]))
-            fields.append(pa.field(name, arrays[-1].type, metadata=spec.metadata()))
-        elif spec.kind == "fixed":
-            arr = _fixed(values, spec)
-            arrays.append(arr)
-            fields.append(pa.field(name, arr.type, metadata=spec.metadata()))
-        elif spec.kind == "ragged":
-            arr = _ragged(values)
-            arrays.append(arr)
-            fields.append(pa.field(name, arr.type, metadata=spec.metadata()))
-        else:
-            encoded = [None if v is None else encode_tensor(v) for v in values]
-            arrays.append(pa.array([None if e is None else bytes(e.data) for e in encoded], pa.large_binary()))
-            fields.append(pa.field(name, pa.large_binary(), metadata=spec.metadata()))
-            arrays.append(pa.array([None if e is None else e.checksum for e in encoded], pa.binary(16)))
-            # the engine reports blob columns without their metadata: the spec rides here too
-            fields.append(pa.field(name + CHECKSUM_SUFFIX, pa.binary(16), metadata=spec.metadata(blob=False)))
+        f, a = column_to_arrow(specs[name], [r.get(name) for r in rows])
+        fields += f
+        arrays += a
     return fields, arrays
+
+
+def column_to_arrow(spec: FieldSpec, values: Sequence[Any] | np.ndarray,
+                    valid: np.ndarray | None = None) -> tuple[list[pa.Field], list[pa.Array]]:
+    """Arrow field(s) and array(s) for one step field's values (a list with None for missing
+    values, or a numpy column with a validity mask); blob fields add their checksum column."""
+    name = spec.name
+    if isinstance(values, np.ndarray) and spec.kind in ("scalar", "fixed"):
+        mask = None if valid is None else pa.array(~valid)
+        if spec.kind == "scalar":
+            arr = pa.array(values.astype(_CATEGORY_DTYPE[spec.dtype], copy=False), type=_SCALAR_TYPES[spec.dtype], mask=None if valid is None else ~valid)
+        else:
+            values = values.astype(np.dtype(spec.dtype), copy=valid is not None)
+            if valid is not None:
+                values[~valid] = 0  # missing rows read 0 (NaN for floats, by their null mask)
+            flat = values.reshape(-1)
+            arr = pa.FixedSizeListArray.from_arrays(pa.array(flat), int(np.prod(spec.shape, dtype=np.int64)), mask=mask)
+        return [pa.field(name, arr.type, metadata=spec.metadata())], [arr]
+    if isinstance(values, np.ndarray) or valid is not None:
+        values = [v if ok else None for v, ok in zip(values, valid)] if valid is not None else list(values)
+    if spec.kind == "scalar":
+        arr = pa.array(values, type=_SCALAR_TYPES[spec.dtype])
+    elif spec.kind == "fixed":
+        arr = _fixed(values, spec)
+    elif spec.kind == "ragged":
+        arr = _ragged(values)
+    else:
+        encoded = [None if v is None else encode_tensor(v) for v in values]
+        data = pa.array([None if e is None else bytes(e.data) for e in encoded], pa.large_binary())
+        sums = pa.array([None if e is None else e.checksum for e in encoded], pa.binary(16))
+        # the engine reports blob columns without their metadata: the spec rides here too
+        return ([pa.field(name, pa.large_binary(), metadata=spec.metadata()),
+                 pa.field(name + CHECKSUM_SUFFIX, pa.binary(16), metadata=spec.metadata(blob=False))], [data, sums])
+    return [pa.field(name, arr.type, metadata=spec.metadata())], [arr]
 
 
 def _fixed(values: list[Any], spec: FieldSpec) -> pa.Array:

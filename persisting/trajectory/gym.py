@@ -92,6 +92,8 @@ _PART = re.compile(r"/([^/\[\]]+)|\[(\d+)\]")
 
 def flatten(name: str, value: Any) -> dict[str, Any]:
     """``{name: value}``, or one entry per leaf of a dict / tuple ``value``: ``name/key``, ``name[i]``."""
+    if not isinstance(value, (Mapping, tuple)):
+        return {name: value}
     out: dict[str, Any] = {}
 
     def walk(prefix: str, v: Any) -> None:

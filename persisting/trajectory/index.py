@@ -3,15 +3,12 @@
 Rows of one episode are appended in chunks that interleave with other open episodes' chunks
 and with other writer processes' rows, and other writers' compactions move rows, so an
 episode is never located by a position range. The index keeps every visible step's row
-position sorted by ``(episode_id, step)``: an episode is one slice of that order, and a
-uniform step sample is a uniform index into it.
+position sorted by ``(episode_id, step)``: an episode is one slice of that order (found by a
+binary search over episode ids), and a uniform step sample is a uniform index into it.
 
-Positions are valid for the table as it was when the index was refreshed; the store refreshes
-the index and takes rows inside one ``Table.pinned()`` block, so no commit lands in between. The committed
-part is refreshed incrementally while other writers only append (the engine's row layout
-says so: read just the new rows, two int columns); after a compaction or delete it is read
-again. This handle's own pending rows follow the committed ones and are re-read when they
-change.
+The index holds no table: :class:`~persisting.trajectory.sampling.StepView` feeds it the keys
+of new committed rows (merged in), and this handle's pending rows (kept apart, replaced on
+every change), whenever it catches up with the steps table.
 """
 
 from __future__ import annotations
@@ -20,49 +17,62 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from persisting.engine import RowLayout, Table
 from persisting.errors import NotFoundError
 
-__all__ = ["StepIndex"]
+__all__ = ["STEP_BITS", "StepIndex", "step_keys"]
 
-_STEP_BITS = 32
+STEP_BITS = 32
+_STEP_MASK = (1 << STEP_BITS) - 1
+
+
+def step_keys(episode_ids: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """One sortable int64 per step: episode id in the high bits, step in the low ones."""
+    keys = episode_ids.astype(np.int64, copy=False) << STEP_BITS
+    keys |= steps.astype(np.int64, copy=False)
+    return keys
+
+
+def _empty() -> np.ndarray:
+    return np.empty(0, np.int64)
 
 
 @dataclass
 class StepIndex:
     """Row positions of the steps table sorted by (episode_id, step)."""
 
-    layout: RowLayout | None = None  # the committed rows indexed in ckeys/cpositions
-    total: int = -1  # committed + pending rows when last refreshed
-    ckeys: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    cpositions: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    keys: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    positions: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    starts: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    lengths: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    ckeys: np.ndarray = field(default_factory=_empty)  # committed rows only
+    cpositions: np.ndarray = field(default_factory=_empty)
+    keys: np.ndarray = field(default_factory=_empty)  # committed + this handle's pending rows
+    positions: np.ndarray = field(default_factory=_empty)
+    ids: np.ndarray = field(default_factory=_empty)
+    starts: np.ndarray = field(default_factory=_empty)
+    lengths: np.ndarray = field(default_factory=_empty)
 
-    def refresh(self, table: Table) -> None:
-        """Catch up with ``table`` as it is pinned now (committed rows of every writer, then
-        this handle's pending rows)."""
-        layout = table.row_layout()
-        total = table.count()
-        if layout == self.layout and total == self.total:
-            return
-        kept = self.layout.kept_rows(layout) if self.layout is not None else None
-        if kept is None:  # first read, or rows were compacted/deleted/moved: read them all
-            kept = 0
-            self.ckeys, self.cpositions = np.empty(0, np.int64), np.empty(0, np.int64)
-        if layout.rows > kept:
-            self.ckeys, self.cpositions = _merge(self.ckeys, self.cpositions, *_keys(table, kept, layout.rows - kept))
-        self.layout = layout
-        if total > layout.rows:
-            self.keys, self.positions = _merge(self.ckeys, self.cpositions, *_keys(table, layout.rows, total - layout.rows))
+    def reset(self) -> None:
+        self.ckeys, self.cpositions = _empty(), _empty()
+
+    def add_committed(self, keys: np.ndarray, first_position: int) -> None:
+        """Merge in the keys of committed rows at ``first_position`` onwards (in row order)."""
+        self.ckeys, self.cpositions = _merge(self.ckeys, self.cpositions, *_sorted(keys, first_position))
+
+    def set_pending(self, keys: np.ndarray, first_position: int) -> None:
+        """Index the committed rows plus these pending ones; recompute the episode table."""
+        if len(keys):
+            self.keys, self.positions = _merge(self.ckeys, self.cpositions, *_sorted(keys, first_position))
         else:
             self.keys, self.positions = self.ckeys, self.cpositions
-        self.total = total
-        episode = self.keys >> _STEP_BITS
-        self.ids, self.starts, self.lengths = np.unique(episode, return_index=True, return_counts=True)
+        episode = self.keys >> STEP_BITS
+        if len(episode):
+            starts = np.flatnonzero(np.r_[True, episode[1:] != episode[:-1]])
+            self.ids, self.starts = episode[starts], starts.astype(np.int64)
+            self.lengths = np.diff(np.r_[starts, len(episode)]).astype(np.int64)
+        else:
+            self.ids, self.starts, self.lengths = _empty(), _empty(), _empty()
+
+    def split(self, sorted_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(episode_id, step)`` arrays of the steps at these sorted indices."""
+        k = self.keys[sorted_idx]
+        return k >> STEP_BITS, k & _STEP_MASK
 
     def episode_slice(self, episode_id: int) -> slice:
         """The slice of :attr:`positions` holding ``episode_id``'s steps (empty if none)."""
@@ -89,24 +99,25 @@ class StepIndex:
         return self.starts[ep] + offset
 
 
-def _keys(table: Table, offset: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted ``(episode_id, step)`` keys of ``n`` rows from position ``offset``, with positions."""
-    new = table.scan(columns=["episode_id", "step"], offset=offset, limit=n)
-    ids = new.column("episode_id").to_numpy().astype(np.int64)
-    steps = new.column("step").to_numpy().astype(np.int64)
-    keys = (ids << _STEP_BITS) | steps
-    positions = np.arange(offset, offset + len(keys), dtype=np.int64)
-    order = np.argsort(keys, kind="stable")
-    return keys[order], positions[order]
+def _sorted(keys: np.ndarray, first_position: int) -> tuple[np.ndarray, np.ndarray]:
+    positions = np.arange(first_position, first_position + len(keys), dtype=np.int64)
+    if len(keys) > 1 and not (keys[1:] >= keys[:-1]).all():
+        order = np.argsort(keys, kind="stable")
+        return keys[order], positions[order]
+    return keys, positions
 
 
 def _merge(keys: np.ndarray, positions: np.ndarray, more_keys: np.ndarray, more_positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two sorted key runs as one (a stable sort of two sorted runs is a linear merge)."""
     if not len(keys):
         return more_keys, more_positions
-    k = np.concatenate([keys, more_keys])
-    p = np.concatenate([positions, more_positions])
-    if not len(more_keys) or more_keys[0] >= keys[-1]:
-        return k, p
+    if not len(more_keys):
+        return keys, positions
+    if more_keys[0] >= keys[-1]:
+        return np.concatenate([keys, more_keys]), np.concatenate([positions, more_positions])
+    # only the tail of the old run that the new keys reach into needs sorting
+    cut = int(np.searchsorted(keys, more_keys[0], side="right"))
+    k = np.concatenate([keys[cut:], more_keys])
+    p = np.concatenate([positions[cut:], more_positions])
     order = np.argsort(k, kind="stable")
-    return k[order], p[order]
+    return np.concatenate([keys[:cut], k[order]]), np.concatenate([positions[:cut], p[order]])

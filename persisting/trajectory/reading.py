@@ -22,6 +22,7 @@ from persisting.engine.table import Table
 from persisting.errors import ClosedError, ConfigError, NotFoundError
 from persisting.trajectory.fields import CHECKSUM_SUFFIX, FieldSpec, to_numpy
 from persisting.trajectory.index import StepIndex
+from persisting.trajectory.sampling import StepView
 
 if TYPE_CHECKING:
     from persisting.trajectory.episode import Episode
@@ -52,7 +53,7 @@ class EpisodeReads:
     _steps: Table
     _episodes: Table
     _specs: dict[str, FieldSpec]
-    _index: StepIndex
+    _view: StepView
     _open: dict[int, Episode]
 
     def _latest(self, filter: str | None = None, ids: Sequence[int] | None = None, *,
@@ -115,7 +116,7 @@ class EpisodeReads:
             raise ClosedError(f"trajectory store {self.path} is closed; open it again to use it")
 
     def _refresh(self) -> StepIndex:
-        """Pin what this read sees and return the step index over it: every writer's newest
+        """Pin what this read sees and catch the step view up with it: every writer's newest
         episodes, then steps (a writer hands steps over before the end row that counts them,
         so an end row seen here has its steps seen too, once they are committed), plus this
         handle's own open episodes' steps, handed to the table first."""
@@ -125,17 +126,17 @@ class EpisodeReads:
         self._steps.refresh()
         self._follow_specs()
         with self._steps.pinned():
-            self._index.refresh(self._steps)
-        return self._index
+            self._view.refresh(self._steps, self._specs)
+        return self._view.index
 
     @contextmanager
-    def _positions(self) -> Iterator[StepIndex]:
-        """The step index, with row positions that stay valid for takes inside the block: the
+    def _positions(self) -> Iterator[StepView]:
+        """The step view, with row positions that stay valid for takes inside the block: the
         steps table's own background commit cannot land meanwhile (call :meth:`_refresh`
         first, outside: handing steps off may wait for that commit)."""
         with self._steps.pinned():
-            self._index.refresh(self._steps)
-            yield self._index
+            self._view.refresh(self._steps, self._specs)
+            yield self._view
 
     def _follow_specs(self) -> None:
         """Learn step fields other writers added (the store implements it)."""
@@ -145,32 +146,34 @@ class EpisodeReads:
         """The step fields stored so far and how each is stored."""
         return dict(self._specs)
 
-    def _decode(self, table: pa.Table, names: Iterable[str]) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        for name in names:
-            if name in STEP_KEYS:
-                out[name] = table.column(name).to_numpy()
-            elif name in table.column_names:
-                out[name] = to_numpy(table, self._specs[name])
-        return out
-
-    def _columns(self, fields: Sequence[str] | None) -> list[str]:
+    def _names(self, fields: Sequence[str] | None) -> list[str]:
+        """The stored step fields to return (all by default); unknown names raise."""
         stored = self._steps.schema.names if self._steps.schema is not None else []
         names = [n for n in stored if n in self._specs] if fields is None else list(fields)
         unknown = [n for n in names if n not in self._specs]
         if unknown:
             raise NotFoundError(f"trajectory store {self.path} has no step field(s) {unknown}; it has {sorted(self._specs)}")
-        names = [n for n in names if n in stored]  # a field only in steps not yet handed off reads as absent
-        cols = list(STEP_KEYS) + names
-        cols += [n + CHECKSUM_SUFFIX for n in names if self._specs[n].kind == "blob"]
-        return cols
+        return [n for n in names if n in stored]  # a field only in steps not yet handed off reads as absent
 
-    def _take(self, positions: np.ndarray, fields: Sequence[str] | None) -> tuple[pa.Table, list[str]]:
-        """Rows at ``positions`` (any order, repeats allowed) with the given fields."""
-        cols = self._columns(fields)
-        uniq, inverse = np.unique(positions, return_inverse=True)
-        taken = self._steps.take(uniq.tolist(), columns=cols)
-        return taken.take(pa.array(inverse.astype(np.int64))), [c for c in cols if c in self._specs]
+    def _gather(self, view: StepView, sorted_idx: np.ndarray, names: Sequence[str],
+                valid: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """``episode_id``, ``step`` and the named fields of the steps at these sorted indices:
+        cached fields from memory, the others in one Lance take (unique positions only).
+        ``valid`` receives the validity mask of the last name."""
+        idx = view.index
+        positions = idx.positions[sorted_idx]
+        out: dict[str, np.ndarray] = dict(zip(STEP_KEYS, idx.split(sorted_idx)))
+        rest = [n for n in names if not view.has(n)]
+        if rest:
+            cols = rest + [n + CHECKSUM_SUFFIX for n in rest if self._specs[n].kind == "blob"]
+            uniq, inverse = np.unique(positions, return_inverse=True)
+            taken = self._steps.take(uniq.tolist(), columns=cols).take(pa.array(inverse.astype(np.int64)))
+        for name in names:
+            out[name] = view.gather(name, positions) if view.has(name) else to_numpy(taken, self._specs[name])
+        if valid is not None and names:
+            last = names[-1]
+            valid.append(view.valid(last, positions) if view.has(last) else np.asarray(taken.column(last).is_valid()))
+        return out
 
     def read_episode(self, episode_id: int, *, fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """An episode's steps as ``{field: array with steps along axis 0}``, plus
@@ -178,11 +181,11 @@ class EpisodeReads:
         with self._lock:
             self._check_open()
             self._refresh()
-            with self._positions() as idx:
-                sl = idx.episode_slice(int(episode_id))
+            names = self._names(fields)
+            with self._positions() as view:
+                sl = view.index.episode_slice(int(episode_id))
                 if sl.stop > sl.start:
-                    table, names = self._take(idx.positions[sl], fields)
-                    return self._decode(table, list(STEP_KEYS) + names)
+                    return self._gather(view, np.arange(sl.start, sl.stop), names)
             if not len(self._latest(ids=[int(episode_id)])):
                 raise NotFoundError(f"trajectory store {self.path} has no episode {episode_id}", episode_id=episode_id)
             return {"episode_id": np.empty(0, np.int64), "step": np.empty(0, np.int64)}
@@ -199,32 +202,37 @@ class EpisodeReads:
         with self._lock:
             self._check_open()
             self._refresh()
-            with self._positions() as idx:
-                return self._sample_steps(idx, rng, n, fields, obs_field)
+            names = self._names(fields)
+            with self._positions() as view:
+                return self._sample_steps(view, rng, n, names, obs_field)
 
-    def _sample_steps(self, idx: StepIndex, rng: np.random.Generator, n: int,
-                      fields: Sequence[str] | None, obs_field: str) -> dict[str, np.ndarray]:
+    def _sample_steps(self, view: StepView, rng: np.random.Generator, n: int,
+                      names: list[str], obs_field: str) -> dict[str, np.ndarray]:
+        idx = view.index
         if not len(idx.keys):
             raise NotFoundError(f"trajectory store {self.path} has no steps to sample")
         draw = rng.integers(0, len(idx.keys), size=n)
         stored = self._steps.schema.names if self._steps.schema is not None else []
-        wanted = [c for c in stored if c in self._specs] if fields is None else list(fields)
         if obs_field not in self._specs or obs_field not in stored:
-            return self._gather(idx.positions[draw], wanted)
+            return self._gather(view, draw, names)
         final_name = "final_" + obs_field
-        extra = [c for c in (obs_field, final_name) if c in self._specs and c not in wanted]
-        nxt_pos = idx.positions[np.minimum(draw + 1, len(idx.keys) - 1)]
-        # one take for the sampled rows and their successors: each Lance take has a fixed cost
-        table, names = self._take(np.concatenate([idx.positions[draw], nxt_pos]), wanted + extra)
-        both = self._decode(table, list(STEP_KEYS) + names)
+        extra = [c for c in (obs_field, final_name) if c in self._specs and c in stored and c not in names]
+        nxt_idx = np.minimum(draw + 1, len(idx.keys) - 1)
+        # one gather for the sampled rows and their successors: each Lance take has a fixed cost
+        wanted = names + extra
+        if final_name in wanted:  # last, so _gather reports its validity
+            wanted = [c for c in wanted if c != final_name] + [final_name]
+        valid: list[np.ndarray] = []
+        both = self._gather(view, np.concatenate([draw, nxt_idx]), wanted, valid)
         out = {k: v[:n] for k, v in both.items() if k not in extra}
         nxt = both[obs_field][n:]
         has_next = idx.has_next(draw)
         if final_name in both and not has_next.all():
-            final_valid = np.asarray(table.column(final_name).is_valid())[:n]
+            final = both[final_name][:n]
+            final_valid = valid[0][:n]
             use = ~has_next & final_valid
             nxt = nxt.copy()
-            nxt[use] = both[final_name][:n][use]
+            nxt[use] = final[use]
             has_next = has_next | final_valid
         if not has_next.all() and nxt.dtype != object:
             nxt = nxt.copy()
@@ -232,10 +240,6 @@ class EpisodeReads:
         out["next_" + obs_field] = nxt
         out["has_next"] = has_next
         return out
-
-    def _gather(self, positions: np.ndarray, fields: Sequence[str] | None) -> dict[str, np.ndarray]:
-        table, names = self._take(positions, fields)
-        return self._decode(table, list(STEP_KEYS) + names)
 
     def sample_episodes(self, n: int, *, seed: int | np.random.Generator | None = None,
                         status: Sequence[str] | None = None, replace: bool = False) -> list[dict[str, np.ndarray]]:
@@ -252,7 +256,13 @@ class EpisodeReads:
             if not len(ids) or (n > len(ids) and not replace):
                 raise NotFoundError(f"cannot sample {n} episodes from {len(ids)} stored; pass replace=True or ask for fewer")
             chosen = rng.choice(ids, size=n, replace=replace)
-            return [self.read_episode(int(e)) for e in chosen]
+            names = self._names(None)
+            with self._positions() as view:
+                out = []
+                for e in chosen:
+                    sl = view.index.episode_slice(int(e))
+                    out.append(self._gather(view, np.arange(sl.start, sl.stop), names))
+                return out
 
     def sample_slices(self, n: int, length: int, *, seed: int | np.random.Generator | None = None,
                       fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -264,8 +274,10 @@ class EpisodeReads:
         with self._lock:
             self._check_open()
             self._refresh()
-            with self._positions() as idx:
-                starts = idx.slice_starts(length, rng, n)
+            names = self._names(fields)
+            with self._positions() as view:
+                starts = view.index.slice_starts(length, rng, n)
                 sorted_idx = (starts[:, None] + np.arange(length)[None, :]).reshape(-1)
-                flat = self._gather(idx.positions[sorted_idx], fields)
+                flat = self._gather(view, sorted_idx, names)
             return {k: v.reshape((n, length) + v.shape[1:]) for k, v in flat.items()}
+

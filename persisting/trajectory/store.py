@@ -66,7 +66,7 @@ from persisting.trajectory.fields import (
     value_category,
 )
 from persisting.trajectory.ids import IDS_SCHEMA, EpisodeIds, SessionRanges, high_water, mark_recovered, open_sessions
-from persisting.trajectory.index import StepIndex
+from persisting.trajectory.sampling import StepView
 from persisting.trajectory.reading import (
     EPISODE_COLUMNS,
     EPISODE_SCHEMA,
@@ -135,7 +135,7 @@ class TrajectoryStore(EpisodeReads):
         self._closed = False
         self._open: dict[int, Episode] = {}
         self._meta_kinds: dict[str, str | None] = {}
-        self._index = StepIndex()
+        self._view = StepView()
         self.recovered: list[int] = []
         self._sessions: Sessions | None = None
         self._session_id = new_session_id()
@@ -466,7 +466,7 @@ class TrajectoryStore(EpisodeReads):
             self.flush()
             self._steps.compact()
             self._episodes.compact()
-            self._index = StepIndex()
+            self._view = StepView()
 
     def refresh(self) -> None:
         """Move to every writer's newest commits now (each read does this on its own):
@@ -484,7 +484,7 @@ class TrajectoryStore(EpisodeReads):
         with self._lock:
             self._check_open()
             self._steps.refresh()
-            return self._steps.count() + sum(len(e._pending) for e in self._open.values())
+            return self._steps.count() + sum(e.pending_steps for e in self._open.values())
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

@@ -12,6 +12,8 @@ actor <path> <k> [most]: a CartPole actor logging through RecordEpisodes; prints
     prints ``done``. Small step buffers and a low compaction threshold interleave its rows with
     the other actors' and compact while they append.
 recover <path>: wait for ``<path>.go``, open the store as a writer, print ``recovered <ids>``.
+stream <path> <episodes> <length>: write episodes of ``step_fields`` steps (varying lengths
+    up to ``length``), flush after each and print ``flushed <id> <steps>``; then ``done``.
 """
 
 from __future__ import annotations
@@ -116,5 +118,16 @@ def recover(path: str) -> None:
         say("recovered " + " ".join(map(str, store.recovered)))
 
 
+def stream(path: str, episodes: str, length: str) -> None:
+    with TrajectoryStore(path, step_buffer=16) as store:
+        for n in range(int(episodes)):
+            with store.episode(kind="stream") as ep:
+                for t in range(int(length) - n % 7):
+                    ep.add_step(step_fields(ep.id, t))
+            store.flush()
+            say(f"flushed {ep.id} {ep.length}")
+    say("done")
+
+
 if __name__ == "__main__":
-    {"crash": crash, "writer": writer, "actor": actor, "recover": recover}[sys.argv[1]](*sys.argv[2:])
+    {"crash": crash, "writer": writer, "actor": actor, "recover": recover, "stream": stream}[sys.argv[1]](*sys.argv[2:])

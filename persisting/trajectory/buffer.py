@@ -1,0 +1,155 @@
+"""StepBuffer: an open episode's steps not yet handed to the steps table, held column by column.
+
+Logging one step is the hot path of an RL loop, so a step whose values all match fields the
+store already knows (Python or numpy scalars, numpy arrays of the stored dtype and shape) is
+copied straight into preallocated numpy columns: one type check and one array store per
+field, no per-step dict of normalized values, no stacking at hand-off. Anything else (a new
+field, a widened type, strings, lists, tensors, blobs) goes through the store's checks first
+(:func:`~persisting.trajectory.fields.normalize`, spec merging) and is then stored the same
+way, in an object column where no numpy column fits. Order is kept: there is one buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from persisting.trajectory.fields import ARROW_DTYPES, FieldSpec, Signature, column_to_arrow, dtype_name
+
+__all__ = ["StepBuffer"]
+
+_FLOAT: Signature = ("scalar", "float", ())
+_INT: Signature = ("scalar", "int", ())
+_BOOL: Signature = ("scalar", "bool", ())
+_FAST_SCALARS: dict[type, Signature] = {
+    float: _FLOAT, int: _INT, bool: _BOOL, np.float64: _FLOAT, np.float32: _FLOAT, np.float16: _FLOAT,
+    np.int64: _INT, np.int32: _INT, np.int16: _INT, np.int8: _INT, np.uint8: _INT, np.uint16: _INT,
+    np.uint32: _INT, np.bool_: _BOOL,
+}
+_NUMPY_SCALAR = {"float": np.float64, "int": np.int64, "bool": np.bool_}
+_ACCEPTS = {"float": (float, int, bool), "int": (int,), "bool": (bool,)}
+_INT64 = (-(1 << 63), 1 << 63)
+
+
+class _Column:
+    """Values of one field for buffered rows ``0..n``; ``valid[i]`` says row i has one."""
+
+    def __init__(self, spec: FieldSpec, capacity: int) -> None:
+        self.valid = np.zeros(capacity, np.bool_)
+        self.category = spec.dtype if spec.kind == "scalar" and spec.dtype in _NUMPY_SCALAR else None
+        if self.category is not None:
+            self.values: Any = np.empty(capacity, _NUMPY_SCALAR[self.category])
+        elif spec.kind == "fixed":
+            self.values = np.empty((capacity, *spec.shape), np.dtype(spec.dtype))
+        else:
+            self.values = [None] * capacity
+
+    def grow(self, capacity: int) -> None:
+        n = len(self.valid)
+        valid = np.zeros(capacity, np.bool_)
+        valid[:n] = self.valid
+        self.valid = valid
+        if isinstance(self.values, list):
+            self.values.extend([None] * (capacity - n))
+        else:
+            values = np.empty((capacity, *self.values.shape[1:]), self.values.dtype)
+            values[:n] = self.values
+            self.values = values
+
+    def put(self, i: int, value: Any) -> None:
+        """Store a checked (normalized) value; a numeric column that cannot hold it exactly
+        widens (int -> float) or becomes an object column."""
+        if self.category is not None and type(value) not in _ACCEPTS[self.category]:
+            if self.category == "int" and type(value) is float:
+                self.values, self.category = self.values.astype(np.float64), "float"
+            else:
+                self.values, self.category = [v.item() if ok else None for v, ok in zip(self.values, self.valid)], None
+        if self.category == "int" and not _INT64[0] <= value < _INT64[1]:
+            self.values, self.category = [v.item() if ok else None for v, ok in zip(self.values, self.valid)], None
+        self.values[i] = value
+        self.valid[i] = True
+
+
+class StepBuffer:
+    """Columns of buffered steps (see the module docstring)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self.columns: dict[str, _Column] = {}
+        self.n = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _reserve(self, rows: int) -> None:
+        if rows > self.capacity:
+            self.capacity = max(rows, 2 * self.capacity)
+            for col in self.columns.values():
+                col.grow(self.capacity)
+
+    def add_known(self, step: Mapping[str, Any], sigs: Mapping[str, Signature], specs: Mapping[str, FieldSpec],
+                  *, blob_threshold: int, ragged: frozenset[str]) -> bool:
+        """Store ``step`` if every value matches its field's stored signature exactly (then
+        no check can fail); False, storing nothing, when it needs the full checks."""
+        for name, value in step.items():
+            t = type(value)
+            sig = _FAST_SCALARS.get(t)
+            if sig is None:
+                if t is not np.ndarray or not value.ndim or name in ragged:
+                    return False
+                dt = dtype_name(value.dtype)
+                if dt is None or dt not in ARROW_DTYPES or value.nbytes >= blob_threshold:
+                    return False
+                sig = ("fixed", dt, value.shape)
+            elif sig is _INT and t is int and not _INT64[0] <= value < _INT64[1]:
+                return False
+            if sigs.get(name) != sig:
+                return False
+        i = self.n
+        self._reserve(i + 1)
+        columns = self.columns
+        for name, value in step.items():
+            col = columns.get(name)
+            if col is None:
+                col = columns[name] = _Column(specs[name], self.capacity)
+            cat = col.category
+            if cat is None or cat == "float" or type(value) in _ACCEPTS[cat]:
+                col.values[i] = value
+                col.valid[i] = True
+            else:  # a column buffered before its field widened
+                col.put(i, value.item() if isinstance(value, np.generic) else value)
+        self.n = i + 1
+        return True
+
+    def add_rows(self, rows: Sequence[Mapping[str, Any]], specs: Mapping[str, FieldSpec]) -> None:
+        """Store rows that passed the store's checks (values normalized, specs registered)."""
+        self._reserve(self.n + len(rows))
+        for row in rows:
+            i = self.n
+            for name, value in row.items():
+                col = self.columns.get(name)
+                if col is None:
+                    col = self.columns[name] = _Column(specs[name], self.capacity)
+                col.put(i, value)
+            self.n = i + 1
+
+    def take(self, specs: Mapping[str, FieldSpec]) -> tuple[list[pa.Field], list[pa.Array]]:
+        """Arrow fields and arrays of every buffered row (fields no row holds are left out),
+        and empty the buffer."""
+        n = self.n
+        fields: list[pa.Field] = []
+        arrays: list[pa.Array] = []
+        for name, col in self.columns.items():
+            valid = col.valid[:n]
+            if not valid.any():
+                continue
+            values = col.values[:n]
+            f, a = column_to_arrow(specs[name], values, None if valid.all() else valid)
+            fields += f
+            arrays += a
+        self.columns = {}
+        self.n = 0
+        return fields, arrays

@@ -1,0 +1,203 @@
+"""StepView: the derived, in-memory view of the steps table that sampling and lookups use.
+
+Lance's random ``take`` costs milliseconds per batch (3-13 ms for 256 rows of 10M); a numpy
+gather costs microseconds. So each store handle keeps, in memory, the fixed-width step columns
+(numeric and bool scalars, fixed-shape arrays up to :data:`MAX_CACHED_BYTES` per step) in row
+order, plus the :class:`~persisting.trajectory.index.StepIndex` over ``(episode_id, step)``.
+
+It is derived, never the source of truth: every read first catches the view up with the table
+as pinned now. Unchanged version and row count: nothing to do. Other writers only appended
+(the row layout keeps every old fragment in front): only the new rows are scanned (keys and
+cached columns, one columnar scan). Anything else (a delete, a compaction, a new or widened
+cached column): the view is rebuilt from one columnar scan of the table, 0.6 s for 10M steps
+of a 4-float observation here. The handle's own pending rows (handed to the table, not yet
+committed) are read again whenever they change. Why memory, not memory-mapped files beside the
+tables: the rebuild is fast enough for the "first sample after reopening" target, the view can
+never disagree with files some other writer wrote (no cross-process invalidation), and stores on
+object storage need no local cache directory.
+
+Wider or variable-width fields (strings, token lists, images/blob tensors) stay in Lance and are
+fetched for the sampled rows only, in one ``take`` per call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from persisting.engine import RowLayout, Table
+from persisting.trajectory.fields import FieldSpec
+from persisting.trajectory.index import StepIndex, step_keys
+
+__all__ = ["MAX_CACHED_BYTES", "StepView", "cacheable"]
+
+MAX_CACHED_BYTES = 1024
+"""Fixed-shape fields wider than this per step are not held in memory (they are read from
+Lance for the rows a sample needs)."""
+
+_SCALAR_DTYPES = {"int": np.int64, "float": np.float64, "bool": np.bool_}
+
+
+def cacheable(spec: FieldSpec) -> bool:
+    """Is this field held in the in-memory view?"""
+    if spec.kind == "scalar":
+        return spec.dtype in _SCALAR_DTYPES
+    if spec.kind == "fixed":
+        return np.dtype(spec.dtype).itemsize * int(np.prod(spec.shape, dtype=np.int64)) <= MAX_CACHED_BYTES
+    return False
+
+
+class _Column:
+    """One cached field: values in row order (grown by doubling) and a validity mask."""
+
+    def __init__(self, spec: FieldSpec) -> None:
+        self.spec = spec
+        dtype = _SCALAR_DTYPES[spec.dtype] if spec.kind == "scalar" else np.dtype(spec.dtype)
+        self.shape = spec.shape if spec.kind == "fixed" else ()
+        self.values = np.empty((0, *self.shape), dtype)
+        self.valid: np.ndarray | None = None  # None: every row so far is valid
+        self.rows = 0
+
+    def extend(self, values: np.ndarray, valid: np.ndarray | None) -> None:
+        n = len(values)
+        if self.rows == 0 and valid is None:  # a rebuild: adopt the array (a later extend copies)
+            self.values, self.valid, self.rows = values, None, n
+            return
+        if self.rows + n > len(self.values):
+            grown = np.empty((max(self.rows + n, 2 * len(self.values), 1024), *self.shape), self.values.dtype)
+            grown[: self.rows] = self.values[: self.rows]
+            self.values = grown
+        self.values[self.rows : self.rows + n] = values
+        if valid is not None or self.valid is not None:
+            if self.valid is None or len(self.valid) < len(self.values):
+                mask = np.ones(len(self.values), np.bool_)
+                if self.valid is not None:
+                    mask[: self.rows] = self.valid[: self.rows]
+                self.valid = mask
+            self.valid[self.rows : self.rows + n] = True if valid is None else valid
+        self.rows += n
+
+
+def _column_values(col: pa.ChunkedArray, spec: FieldSpec) -> tuple[np.ndarray, np.ndarray | None]:
+    """Values and validity (None: all valid) of one scanned column of a cached field."""
+    parts = [_arrow_values(chunk, spec) for chunk in col.chunks]
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        return _arrow_values(pa.array([], col.type), spec)
+    values = np.concatenate([v for v, _ in parts])
+    if all(m is None for _, m in parts):
+        return values, None
+    return values, np.concatenate([np.ones(len(v), np.bool_) if m is None else m for v, m in parts])
+
+
+def _arrow_values(arr: pa.Array, spec: FieldSpec) -> tuple[np.ndarray, np.ndarray | None]:
+    valid = np.asarray(arr.is_valid()) if arr.null_count else None
+    n = len(arr)
+    if spec.kind == "fixed":
+        size = int(np.prod(spec.shape, dtype=np.int64))
+        flat = arr.values.slice(arr.offset * size, n * size).to_numpy(zero_copy_only=False)
+        return np.asarray(flat, dtype=np.dtype(spec.dtype)).reshape((n, *spec.shape)), valid
+    if arr.null_count:
+        arr = pc.fill_null(arr, pa.scalar(False if spec.dtype == "bool" else 0, arr.type))
+    values = arr.to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=_SCALAR_DTYPES[spec.dtype]), valid
+
+
+class StepView:
+    """Step keys and fixed-width columns of one steps table, caught up by :meth:`refresh`."""
+
+    def __init__(self) -> None:
+        self.index = StepIndex()
+        self.layout: RowLayout | None = None
+        self.version = -1
+        self.total = -1
+        self.cached: tuple[tuple[str, tuple[str, str, tuple[int, ...]]], ...] = ()
+        self.columns: dict[str, _Column] = {}
+        self.pending: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        self.rebuilds = 0  # full reads of the table (tests and stats look at it)
+
+    @property
+    def committed(self) -> int:
+        return self.layout.rows if self.layout is not None else 0
+
+    def refresh(self, table: Table, specs: Mapping[str, FieldSpec]) -> None:
+        """Catch up with ``table`` as it is pinned now (committed rows of every writer, then
+        this handle's pending rows). Call it with the table pinned."""
+        total = table.count()
+        schema = table.schema
+        stored = set(schema.names) if schema is not None else set()
+        cached = tuple(sorted((n, s.signature) for n, s in specs.items() if n in stored and cacheable(s)))
+        version = table.version
+        if version == self.version and total == self.total and cached == self.cached:
+            return
+        layout = table.row_layout()
+        kept = self.layout.kept_rows(layout) if self.layout is not None and cached == self.cached else None
+        if kept is None:  # first read, rows moved or deleted, or the cached columns changed
+            kept = 0
+            self.index.reset()
+            self.columns = {name: _Column(specs[name]) for name, _ in cached}
+            self.rebuilds += 1
+        if layout.rows > kept:
+            keys = self._read(table, kept, layout.rows - kept, into_columns=True)
+            self.index.add_committed(keys, kept)
+        self.pending = {}
+        pending_keys = self._read(table, layout.rows, total - layout.rows, into_columns=False) if total > layout.rows else np.empty(0, np.int64)
+        self.index.set_pending(pending_keys, layout.rows)
+        self.layout, self.version, self.total, self.cached = layout, version, total, cached
+
+    def _read(self, table: Table, offset: int, n: int, *, into_columns: bool) -> np.ndarray:
+        names = list(self.columns)
+        data = table.scan(columns=["episode_id", "step", *names], offset=offset, limit=n)
+        for name in names:
+            values, valid = _column_values(data.column(name), self.columns[name].spec)
+            if into_columns:
+                self.columns[name].extend(values, valid)
+            else:
+                self.pending[name] = (values, valid)
+        return step_keys(data.column("episode_id").to_numpy(), data.column("step").to_numpy())  # one copy each
+
+    def has(self, name: str) -> bool:
+        return name in self.columns
+
+    def valid(self, name: str, positions: np.ndarray) -> np.ndarray:
+        """Which rows at these positions hold a value for the field."""
+        col = self.columns[name]
+        inside = positions < col.rows
+        out = np.ones(len(positions), np.bool_)
+        if col.valid is not None:
+            out[inside] = col.valid[positions[inside]]
+        pvalid = self.pending.get(name, (None, None))[1]
+        if pvalid is not None and not inside.all():
+            out[~inside] = pvalid[positions[~inside] - col.rows]
+        return out
+
+    def gather(self, name: str, positions: np.ndarray) -> np.ndarray:
+        """The field's values at these row positions, decoded as the Lance path decodes them
+        (missing values: NaN for floats; numeric scalars with a missing value become float)."""
+        col = self.columns[name]
+        c = col.rows
+        inside = positions < c
+        if inside.all():
+            values = col.values[positions]
+            valid = None if col.valid is None else col.valid[positions]
+        else:
+            pvalues, pvalid = self.pending[name]
+            values = np.empty((len(positions), *col.shape), col.values.dtype)
+            values[inside] = col.values[positions[inside]]
+            values[~inside] = pvalues[positions[~inside] - c]
+            valid = np.ones(len(positions), np.bool_)
+            if col.valid is not None:
+                valid[inside] = col.valid[positions[inside]]
+            if pvalid is not None:
+                valid[~inside] = pvalid[positions[~inside] - c]
+        if valid is None or valid.all():
+            return values
+        if col.spec.kind == "fixed":
+            if values.dtype.kind == "f":
+                values[~valid] = np.nan
+            return values
+        return pa.array(values, mask=~valid).to_numpy(zero_copy_only=False)
