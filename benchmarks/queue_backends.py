@@ -9,6 +9,9 @@ directly: ``put`` and ``put_batch(1,000)``. Every timed run ends with ``flush()`
 backends have committed what they were given. Each cell is the best of ``--repeats`` runs on a
 fresh directory. Targets (issue 3): through Pulsing, PersistingBackend with WAL (1 s) >= 0.8x
 MemoryBackend for single puts; called directly, put_batch with WAL (1 s) >= 500,000 records/s.
+
+``--object-wal`` runs benchmarks/queue_object_wal.py instead: the WAL on S3 (moto) at
+group-commit windows 0/5/10/50 ms against the local WAL, and node-death recovery time.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -111,6 +115,8 @@ async def best_of(fn: Callable[..., Any], repeats: int, *args: Any) -> tuple[flo
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--object-wal", action="store_true",
+                        help="instead: the WAL on S3 (moto) vs the local WAL, and node-death recovery (queue_object_wal.py)")
     parser.add_argument("--single", type=int, default=2000, help="single puts per run through Pulsing, 3x that direct (default 2000)")
     parser.add_argument("--batches", type=int, default=40, help="put_batch calls of 1,000 records per run (default 40)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell, best kept (default 3)")
@@ -148,4 +154,10 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if "--object-wal" in sys.argv[1:]:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from queue_object_wal import main as object_wal_main
+
+        object_wal_main([a for a in sys.argv[1:] if a != "--object-wal"])
+    else:
+        asyncio.run(main())

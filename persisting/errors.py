@@ -16,6 +16,7 @@ __all__ = [
     "ClosedError",
     "ConfigError",
     "CorruptionError",
+    "FencedError",
     "InvalidNameError",
     "InvalidRecordError",
     "LockedError",
@@ -101,3 +102,9 @@ class CorruptionError(WALError):
 
 class LockedError(PersistingError):
     """Another writer holds the table's lock; open read-only or stop that writer."""
+
+
+class FencedError(LockedError):
+    """This writer lost its lease on an object-store WAL (another process took the writer's
+    identity over, e.g. after a network partition or a long pause): it can no longer log,
+    acknowledge or commit. Open the table again to continue as a new owner."""

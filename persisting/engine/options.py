@@ -31,6 +31,13 @@ class TableOptions:
         ``"salvage"`` skips corrupt frames and reports what was lost.
     background_flush: commit a full buffer on a background thread while appends continue
         (appends wait only if it falls ``4 x flush_rows`` behind); ``flush()`` still waits.
+    wal_lease_seconds: with a WAL on object storage (``Table(wal_uri=...)``), how long a
+        writer's lease lasts without renewal: a dead writer's identity is taken over this long
+        after its last renewal (renewed every third of it).
+    wal_group_interval: with a WAL on object storage and durability ``always``, how long a
+        group stays open before its PUT (0: PUT as soon as the previous PUT returns).
+    dedup: ``(producer column, sequence column)``: drop rows whose sequence is not above the
+        highest seen from their producer (see :mod:`persisting.engine.dedup`).
     column_compression: how Lance compresses string/binary/list columns that do not declare
         their own ``lance-encoding:compression``: ``None`` stores them uncompressed (Lance
         2.2's default compression costs ~3x in append throughput), ``"lz4"`` or ``"zstd"``
@@ -47,6 +54,9 @@ class TableOptions:
     recovery: Recovery = "point_in_time"
     background_flush: bool = True
     column_compression: Literal["lz4", "zstd"] | None = None
+    wal_lease_seconds: float = 10.0
+    wal_group_interval: float = 0.0
+    dedup: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.durability not in ("none", "batch", "always"):
@@ -66,6 +76,16 @@ class TableOptions:
                 option="wal_sync_interval",
             )
         object.__setattr__(self, "wal_sync_interval", float(interval))
+        for name, low in (("wal_lease_seconds", 0.1), ("wal_group_interval", 0.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= _MAX_INTERVAL:
+                raise ConfigError(f"{name}={value!r} must be a number of seconds from {low} to {_MAX_INTERVAL}", option=name)
+            object.__setattr__(self, name, float(value))
+        if self.dedup is not None:
+            d = self.dedup
+            if not isinstance(d, (tuple, list)) or len(d) != 2 or not all(isinstance(c, str) and c for c in d):
+                raise ConfigError(f"dedup={d!r} must be (producer column, sequence column), two names", option="dedup")
+            object.__setattr__(self, "dedup", (d[0], d[1]))
         if self.wal_sync_bytes is not None:
             self._int("wal_sync_bytes", minimum=1)
         for name in ("max_wal_size", "flush_rows", "flush_bytes"):

@@ -57,6 +57,9 @@ from persisting.engine.pending import Pending
 from persisting.engine.reads import TableReads
 from persisting.engine.schema import conform, evolve, fit_vectors, records_to_batch, screen_replayed
 from persisting.engine.wal import FRAME_BATCH, WAL, ReplayReport, read_frames
+from persisting.engine import remote_log
+from persisting.engine.dedup import Dedup, last_seen
+from persisting.engine.remote_wal import RemoteWAL
 from persisting.engine.writers import (
     Orphan,
     creation_lock,
@@ -94,6 +97,10 @@ class Table(TableReads):
     ``exclusive`` refuses other writers (``LockedError``) for stores that need a single writer.
     ``follow`` makes every read check for newer commits first; stores that keep their own
     position maps pass False and call :meth:`refresh` when they choose.
+    ``wal_uri`` (``s3://...``) puts the WAL on object storage (:mod:`persisting.engine.remote_wal`;
+    ``remote_wal_uri(uri)`` places it beside the dataset); ``wal_dir`` is then optional.
+    ``writer_id`` names a stable writer identity (e.g. a queue bucket): opening it takes the
+    identity over from its previous owner, waiting up to ``wal_lease_seconds`` for a live one.
     """
 
     def __init__(
@@ -110,6 +117,8 @@ class Table(TableReads):
         name: str | None = None,
         exclusive: bool = False,
         follow: bool = True,
+        wal_uri: str | None = None,
+        writer_id: str | None = None,
     ) -> None:
         self.uri = str(uri)
         self.options = options or TableOptions()
@@ -126,7 +135,9 @@ class Table(TableReads):
         self._table_lock: TableLock | None = None
         self._writer: WriterDir | None = None
         self.writer_id = new_writer_id()  # replaced by the WAL directory's id when there is one
-        self._wal: WAL | None = None
+        self._wal: WAL | RemoteWAL | None = None
+        self._remote = remote_log.RemoteLog(self, wal_uri, writer_id) if wal_uri is not None and not read_only else None
+        self._dedup: Dedup | None = None
         self._pending = Pending()
         self._flush_error: BaseException | None = None
         self._flusher: threading.Thread | None = None
@@ -137,9 +148,13 @@ class Table(TableReads):
         if local and os.path.exists(local_path(self.uri)) and not os.path.isdir(local_path(self.uri)):
             raise StorageError(f"table path {local_path(self.uri)} exists and is a file, not a dataset directory")
         if not self.read_only:
-            if self.wal_dir is None:
-                raise WALError(f"table {self.uri} is remote: pass wal_dir, a local directory for its WAL and lock")
-            self._table_lock = TableLock(self.wal_dir, self.uri, exclusive=exclusive)
+            if self.wal_dir is None and self._remote is None:
+                raise WALError(
+                    f"table {self.uri} is remote: pass wal_dir, a local directory for its WAL and lock, "
+                    "or wal_uri to keep the WAL on object storage"
+                )
+            if self.wal_dir is not None:
+                self._table_lock = TableLock(self.wal_dir, self.uri, exclusive=exclusive)
         try:
             self._ds = open_dataset(self.uri, storage_options, version)
             self._declared = schema
@@ -197,6 +212,8 @@ class Table(TableReads):
             return
 
     def _release_locks(self) -> None:
+        if self._remote is not None:
+            self._remote.release()
         if self._writer is not None:
             self._writer.release()
         if self._table_lock is not None:
@@ -204,6 +221,10 @@ class Table(TableReads):
 
     def _recover(self) -> None:
         """Adopt the WAL of every dead writer, then start this writer's own WAL."""
+        if self._remote is not None:
+            self._remote.recover()
+            self._update_wal_metric()
+            return
         assert self.wal_dir is not None
         for orphan in find_orphans(self.wal_dir):
             try:
@@ -223,6 +244,7 @@ class Table(TableReads):
                 max_segment_size=self.options.max_wal_size,
             )
         self._applied, self._next_lsn = 0, 1
+        self._dedup = Dedup(self.options.dedup) if self.options.dedup else None
         self._update_wal_metric()
 
     def _adopt(self, orphan: Orphan) -> None:
@@ -238,35 +260,46 @@ class Table(TableReads):
         # the newest version, not the one this open started from
         self._ds = open_dataset(self.uri, self.storage_options) or self._ds
         applied = writer_applied_lsn(self._ds, wd.writer_id, floor_version, floor_lsn)
+        frames = read_frames(wd.path, after_lsn=applied, mode=self.options.recovery, report=self.recovery_report)
+        self._replay_frames(frames, wd.writer_id, wd.path, applied)
+        _kill_point("before_orphan_removed")
+        wd.remove()
+
+    def _replay_frames(self, frames: Any, writer_id: str, where: str, applied: int) -> Dedup | None:
+        """Commit replayed frames under ``writer_id`` (deduplicated when the table asks),
+        in commits of at most ``flush_rows``; returns the writer's dedup state."""
         report = self.recovery_report
+        dedup = Dedup(self.options.dedup, last_seen(self._ds, writer_id)) if self.options.dedup else None
         pending = Pending()
         last = applied
-        for frame in read_frames(wd.path, after_lsn=applied, mode=self.options.recovery, report=report):
+        for frame in frames:
             if frame.type != FRAME_BATCH:
                 continue
             last = frame.lsn
             batch = screen_replayed(
-                decode_batch(frame.payload, where=f"{wd.path} frame lsn {frame.lsn}"), self._schema,
-                mode=self.options.recovery, wal_dir=wd.path, lsn=frame.lsn, report=report,
+                decode_batch(frame.payload, where=f"{where} frame lsn {frame.lsn}"), self._schema,
+                mode=self.options.recovery, wal_dir=where, lsn=frame.lsn, report=report,
             )
+            if batch is not None and dedup is not None:
+                batch = dedup.filter(batch)
             if batch is None:
                 continue
             self._evolve_schema(batch.schema)
             pending.add(batch)
             if pending.buffer_rows >= self.options.flush_rows or pending.buffer_bytes >= self.options.flush_bytes:
-                self._commit_adopted(pending, wd.writer_id, last)
+                self._commit_adopted(pending, writer_id, last, dedup)
                 pending = Pending()
         if pending:
-            self._commit_adopted(pending, wd.writer_id, last)
-        _kill_point("before_orphan_removed")
-        wd.remove()
+            self._commit_adopted(pending, writer_id, last, dedup)
+        return dedup
 
-    def _commit_adopted(self, pending: Pending, writer_id: str, last_lsn: int) -> None:
-        assert self._schema is not None
+    def _commit_adopted(self, pending: Pending, writer_id: str, last_lsn: int, dedup: Dedup | None = None) -> None:
+        if self._schema is None:
+            return  # only empty batches were logged: nothing to commit
         pending.seal(last_lsn)
         data = pending.table(self._schema)
         with self._commit_lock:
-            ds = self._commit_data(data, self._schema, writer_id, last_lsn)
+            ds = self._commit_data(data, self._schema, writer_id, last_lsn, dedup=dedup)
             with self._lock:
                 self._ds = ds
                 self._flushed_rows = ds.count_rows()
@@ -331,6 +364,8 @@ class Table(TableReads):
             fits = self._fits(batch.schema)
             if not fits:
                 evolve(self._schema, batch.schema)  # raises SchemaError before anything is written
+            if self._dedup is not None and batch.num_rows:
+                batch = self._dedup.filter(batch)  # retries of rows already logged
             if batch.num_rows == 0:
                 return self._next_lsn - 1
             lsn = self._wal.append(encode_batch(batch)) if self._wal is not None else self._next_lsn
@@ -344,7 +379,15 @@ class Table(TableReads):
                     self._schedule_commit()
                 else:
                     self.flush()
-            return lsn
+            wait = isinstance(self._wal, RemoteWAL) and self.options.wal_sync == "always"
+        if wait:
+            self._wal.wait(lsn)  # type: ignore[union-attr]  # outside the lock: appenders share PUTs
+        return lsn
+
+    def unseen(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """``batch`` without the rows :meth:`append` would drop as retries (``dedup``)."""
+        with self._lock:
+            return self._dedup.filter(batch, remember=False) if self._dedup is not None else batch
 
     def _buffer_full(self, times: int) -> bool:
         p, o = self._pending, self.options
@@ -406,7 +449,9 @@ class Table(TableReads):
                 last_lsn = self._pending.inflight_lsn
                 ds = self._ds
             start = time.perf_counter()
-            ds = self._commit_data(data, schema, self.writer_id, last_lsn, ds)
+            if isinstance(self._wal, RemoteWAL):
+                self._wal.check_owner()  # a fenced writer must not commit what its successor replays
+            ds = self._commit_data(data, schema, self.writer_id, last_lsn, ds, dedup=self._dedup)
             with self._lock:
                 self._ds = ds
                 self._applied = last_lsn
@@ -436,6 +481,7 @@ class Table(TableReads):
         writer_id: str,
         last_lsn: int,
         ds: lance.LanceDataset | None = None,
+        dedup: Dedup | None = None,
     ) -> lance.LanceDataset:
         """One durable Lance append of ``data`` carrying ``writer_id`` and ``last_lsn``.
 
@@ -445,6 +491,8 @@ class Table(TableReads):
         ds = ds if ds is not None else self._ds
         snapshot = DirectorySnapshot(local_path(self.uri)) if is_local(self.uri) else None
         props = commit_properties(writer_id, last_lsn)
+        if dedup is not None:
+            props.update(dedup.commit_property(data))
         own = writer_id == self.writer_id
         if own and last_lsn <= self._attempted_lsn:
             # an earlier attempt at these rows raised: it may have failed after Lance committed
@@ -460,7 +508,7 @@ class Table(TableReads):
             # Lance turns concurrent creates into overwrites (measured: 4 processes creating one
             # dataset kept one's rows), so creation is serialised by a lock every local writer
             # shares, and whoever comes second appends to what the first created
-            with creation_lock(self.uri, self.wal_dir):
+            with creation_lock(self.uri, self.wal_dir or remote_log.scratch_dir(self.uri)):
                 ds = open_dataset(self.uri, self.storage_options)
                 if ds is None:
                     ds = lance.write_dataset(
@@ -537,8 +585,9 @@ class Table(TableReads):
         """Before cleanup removes old transactions: keep each local writer's applied LSN in the
         dataset config (maintenance commits carry none). Writers on other hosts keep their own
         BASE floors; see the README's "Many processes" limits."""
-        assert self.wal_dir is not None
-        remember_applied(ds, live_writer_ids(self.wal_dir) | {self.writer_id, ""})
+        local = live_writer_ids(self.wal_dir) if self.wal_dir is not None else set()
+        remote = self._remote.writer_ids() if self._remote is not None else set()
+        remember_applied(ds, local | remote | {self.writer_id, ""})
 
     def _maintain(self, action: Any, *, removes_versions: bool = False) -> Any:
         """Run a maintenance action on the newest version once everything pending is
@@ -748,8 +797,11 @@ class Table(TableReads):
                 self._flusher = None
             if self._wal is not None:
                 self._wal.close()
-            if self._writer is not None and self._flush_error is None and not self._pending:
+            clean = self._flush_error is None and not self._pending
+            if self._writer is not None and clean:
                 self._writer.remove()  # everything it logged is committed: nothing to adopt
+            if self._remote is not None:
+                self._remote.close(clean)
             self._release_locks()
 
     @property

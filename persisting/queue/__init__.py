@@ -5,12 +5,15 @@
                                backend_options={"enable_wal": True})   # in /data/queues/topic/
 
 ``write_queue``/``read_queue`` take Pulsing's signatures, register the backends and keep each
-topic in its own directory under a shared ``storage_path``.
+topic in its own directory under a shared ``storage_path``. With ``uri``/``storage_options``
+and ``wal="object"`` the buckets and their WAL live on object storage, so a node's death loses
+nothing acknowledged; ``Producer`` retries puts on the bucket's new owner, stored once.
 """
 
 from persisting.queue.backend import LanceBackend, PersistingBackend
 from persisting.queue.options import LanceBackendOptions, PersistingBackendOptions
 from persisting.queue.plugin import register
+from persisting.queue.producer import Producer
 from persisting.queue.topics import read_queue, write_queue
 
 __all__ = [
@@ -18,6 +21,7 @@ __all__ = [
     "LanceBackendOptions",
     "PersistingBackend",
     "PersistingBackendOptions",
+    "Producer",
     "read_queue",
     "register",
     "write_queue",

@@ -63,7 +63,8 @@ def _storage_dir(storage_path: object) -> str:
         raise ConfigError(f"storage_path must be a non-empty local directory path, got {path!r}", path=repr(path))
     if "://" in path and not path.startswith("file://"):
         raise ConfigError(
-            f"storage_path {path} is not local: queue buckets keep their WAL and lock on local disk",
+            f"storage_path {path} is not local: put buckets on object storage with the backend option "
+            "uri='s3://...' (and storage_options); storage_path stays a local directory",
             path=path,
         )
     path = path.removeprefix("file://")
@@ -218,7 +219,8 @@ class PersistingBackend(LanceBackend):
         stats = super()._stats()
         table = self._bucket.table_stats()
         stats.update(
-            wal_enabled=self.options.enable_wal,
+            wal_enabled=self.options.wal_enabled,
+            wal=self.options.wal,
             durability=table["durability"],
             wal_sync_interval=self.options.wal_sync_interval,
             wal_size=table["wal_size_bytes"],

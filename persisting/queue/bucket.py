@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from persisting.engine import Table
 from persisting.engine.lance_io import default_wal_dir
+from persisting.engine.remote_wal import remote_wal_uri
 from persisting.engine.schema import conform, evolve
 from persisting.errors import ClosedError
 from persisting.queue.options import FLUSH_BYTES, LanceBackendOptions
@@ -115,14 +116,28 @@ class BucketStore:
     """The records of one bucket, in ``directory/name.lance`` (WAL and lock in ``name.wal``)."""
 
     def __init__(self, directory: str, name: str, options: LanceBackendOptions, *, enable_metrics: bool = False) -> None:
-        self.path = os.path.join(directory, f"{name}.lance")
+        remote = options.bucket_uri(name)
+        self.path = remote or os.path.join(directory, f"{name}.lance")
         self.options = options
         self._threshold = options.threshold
         self._coalesce = not options.wal_enabled
-        label = os.path.abspath(self.path).removesuffix(".lance")
-        if options.topic is not None:  # before any lock or file of the table: refuse, touch nothing
-            claim_topic(default_wal_dir(self.path), options.topic, self.path)
-        self.table = Table(self.path, options=options.table_options(), store="queue", name=label, exclusive=True, follow=False)
+        label = self.path.removesuffix(".lance") if remote else os.path.abspath(self.path).removesuffix(".lance")
+        if remote is None:
+            if options.topic is not None:  # before any lock or file of the table: refuse, touch nothing
+                claim_topic(default_wal_dir(self.path), options.topic, self.path)
+            self.table = Table(self.path, options=options.table_options(), store="queue", name=label, exclusive=True, follow=False)
+        elif options.remote_wal:
+            # the bucket's identity owns its WAL under a lease: whichever node builds this bucket
+            # next takes it over, replays what the last owner acknowledged and fences it
+            self.table = Table(
+                remote, options=options.table_options(), storage_options=options.storage_options, store="queue",
+                name=label, follow=False, wal_uri=remote_wal_uri(remote), writer_id=name,
+            )
+        else:
+            self.table = Table(
+                remote, options=options.table_options(), storage_options=options.storage_options, store="queue",
+                name=label, follow=False, exclusive=True, wal_dir=os.path.join(directory, f"{name}.wal"),
+            )
         self.label = label
         self._count_reads = enable_metrics
         self._lock = threading.RLock()
@@ -196,6 +211,10 @@ class BucketStore:
                 batch = self._convert(records)  # raises the size error
         else:
             batch = self._convert(records)
+        if self.options.wal_enabled and getattr(self.options, "dedup", False):
+            batch = self.table.unseen(batch)  # a retried put already stored: acknowledge, store nothing
+            if batch.num_rows == 0:
+                return
         if self._merged is not None and batch.schema.equals(self._merged):
             schema = self._schema  # merged before: evolution only grows and widens
         else:
