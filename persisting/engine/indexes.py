@@ -253,16 +253,15 @@ def search(
     for c in names:
         _field(schema, c, uri)
     target = pa.schema([schema.field(c) for c in names] + [pa.field("_distance", pa.float32())])
-    indexed = {i.column: i for i in describe(ds) if i.kind == "vector"}
-    m = _check_metric(metric, column) if metric is not None else (
-        indexed[column].metric if column in indexed and indexed[column].metric else "l2")
+    index_metric = _vector_index_metric(ds, column)
+    m = _check_metric(metric, column) if metric is not None else (index_metric or "l2")
     parts: list[pa.Table] = []
     if ds is not None and column in ds.schema.names:
         if isinstance(ds.schema.field(column).type, pa.FixedSizeListType):
             nearest: dict[str, Any] = {"column": column, "q": q, "k": int(k), "metric": m}
             if nprobes is not None:
                 nearest["nprobes"] = int(nprobes)
-            if refine_factor is not None or column in indexed:
+            if refine_factor is not None or index_metric is not None:
                 nearest["refine_factor"] = int(REFINE_FACTOR if refine_factor is None else refine_factor)
             cols = [c for c in names if c in ds.schema.names]
             got = ds.to_table(columns=cols, nearest=nearest, filter=filter, prefilter=filter is not None)
@@ -279,6 +278,14 @@ def search(
     merged = pa.concat_tables([_conform(p, target) for p in parts])
     order = np.argsort(merged.column("_distance").to_numpy(zero_copy_only=False), kind="stable")[: int(k)]
     return merged.take(pa.array(order, pa.int64()))
+
+
+def _vector_index_metric(ds: lance.LanceDataset | None, column: str) -> str | None:
+    """The metric of the vector index on ``column`` (None without one); cheaper than describe()."""
+    for d in ds.describe_indices() if ds is not None else ():
+        if list(d.field_names) == [column] and str(d.index_type).upper().startswith("IVF"):
+            return str((d.details or {}).get("metric_type", "l2")).lower()
+    return None
 
 
 def _with(names: list[str], column: str, schema: pa.Schema) -> list[str]:
