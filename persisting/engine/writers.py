@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -104,8 +105,9 @@ class WriterDir:
         tmp = os.path.join(root, f".new-{writer_id}")
         os.mkdir(tmp)
         # the lock file appears under its name already locked: a process cleaning up abandoned
-        # ".new-" directories must never find LOCK free while its creator is alive
-        creating = os.path.join(tmp, ".LOCK.new")
+        # ".new-" directories must never find LOCK free while its creator is alive (cleaners
+        # never open the file under its creating name, so none can lock it before we do)
+        creating = os.path.join(tmp, ".LOCK.creating")
         fd = os.open(creating, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.rename(creating, os.path.join(tmp, "LOCK"))
@@ -247,16 +249,25 @@ def live_writer_ids(wal_dir: str) -> set[str]:
         return set()
 
 
+_ABANDONED_AFTER = 60.0  # seconds a half-built writer directory without a LOCK is left to its creator
+
+
 def _remove_abandoned(path: str) -> None:
-    """A writer directory whose creator died before renaming it in: it holds no frames."""
-    for lock in ("LOCK", ".LOCK.new"):  # its creator may have died before renaming its lock in
+    """A writer directory whose creator died before renaming it in: it holds no frames. While
+    its LOCK is held, or (no LOCK yet) while it is younger than ``_ABANDONED_AFTER`` seconds,
+    its creator may be alive and it is left alone."""
+    try:
+        fd = os.open(os.path.join(path, "LOCK"), os.O_RDWR)
+    except FileNotFoundError:
+        # its creator is between mkdir and renaming its locked LOCK in, or died there
         try:
-            fd = os.open(os.path.join(path, lock), os.O_RDWR)
-            break
-        except FileNotFoundError:
-            continue
-    else:
-        return  # no lock file yet: its creator is between mkdir and open (or died there)
+            if time.time() - os.stat(path).st_mtime > _ABANDONED_AFTER:
+                for name in os.listdir(path):
+                    os.unlink(os.path.join(path, name))
+                os.rmdir(path)
+        except OSError:
+            pass  # another process removed it first, or its creator moved on
+        return
     try:
         if try_flock(fd, fcntl.LOCK_EX):
             for name in os.listdir(path):

@@ -125,3 +125,35 @@ def test_exclusive_and_shared_writers_exclude_each_other(tmp_path: Path) -> None
             Table(uri)
         with Table(uri, read_only=True) as r:  # readers take no lock
             assert r.count() == 1
+
+
+def test_half_built_writer_directories_left_to_live_creators_removed_when_abandoned(tmp_path: Path) -> None:
+    """A ``.new-`` directory is removed by the next opener only when its creator is gone: its
+    LOCK is free, or it never got a LOCK and is older than a minute. A fresh one without LOCK
+    (its creator between mkdir and renaming its locked LOCK in) is left alone."""
+    import fcntl
+    import time
+
+    wal = tmp_path / "wal"
+    uri = str(tmp_path / "t.lance")
+    with Table(uri, wal_dir=str(wal)) as t:
+        t.append([{"a": 1}])
+    writers = wal / "writers"
+    fresh, old, unlocked, held = (writers / f".new-{n}" for n in ("fresh", "old", "unlocked", "held"))
+    for d in (fresh, old, unlocked, held):
+        d.mkdir()
+    (fresh / ".LOCK.creating").touch()
+    (old / ".LOCK.creating").touch()
+    past = time.time() - 3600
+    os.utime(old, (past, past))
+    (unlocked / "LOCK").touch()
+    (held / "LOCK").touch()
+    fd = os.open(held / "LOCK", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with Table(uri, wal_dir=str(wal)) as t:
+            assert t.count() == 1
+        assert fresh.exists() and held.exists()
+        assert not old.exists() and not unlocked.exists()
+    finally:
+        os.close(fd)
