@@ -9,7 +9,9 @@ they all need once:
   when the store was given a ``wal_dir`` (one meaning everywhere: a local *parent* directory
   shared by all of the store's tables and by every process that writes the store), else beside
   the dataset (the engine's default, local paths only);
-- checks: a remote ``path`` needs a local ``wal_dir`` to write, ``wal_dir`` is never remote;
+- checks: a remote ``path`` needs a local ``wal_dir`` to write (unless its WAL lives on the
+  object store too: ``object_wal``, see :mod:`persisting.engine.remote_wal`), ``wal_dir`` is
+  never remote;
 - state: :meth:`check_open` raises :class:`~persisting.errors.ClosedError` after
   :meth:`mark_closed`, :meth:`check_writable` raises :class:`~persisting.errors.ReadOnlyError`
   on a read-only handle; both name the store and its path.
@@ -55,7 +57,9 @@ class StoreShell:
         *,
         read_only: bool = False,
         wal_dir: str | os.PathLike[str] | None = None,
+        object_wal: bool = False,
         label: str | None = None,
+        reopen: str = "open it again",
     ) -> None:
         if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
             raise ConfigError(f"{kind}: path must be a non-empty local path or URI, got {path!r}", argument="path")
@@ -64,6 +68,7 @@ class StoreShell:
         self.read_only = bool(read_only)
         self.remote = _is_remote(self.path)
         self._label = label
+        self._reopen = reopen
         if wal_dir is not None:
             if not isinstance(wal_dir, (str, os.PathLike)) or not os.fspath(wal_dir):
                 raise ConfigError(f"{self}: wal_dir must be a local directory path, got {wal_dir!r}", argument="wal_dir")
@@ -74,7 +79,7 @@ class StoreShell:
                     argument="wal_dir",
                 )
         self.wal_dir: str | None = wal_dir
-        if self.remote and wal_dir is None and not self.read_only:
+        if self.remote and wal_dir is None and not object_wal and not self.read_only:
             raise ConfigError(
                 f"{self} is on an object store: pass wal_dir, a local directory for its write-ahead logs "
                 "and writer locks (the same one for every process writing this store)",
@@ -110,7 +115,7 @@ class StoreShell:
 
     def check_open(self) -> None:
         if self._closed:
-            raise ClosedError(f"{self} is closed; open it again to use it", path=self.path)
+            raise ClosedError(f"{self} is closed; {self._reopen} to use it", path=self.path)
 
     def check_writable(self, action: str = "write") -> None:
         self.check_open()

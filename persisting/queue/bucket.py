@@ -32,7 +32,7 @@ from persisting.engine import Table
 from persisting.engine.lance_io import default_wal_dir
 from persisting.engine.remote_wal import remote_wal_uri
 from persisting.engine.schema import conform, evolve
-from persisting.errors import ClosedError
+from persisting.engine.shell import StoreShell
 from persisting.queue.options import FLUSH_BYTES, LanceBackendOptions
 from persisting.queue.records import ScalarFields, to_batch
 from persisting.queue.topics import claim_topic
@@ -117,7 +117,13 @@ class BucketStore:
 
     def __init__(self, directory: str, name: str, options: LanceBackendOptions, *, enable_metrics: bool = False) -> None:
         remote = options.bucket_uri(name)
-        self.path = remote or os.path.join(directory, f"{name}.lance")
+        local_wal = remote is not None and not options.remote_wal
+        self._shell = StoreShell(
+            "queue bucket", remote.rsplit("/", 1)[0] if remote else directory, label=name,
+            wal_dir=directory if local_wal else None, object_wal=remote is not None and options.remote_wal,
+            reopen="create the backend again",
+        )
+        self.path = self._shell.table_uri(name)
         self.options = options
         self._threshold = options.threshold
         self._coalesce = not options.wal_enabled
@@ -136,12 +142,11 @@ class BucketStore:
         else:
             self.table = Table(
                 remote, options=options.table_options(), storage_options=options.storage_options, store="queue",
-                name=label, follow=False, exclusive=True, wal_dir=os.path.join(directory, f"{name}.wal"),
+                name=label, follow=False, exclusive=True, wal_dir=self._shell.table_wal_dir(name),
             )
         self.label = label
         self._count_reads = enable_metrics
         self._lock = threading.RLock()
-        self._closed = False
         self._base = self.table.count()  # rows read through the table; the tail follows them
         self._layout = Layout(self.table.schema)  # widened columns live in shadow columns
         self._schema: pa.Schema | None = self._layout.logical
@@ -343,7 +348,7 @@ class BucketStore:
     def persisted(self) -> int:
         """Records committed to Lance."""
         with self._lock:
-            return self._base if self._closed else int(self.table.stats()["flushed_rows"])
+            return self._base if self._shell.closed else int(self.table.stats()["flushed_rows"])
 
     def table_stats(self) -> dict[str, Any]:
         with self._lock:
@@ -352,21 +357,20 @@ class BucketStore:
 
     # -- closing -----------------------------------------------------------------------------
     def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError(f"queue bucket {self.path} is closed; create the backend again to use it")
+        self._shell.check_open()
 
     def close(self) -> None:
         """Commit what is buffered and release the bucket's writer lock; idempotent."""
         with self._lock:
-            if self._closed:
+            if self._shell.closed:
                 return
             try:
                 self._flush_locked()
             finally:
-                self._closed = True
+                self._shell.mark_closed()
                 self.table.close()
         self.arrivals.notify()
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._shell.closed
