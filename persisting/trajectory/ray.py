@@ -221,7 +221,7 @@ def read_steps(path: str, *, storage_options: Mapping[str, str] | None = None, c
         # at most one block per fragment: Ray 2.60 otherwise splits each fragment's output
         # into small blocks (to reach 200) and then runs the map step below as one task per
         # block, not fused with the read: 20,000 steps in 25 fragments took 3.3-12 s instead
-        # of 0.14 s (benchmarks/ray_trajectory.py). 200 caps the tasks as Ray's default does.
+        # of 0.14 s (benchmarks/RESULTS.md). 200 caps the tasks as Ray's default does.
         read_args["override_num_blocks"] = min(200, _fragments(steps_uri(path), storage_options))
     try:
         ds = ray.data.read_lance(steps_uri(path), storage_options=_opts(storage_options), scanner_options=scanner,
