@@ -7,6 +7,7 @@ and :mod:`persisting.engine.codec`.
 from persisting.engine.codec import EncodedTensor, decode_tensor, encode_tensor
 from persisting.engine.durable import fsync_path
 from persisting.engine.flocks import held, try_flock, unlock
+from persisting.engine.indexes import IndexInfo
 from persisting.engine.names import check_name
 from persisting.engine.options import Durability, TableOptions
 from persisting.engine.rowkeys import RowChange, RowFollower, RowKeys
@@ -15,6 +16,7 @@ from persisting.engine.table import Table
 from persisting.engine.wal import WAL, ReplayReport
 
 __all__ = [
+    "IndexInfo",
     "Durability",
     "EncodedTensor",
     "ReplayReport",

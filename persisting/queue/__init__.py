@@ -14,6 +14,7 @@ from persisting.queue.backend import LanceBackend, PersistingBackend
 from persisting.queue.options import LanceBackendOptions, PersistingBackendOptions
 from persisting.queue.plugin import register
 from persisting.queue.producer import Producer
+from persisting.queue.search import search_topic
 from persisting.queue.topics import read_queue, write_queue
 
 __all__ = [
@@ -24,5 +25,6 @@ __all__ = [
     "Producer",
     "read_queue",
     "register",
+    "search_topic",
     "write_queue",
 ]
