@@ -176,8 +176,10 @@ def build(ds: lance.LanceDataset, plan: IndexPlan) -> None:
     if plan.kind == "vector":
         args = dict(plan.lance_args)
         if "num_partitions" not in args:
-            # ~sqrt(rows) lists, at least 1 and never more lists than rows to train them
-            args["num_partitions"] = max(1, min(int(ds.count_rows() ** 0.5), 4096))
+            # ~sqrt(rows) lists, at least 1, and at least 256 rows to train each (Lance's floor:
+            # it trains fewer lists than asked, with a warning, below that)
+            rows = ds.count_rows()
+            args["num_partitions"] = max(1, min(int(rows**0.5), rows // 256, 4096))
         index_type = args.pop("index_type")
         ds.create_index(plan.column, index_type, name=plan.name, replace=True, **args)
     else:
@@ -263,7 +265,7 @@ def search(
                 nearest["nprobes"] = int(nprobes)
             if refine_factor is not None or index_metric is not None:
                 nearest["refine_factor"] = int(REFINE_FACTOR if refine_factor is None else refine_factor)
-            cols = [c for c in names if c in ds.schema.names]
+            cols = [c for c in names if c in ds.schema.names] + ["_distance"]
             got = ds.to_table(columns=cols, nearest=nearest, filter=filter, prefilter=filter is not None)
             parts.append(got)
         else:
