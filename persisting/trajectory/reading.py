@@ -2,7 +2,7 @@
 
 Episode rows are revisions (see :mod:`persisting.trajectory.store`); every read keeps the
 newest revision of each episode. Every read first moves to the newest commits of every writer
-process, episodes before steps (see :meth:`EpisodeReads._refresh`); steps are then found through
+process, episodes before steps (see :meth:`EpisodeReads.catch_up`); steps are then found through
 the :class:`StepIndex` by ``(episode_id, step)``, never by position ranges, since rows of
 different writers interleave and other writers' compactions move them.
 """
@@ -10,7 +10,7 @@ different writers interleave and other writers' compactions move them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -34,21 +34,34 @@ __all__ = ["EPISODE_COLUMNS", "EPISODE_SCHEMA", "STATUSES", "STEP_KEYS", "Episod
 
 
 class EpisodeReads:
-    """The read half of :class:`~persisting.trajectory.TrajectoryStore`."""
+    """The read side of a :class:`~persisting.trajectory.TrajectoryStore`, owned by the store:
+    its tables, field registry and open episodes are handed in; the sampling view, the commit
+    probes and the random generator are its own."""
 
-    path: str
-    read_only: bool
-    _lock: threading.RLock
-    _closed: bool
-    _steps: Table
-    _episodes: Table
-    _fields: FieldRegistry
-    _view: StepView
-    _steps_probe: CommitProbe
-    _episodes_probe: CommitProbe
-    _open: dict[int, Episode]
+    def __init__(self, *, path: str, lock: threading.RLock, steps: Table, episodes: Table, fields: FieldRegistry,
+                 open_episodes: dict[int, Episode], closed: Callable[[], bool], saved_view: str | None) -> None:
+        self.path = path
+        self._lock = lock
+        self._steps = steps
+        self._episodes = episodes
+        self._fields = fields
+        self._open = open_episodes
+        self._is_closed = closed
+        self._saved_view = saved_view
+        self._view = StepView(saved_view)
+        self._steps_probe = CommitProbe(steps.uri)
+        self._episodes_probe = CommitProbe(episodes.uri)
+        self._own_rng: np.random.Generator | None = None
 
-    def _latest(self, filter: str | None = None, ids: Sequence[int] | None = None, *,
+    @property
+    def view(self) -> StepView:
+        return self._view
+
+    def reset_view(self) -> None:
+        """Drop the sampling view (after this handle compacted): the next read rebuilds it."""
+        self._view = StepView(self._saved_view)
+
+    def latest(self, filter: str | None = None, ids: Sequence[int] | None = None, *,
                 visible_only: bool = True) -> pa.Table:
         """The newest revision of each episode (matching ``filter``), by episode_id.
 
@@ -57,7 +70,7 @@ class EpisodeReads:
         the episode shows as it was before that row. ``visible_only=False`` (recovery) skips
         nothing and reads the tables as they are pinned now.
         """
-        idx = self._refresh() if visible_only else None
+        idx = self.catch_up() if visible_only else None
         if self._episodes.count() == 0:
             return EPISODE_SCHEMA.empty_table()
         revs = self._episodes.scan(columns=["episode_id", "rev", "status", "length"])
@@ -100,14 +113,14 @@ class EpisodeReads:
         the episode columns, pushed down to Lance: ``"return > 100 AND env = 'CartPole-v1'"``."""
         with self._lock:
             self._check_open()
-            latest = self._latest(filter)
+            latest = self.latest(filter)
             return latest.drop_columns(["rev"])
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._is_closed():
             raise ClosedError(f"trajectory store {self.path} is closed; open it again to use it")
 
-    def _refresh(self, *, episodes: bool = True, view: bool = True) -> StepIndex:
+    def catch_up(self, *, episodes: bool = True, view: bool = True) -> StepIndex:
         """Pin what this read sees and catch the step view up with it: every writer's newest
         episodes, then steps (a writer hands steps over before the end row that counts them,
         so an end row seen here has its steps seen too, once they are committed), plus this
@@ -129,14 +142,15 @@ class EpisodeReads:
     @contextmanager
     def _positions(self) -> Iterator[StepView]:
         """The step view, with row positions that stay valid for takes inside the block: the
-        steps table's own background commit cannot land meanwhile (call :meth:`_refresh`
+        steps table's own background commit cannot land meanwhile (call :meth:`catch_up`
         first, outside: handing steps off may wait for that commit)."""
         with self._steps.pinned():
             self._view.refresh(self._steps, self._fields.specs)
             yield self._view
 
     def _follow_specs(self) -> None:
-        """Learn step fields other writers added (the store implements it)."""
+        """Learn step fields other writers added."""
+        self._fields.follow(self._steps.schema)
 
     @property
     def fields(self) -> dict[str, FieldSpec]:
@@ -146,10 +160,9 @@ class EpisodeReads:
     def _rng(self, seed: int | np.random.Generator | None) -> np.random.Generator:
         """A generator for ``seed``; without one, this handle's own (seeded from the OS once)."""
         if seed is None:
-            rng = getattr(self, "_own_rng", None)
-            if rng is None:
-                rng = self._own_rng = np.random.default_rng()
-            return rng
+            if self._own_rng is None:
+                self._own_rng = np.random.default_rng()
+            return self._own_rng
         return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
     def _names(self, fields: Sequence[str] | None) -> list[str]:
@@ -186,13 +199,13 @@ class EpisodeReads:
         ``episode_id`` and ``step``. Unknown ids raise NotFoundError."""
         with self._lock:
             self._check_open()
-            self._refresh()
+            self.catch_up()
             names = self._names(fields)
             with self._positions() as view:
                 sl = view.index.episode_slice(int(episode_id))
                 if sl.stop > sl.start:
                     return self._gather(view, np.arange(sl.start, sl.stop), names)
-            if not len(self._latest(ids=[int(episode_id)])):
+            if not len(self.latest(ids=[int(episode_id)])):
                 raise NotFoundError(f"trajectory store {self.path} has no episode {episode_id}", episode_id=episode_id)
             return {"episode_id": np.empty(0, np.int64), "step": np.empty(0, np.int64)}
 
@@ -207,7 +220,7 @@ class EpisodeReads:
         rng = self._rng(seed)
         with self._lock:
             self._check_open()
-            self._refresh(episodes=False, view=False)
+            self.catch_up(episodes=False, view=False)
             names = self._names(fields)
             with self._positions() as view:
                 return self._sample_steps(view, rng, n, names, obs_field)
@@ -258,7 +271,7 @@ class EpisodeReads:
             if bad:
                 raise ConfigError(f"unknown status {bad}; statuses are {STATUSES}")
             where = None if status is None else "status IN (" + ", ".join(f"'{x}'" for x in status) + ")"
-            ids = self._latest(where).column("episode_id").to_numpy()
+            ids = self.latest(where).column("episode_id").to_numpy()
             if not len(ids) or (n > len(ids) and not replace):
                 raise NotFoundError(f"cannot sample {n} episodes from {len(ids)} stored; pass replace=True or ask for fewer")
             chosen = rng.choice(ids, size=n, replace=replace)
@@ -279,7 +292,7 @@ class EpisodeReads:
         rng = self._rng(seed)
         with self._lock:
             self._check_open()
-            self._refresh(episodes=False, view=False)
+            self.catch_up(episodes=False, view=False)
             names = self._names(fields)
             with self._positions() as view:
                 starts = view.index.slice_starts(length, rng, n)

@@ -52,10 +52,9 @@ from persisting.errors import (
     WALError,
 )
 from persisting.trajectory.episode import Episode, rows_of
-from persisting.trajectory.fields import arrow_category, check_column, value_category
+from persisting.trajectory.fields import FieldSpec, arrow_category, check_column, value_category
 from persisting.trajectory.ids import IDS_SCHEMA, EpisodeIds, SessionRanges, high_water, mark_recovered, open_sessions
 from persisting.trajectory.registry import FieldRegistry
-from persisting.trajectory.sampling import CommitProbe, StepView
 from persisting.trajectory.viewfile import view_dir
 from persisting.trajectory.writing import EpisodeWriter
 from persisting.trajectory.reading import EpisodeReads
@@ -83,7 +82,7 @@ def _metadata_value(key: str, value: Any) -> Any:
     return value
 
 
-class TrajectoryStore(EpisodeReads):
+class TrajectoryStore:
     """Episodes and their steps in one directory (local path or object-store URI).
 
     durability: ``"batch"`` (default; steps durable within ``wal_sync_interval``),
@@ -120,7 +119,6 @@ class TrajectoryStore(EpisodeReads):
         self._closed = False
         self._open: dict[int, Episode] = {}
         self._meta_kinds: dict[str, str | None] = {}
-        self._view = self._new_view()
         self._fields = FieldRegistry(ragged=self.ragged, blob_threshold=blob_threshold)
         self.recovered: list[int] = []
         self._sessions: Sessions | None = None
@@ -169,18 +167,18 @@ class TrajectoryStore(EpisodeReads):
             raise
 
     def _load_specs(self) -> None:
-        self._steps_probe = CommitProbe(self._steps.uri)
-        self._episodes_probe = CommitProbe(self._episodes.uri)
         self._fields.load(self._steps.schema)
+        self._reads = EpisodeReads(
+            path=self.path, lock=self._lock, steps=self._steps, episodes=self._episodes, fields=self._fields,
+            open_episodes=self._open, closed=lambda: self._closed,
+            saved_view=view_dir(local_path(self.path)) if is_local(self.path) else None,
+        )
         self._writer = EpisodeWriter(
             lock=self._lock, fields=self._fields, steps=self._steps, episodes=self._episodes,
             step_buffer=self.step_buffer, check_writable=self._check_writable, check_metadata=self._check_metadata,
             ended=lambda ep: self._open.pop(ep.id, None), closed=lambda: self._closed,
         )
 
-    def _follow_specs(self) -> None:
-        """Take in step fields other writers stored since (this writer's own specs win)."""
-        self._fields.follow(self._steps.schema)
 
     # -- ids and recovery -----------------------------------------------------------------
     def _new_id(self) -> int:
@@ -221,7 +219,7 @@ class TrajectoryStore(EpisodeReads):
         """Mark a dead session's open episodes, and its steps whose episode row was lost,
         ``incomplete`` with the steps that survived; return their ids."""
         where = ranges.sql()
-        latest = self._latest(where, visible_only=False)
+        latest = self._reads.latest(where, visible_only=False)
         known = {r["episode_id"]: r for r in latest.to_pylist()}
         specs = self._fields.specs
         has_reward = "reward" in specs and specs["reward"].kind == "scalar"
@@ -337,7 +335,7 @@ class TrajectoryStore(EpisodeReads):
                     raise InvalidRecordError(f"episode {eid} is still open: end it before setting {core}", episode_id=eid)
             if merged:
                 self._episodes.refresh()  # the newest revision of any writer, to build on
-            current = {r["episode_id"]: r for r in self._latest(ids=list(merged), visible_only=False).to_pylist()} if merged else {}
+            current = {r["episode_id"]: r for r in self._reads.latest(ids=list(merged), visible_only=False).to_pylist()} if merged else {}
             missing = sorted(set(merged) - set(current))
             if missing:
                 raise NotFoundError(f"trajectory store {self.path} has no episode(s) {missing[:10]}; nothing was updated",
@@ -375,19 +373,47 @@ class TrajectoryStore(EpisodeReads):
             self.flush()
             self._steps.compact()
             self._episodes.compact()
-            self._view = self._new_view()
-            self._refresh(episodes=False)
-            self._view.save()
-
-    def _new_view(self) -> StepView:
-        return StepView(saved=view_dir(local_path(self.path)) if is_local(self.path) else None)
+            self._reads.reset_view()
+            self._reads.catch_up(episodes=False)
+            self._reads.view.save()
 
     def refresh(self) -> None:
         """Move to every writer's newest commits now (each read does this on its own):
         episodes before steps, so every ended episode visible afterwards has all its steps."""
         with self._lock:
             self._check_open()
-            self._refresh()
+            self._reads.catch_up()
+
+    # -- reading (the store's EpisodeReads does the work) ------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"trajectory store {self.path} is closed; open it again to use it")
+
+    def episodes(self, filter: str | None = None) -> pa.Table:
+        return self._reads.episodes(filter)
+
+    def read_episode(self, episode_id: int, *, fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        return self._reads.read_episode(episode_id, fields=fields)
+
+    def sample_steps(self, n: int, *, seed: int | np.random.Generator | None = None,
+                     fields: Sequence[str] | None = None, obs_field: str = "obs") -> dict[str, np.ndarray]:
+        return self._reads.sample_steps(n, seed=seed, fields=fields, obs_field=obs_field)
+
+    def sample_slices(self, n: int, length: int, *, seed: int | np.random.Generator | None = None,
+                      fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        return self._reads.sample_slices(n, length, seed=seed, fields=fields)
+
+    def sample_episodes(self, n: int, *, seed: int | np.random.Generator | None = None,
+                        status: Sequence[str] | None = None, replace: bool = False) -> list[dict[str, np.ndarray]]:
+        return self._reads.sample_episodes(n, seed=seed, status=status, replace=replace)
+
+    @property
+    def fields(self) -> dict[str, FieldSpec]:
+        return self._reads.fields
+
+    for _name in ("episodes", "read_episode", "sample_steps", "sample_slices", "sample_episodes", "fields"):
+        locals()[_name].__doc__ = getattr(EpisodeReads, _name).__doc__
+    del _name
 
     # -- lifecycle ------------------------------------------------------------------------
     @property

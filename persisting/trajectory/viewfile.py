@@ -15,6 +15,7 @@ stores only.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -67,7 +68,7 @@ def save(root: str, layout: RowLayout, cached: tuple[Any, ...], keys: np.ndarray
 
 def load(root: str, layout: RowLayout, cached: tuple[Any, ...]) -> tuple[RowLayout, np.ndarray, np.ndarray, dict[str, tuple[np.ndarray, np.ndarray | None]]] | None:
     """The newest saved view that ``layout`` extends and that caches exactly ``cached``
-    (memory-mapped, read-only), or None."""
+    (memory-mapped read-only, pages mapped up front), or None."""
     try:
         names = sorted((n for n in os.listdir(root) if n.startswith("v")), reverse=True)
     except OSError:
@@ -83,12 +84,12 @@ def load(root: str, layout: RowLayout, cached: tuple[Any, ...]) -> tuple[RowLayo
             saved = RowLayout(int(meta["version"]), tuple(tuple(x) for x in meta["fragments"]), int(meta["rows"]))
             if saved.kept_rows(layout) is None:
                 continue
-            keys = np.load(os.path.join(d, "keys.npy"), mmap_mode="r")
-            positions = np.load(os.path.join(d, "positions.npy"), mmap_mode="r")
+            keys = np.load(os.path.join(d, "keys.npy"), )
+            positions = np.load(os.path.join(d, "positions.npy"), )
             columns = {}
             for i, (col, has_valid) in enumerate(meta["columns"]):
-                values = np.load(os.path.join(d, f"c{i}.npy"), mmap_mode="r")
-                valid = np.load(os.path.join(d, f"c{i}.valid.npy"), mmap_mode="r") if has_valid else None
+                values = np.load(os.path.join(d, f"c{i}.npy"), )
+                valid = np.load(os.path.join(d, f"c{i}.valid.npy"), ) if has_valid else None
                 if len(values) != saved.rows or len(keys) != saved.rows:
                     raise ValueError("length mismatch")
                 columns[col] = (values, valid)
@@ -96,3 +97,21 @@ def load(root: str, layout: RowLayout, cached: tuple[Any, ...]) -> tuple[RowLayo
         except (OSError, ValueError, KeyError, TypeError):
             continue  # removed by a newer save meanwhile, or unreadable: rebuild instead
     return None
+
+
+def _map(path: str) -> np.ndarray:
+    """A read-only array over a ``.npy`` file, its pages mapped at once (``MAP_POPULATE``):
+    a lazily faulted map costs a page fault for nearly every row the first thousands of
+    samples touch, and reading the file into memory copies it."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+        offset = f.tell()
+        count = int(np.prod(shape, dtype=np.int64))
+        if fortran or dtype.hasobject:
+            raise ValueError(f"{path}: not a plain C-order array")
+        if count == 0:
+            return np.empty(shape, dtype)
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        mapped = mmap.mmap(f.fileno(), offset + count * dtype.itemsize, flags=flags, prot=mmap.PROT_READ)
+    return np.frombuffer(mapped, dtype=dtype, count=count, offset=offset).reshape(shape)

@@ -125,7 +125,7 @@ def test_three_actor_processes_log_at_once(actors_run: dict[str, Any]) -> None:
 def test_sampling_never_crosses_episodes_with_interleaved_writers(actors_run: dict[str, Any]) -> None:
     assert actors_run["live_slices"] > 0  # sampled while the actors wrote and compacted
     with TrajectoryStore(actors_run["path"], read_only=True) as reader:
-        index = reader._refresh()
+        index = reader._reads.catch_up()
         positions = index.positions[np.argsort(index.positions)]
         ids = reader._steps.take(positions.tolist(), columns=["episode_id"]).column("episode_id").to_numpy()
         assert (np.diff(ids) != 0).sum() > len(actors_run["episodes"]), "rows of different episodes never interleaved"

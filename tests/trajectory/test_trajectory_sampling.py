@@ -52,7 +52,7 @@ def test_view_follows_two_writer_processes_while_a_third_samples(tmp_path, spawn
         _check_rows(everything)
         assert set(everything["episode_id"]) == set(flushed)
         # the view was extended with each writer's new fragments, not rebuilt per flush
-        assert reader._view.rebuilds <= 3, reader._view.rebuilds
+        assert reader._reads.view.rebuilds <= 3, reader._reads.view.rebuilds
 
 
 def test_slices_never_cross_episodes(tmp_path):
@@ -130,7 +130,7 @@ def test_sample_after_reopen_and_nulls_keep_their_meaning(tmp_path):
             ep.add_step(obs=np.full(3, ep.id * 1000, np.float32), action=ep.id % 3, reward=0.0, bonus=2)
     with TrajectoryStore(path, read_only=True) as store:
         batch = store.sample_steps(500, seed=3)
-        assert store._view.rebuilds == 1
+        assert store._reads.view.rebuilds == 1
         _check_rows(batch)
         last = batch["episode_id"] == 5
         assert last.any() and (batch["bonus"][last] == 2).all() and np.isnan(batch["bonus"][~last]).all()
@@ -182,7 +182,7 @@ def test_view_saved_by_compact_is_used_after_reopen_and_extended(tmp_path):
         later = add(store, 20)  # committed after the save: read from Lance on top of the saved view
     with TrajectoryStore(path, read_only=True) as store:
         batch = store.sample_steps(600, seed=0)
-        assert store._view.loads == 1 and store._view.rebuilds == 0
+        assert store._reads.view.loads == 1 and store._reads.view.rebuilds == 0
         _check_rows(batch)
         assert later in set(batch["episode_id"]) and store.num_steps() == 220
         assert len(store.episode(later)["step"]) == 20
@@ -192,5 +192,5 @@ def test_view_saved_by_compact_is_used_after_reopen_and_extended(tmp_path):
         store._steps.delete("episode_id = 0")
     with TrajectoryStore(path, read_only=True) as store:
         batch = store.sample_steps(300, seed=1)
-        assert store._view.loads == 0 and store._view.rebuilds == 1 and 0 not in set(batch["episode_id"])
+        assert store._reads.view.loads == 0 and store._reads.view.rebuilds == 1 and 0 not in set(batch["episode_id"])
         _check_rows(batch)
