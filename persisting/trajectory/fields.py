@@ -415,11 +415,11 @@ def to_numpy(table: pa.Table, spec: FieldSpec) -> np.ndarray:
         out[:] = items
         return out
     if spec.kind == "ragged":
-        out = np.empty(n, dtype=object)
         offsets = arr.offsets.to_numpy()
         values = arr.values.to_numpy(zero_copy_only=False)
-        valid = np.asarray(arr.is_valid()) if arr.null_count else None
-        for i in range(n):
-            out[i] = None if valid is not None and not valid[i] else values[offsets[i]:offsets[i + 1]]
+        # views into one flat array; np.fromiter fills the object array without a Python loop
+        out = np.fromiter(np.split(values[offsets[0]:offsets[-1]], offsets[1:-1] - offsets[0]), dtype=object, count=n)
+        if arr.null_count:
+            out[~np.asarray(arr.is_valid())] = None
         return out
     return arr.to_numpy(zero_copy_only=False)
