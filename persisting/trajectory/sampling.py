@@ -11,10 +11,11 @@ as pinned now. Unchanged version and row count: nothing to do. Other writers onl
 cached columns, one columnar scan). Anything else (a delete, a compaction, a new or widened
 cached column): the view is rebuilt from one columnar scan of the table, 0.6 s for 10M steps
 of a 4-float observation here. The handle's own pending rows (handed to the table, not yet
-committed) are read again whenever they change. Why memory, not memory-mapped files beside the
-tables: the rebuild is fast enough for the "first sample after reopening" target, the view can
-never disagree with files some other writer wrote (no cross-process invalidation), and stores on
-object storage need no local cache directory.
+committed) are read again whenever they change. The view lives in memory, so it can never
+disagree with what other writers committed and works for stores on object storage; a writer's
+:meth:`~persisting.trajectory.TrajectoryStore.compact` also saves it beside the tables
+(:mod:`~persisting.trajectory.viewfile`), so a handle that opens a large store maps it instead of
+rebuilding it (10M steps: ~0.1 s against 0.6-2 s).
 
 Wider or variable-width fields (strings, token lists, images/blob tensors) stay in Lance and are
 fetched for the sampled rows only, in one ``take`` per call.

@@ -84,12 +84,12 @@ def load(root: str, layout: RowLayout, cached: tuple[Any, ...]) -> tuple[RowLayo
             saved = RowLayout(int(meta["version"]), tuple(tuple(x) for x in meta["fragments"]), int(meta["rows"]))
             if saved.kept_rows(layout) is None:
                 continue
-            keys = np.load(os.path.join(d, "keys.npy"), )
-            positions = np.load(os.path.join(d, "positions.npy"), )
+            keys = _map(os.path.join(d, "keys.npy"))
+            positions = _map(os.path.join(d, "positions.npy"))
             columns = {}
             for i, (col, has_valid) in enumerate(meta["columns"]):
-                values = np.load(os.path.join(d, f"c{i}.npy"), )
-                valid = np.load(os.path.join(d, f"c{i}.valid.npy"), ) if has_valid else None
+                values = _map(os.path.join(d, f"c{i}.npy"))
+                valid = _map(os.path.join(d, f"c{i}.valid.npy")) if has_valid else None
                 if len(values) != saved.rows or len(keys) != saved.rows:
                     raise ValueError("length mismatch")
                 columns[col] = (values, valid)
@@ -101,11 +101,13 @@ def load(root: str, layout: RowLayout, cached: tuple[Any, ...]) -> tuple[RowLayo
 
 def _map(path: str) -> np.ndarray:
     """A read-only array over a ``.npy`` file, its pages mapped at once (``MAP_POPULATE``):
-    a lazily faulted map costs a page fault for nearly every row the first thousands of
-    samples touch, and reading the file into memory copies it."""
+    a lazily faulted map costs a page fault for nearly every row the first samples touch;
+    reading or copying the file into memory took 5-10x longer here (10M steps: ~0.1 s mapped,
+    0.6-1.2 s copied), for gathers ~15% faster afterwards."""
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
-        shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
         offset = f.tell()
         count = int(np.prod(shape, dtype=np.int64))
         if fortran or dtype.hasobject:
