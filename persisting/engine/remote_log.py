@@ -20,7 +20,11 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import lance
 
 from persisting.engine.commits import writer_applied_lsn
 from persisting.engine.dedup import Dedup, last_seen
@@ -28,14 +32,17 @@ from persisting.engine.lance_io import open_dataset
 from persisting.engine.lease import Lease, read_lease
 from persisting.engine.names import check_name
 from persisting.engine.objstore import ObjectStore
-from persisting.engine.remote_wal import EPOCH_SHIFT, RemoteWAL, fence_and_list, list_writers, read_segments
+from persisting.engine.remote_wal import (
+    EPOCH_SHIFT, RemoteWAL, fence_and_list, list_all, list_writers, read_segments, remote_wal_uri,
+)
+from persisting.engine.wal import Frame, ReplayReport
 from persisting.engine.writers import new_writer_id
-from persisting.errors import LockedError
+from persisting.errors import ConfigError, LockedError, StorageError
 
 if TYPE_CHECKING:
     from persisting.engine.table import Table
 
-__all__ = ["RemoteLog", "scratch_dir"]
+__all__ = ["RemoteLog", "RemoteReader", "scratch_dir"]
 
 
 def scratch_dir(uri: str) -> str:
@@ -44,6 +51,58 @@ def scratch_dir(uri: str) -> str:
     path = os.path.join(tempfile.gettempdir(), f"persisting-{digest}")
     os.makedirs(path, exist_ok=True)
     return path
+
+
+class RemoteReader:
+    """What a read-only handle sees of an object-store WAL: every writer's acknowledged frames
+    above its applied LSN. It takes no lease, renews nothing and writes nothing (readers never
+    fence), so a live writer, a dead one and its adopter all go on undisturbed."""
+
+    def __init__(self, store: ObjectStore, implicit: bool) -> None:
+        self.store, self.implicit = store, implicit
+        self.listed = 0  # data segments the last :meth:`frames` found
+
+    @classmethod
+    def open(cls, uri: str, wal_uri: str | None, storage_options: dict[str, str] | None) -> RemoteReader | None:
+        """The reader of ``wal_uri``, or of the default placement beside an ``s3://`` dataset
+        (``remote_wal_uri(uri)``; a probe that fails there is ignored); None otherwise."""
+        implicit = wal_uri is None
+        if implicit:
+            if urlparse(uri).scheme not in ("s3", "s3a"):
+                return None
+            wal_uri = remote_wal_uri(uri)
+        try:
+            return cls(ObjectStore(str(wal_uri), storage_options), implicit)
+        except ConfigError:
+            if implicit:
+                return None  # no boto3: a reader without wal_uri shows committed rows only
+            raise
+
+    def frames(self, ds: lance.LanceDataset | None, mode: Any, report: ReplayReport) -> Iterator[tuple[str, str, Frame]]:
+        """``(writer, where, frame)`` in (writer, epoch, seq) order, frames above each writer's
+        applied LSN in ``ds``. One LIST, then the segments' GETs (eight in flight)."""
+        try:
+            writers = list_all(self.store)
+        except StorageError:
+            if self.implicit:
+                return  # e.g. no LIST permission beside the dataset: committed rows only
+            raise
+        self.listed = sum(not s.fence for segments in writers.values() for s in segments)
+        for writer, segments in writers.items():
+            data = [s for s in segments if not s.fence]
+            if data:
+                applied = writer_applied_lsn(ds, writer)
+                where = f"{self.store.uri}/{writer}"
+                own = ReplayReport()  # LSNs are per writer: each gets its own order checks
+                try:
+                    for frame in read_segments(self.store, data, after_lsn=applied, mode=mode, report=own):
+                        yield writer, where, frame
+                finally:
+                    report.frames += own.frames
+                    report.last_lsn = max(report.last_lsn, own.last_lsn)
+                    report.torn += own.torn
+                    report.lost += own.lost
+                    report.damaged_applied += own.damaged_applied
 
 
 class RemoteLog:

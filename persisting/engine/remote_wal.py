@@ -43,7 +43,9 @@ from persisting.engine.objstore import ObjectStore, PreconditionFailed
 from persisting.engine.wal import _META, _PREFIX, FRAME_BATCH, HEADER_SIZE, Frame, ReplayReport, _header_bytes, _read_segment
 from persisting.errors import FencedError, WALError
 
-__all__ = ["EPOCH_SHIFT", "FENCE", "RemoteWAL", "Segment", "fence_and_list", "read_segments", "remote_wal_uri"]
+__all__ = [
+    "EPOCH_SHIFT", "FENCE", "RemoteWAL", "Segment", "fence_and_list", "list_all", "read_segments", "remote_wal_uri",
+]
 
 EPOCH_SHIFT = 40
 FENCE = b"PSTFENCE"
@@ -81,6 +83,17 @@ def list_segments(store: ObjectStore, writer: str) -> list[Segment]:
         if m:
             out.append(Segment(int(m.group(1)), int(m.group(2)), name, size))
     return sorted(out, key=lambda s: (s.epoch, s.seq))
+
+
+def list_all(store: ObjectStore) -> dict[str, list[Segment]]:
+    """Every writer's segments and fences from one LIST of the whole WAL, in (epoch, seq) order."""
+    out: dict[str, list[Segment]] = {}
+    for name, size in store.list_sized():
+        writer, _, rest = name.partition("/")
+        m = _SEG_RE.match(rest)
+        if m:
+            out.setdefault(writer, []).append(Segment(int(m.group(1)), int(m.group(2)), name, size))
+    return {w: sorted(segs, key=lambda s: (s.epoch, s.seq)) for w, segs in sorted(out.items())}
 
 
 def list_writers(store: ObjectStore) -> list[str]:

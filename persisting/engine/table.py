@@ -24,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeAlias
 
@@ -56,7 +56,7 @@ from persisting.engine.options import TableOptions
 from persisting.engine.pending import Pending
 from persisting.engine.reads import TableReads
 from persisting.engine.schema import conform, evolve, fit_vectors, records_to_batch, screen_replayed
-from persisting.engine.wal import FRAME_BATCH, WAL, ReplayReport, read_frames
+from persisting.engine.wal import FRAME_BATCH, WAL, Frame, ReplayReport, read_frames
 from persisting.engine import remote_log
 from persisting.engine.dedup import Dedup, last_seen
 from persisting.engine.remote_wal import RemoteWAL
@@ -137,6 +137,10 @@ class Table(TableReads):
         self.writer_id = new_writer_id()  # replaced by the WAL directory's id when there is one
         self._wal: WAL | RemoteWAL | None = None
         self._remote = remote_log.RemoteLog(self, wal_uri, writer_id) if wal_uri is not None and not read_only else None
+        self._remote_reader = (  # a reader shows acknowledged rows still in an object-store WAL
+            remote_log.RemoteReader.open(self.uri, wal_uri, storage_options)
+            if self.read_only and version is None and (wal_uri is not None or wal_dir is None) else None
+        )
         self._dedup: Dedup | None = None
         self._pending = Pending()
         self._flush_error: BaseException | None = None
@@ -182,24 +186,22 @@ class Table(TableReads):
         """A reader also shows rows acknowledged but not yet committed: every writer's WAL
         frames above that writer's applied LSN (no locks taken). A live writer may commit and
         drop segments meanwhile; then read the newer version and replay again."""
-        if self.wal_dir is None or not os.path.isdir(self.wal_dir):
+        local = self.wal_dir is not None and os.path.isdir(self.wal_dir)
+        if not local and self._remote_reader is None:
             return
         for attempt in range(5):
             pending, report = Pending(), ReplayReport()
             try:
-                for wid, path in writer_wal_dirs(self.wal_dir):
-                    floor_version, floor_lsn = read_base(path) if wid else (0, 0)
-                    applied = writer_applied_lsn(self._ds, wid, floor_version, floor_lsn)
-                    for frame in read_frames(path, after_lsn=applied, mode=self.options.recovery, report=report):
-                        if frame.type == FRAME_BATCH:
-                            batch = screen_replayed(
-                                decode_batch(frame.payload, where=f"{path} frame lsn {frame.lsn}"), self._schema,
-                                mode=self.options.recovery, wal_dir=path, lsn=frame.lsn, report=report,
-                            )
-                            if batch is not None:
-                                self._evolve_schema(batch.schema)
-                                pending.add(batch)
-            except CorruptionError:
+                for _wid, path, frame in self._reader_frames(local, report):
+                    if frame.type == FRAME_BATCH:
+                        batch = screen_replayed(
+                            decode_batch(frame.payload, where=f"{path} frame lsn {frame.lsn}"), self._schema,
+                            mode=self.options.recovery, wal_dir=path, lsn=frame.lsn, report=report,
+                        )
+                        if batch is not None:
+                            self._evolve_schema(batch.schema)
+                            pending.add(batch)
+            except (CorruptionError, WALError):
                 latest = open_dataset(self.uri, self.storage_options)
                 moved = latest is not None and (self._ds is None or latest.version != self._ds.version)
                 if attempt == 4 or not moved:
@@ -208,8 +210,34 @@ class Table(TableReads):
                 self._flushed_rows = latest.count_rows()
                 self._schema = logical_schema(latest.schema)
                 continue
+            if self._remote_reader is not None and self._remote_reader.listed and attempt < 4 and self._reader_moved():
+                continue  # a writer committed (and dropped segments) while we listed: look again
             self._pending, self.recovery_report = pending, report
             return
+
+    def _reader_frames(self, local: bool, report: ReplayReport) -> Iterator[tuple[str, str, Frame]]:
+        """Every writer's frames above its applied LSN: local WAL directories, then the
+        object-store WAL (:class:`remote_log.RemoteReader`)."""
+        if local:
+            assert self.wal_dir is not None
+            for wid, path in writer_wal_dirs(self.wal_dir):
+                floor_version, floor_lsn = read_base(path) if wid else (0, 0)
+                applied = writer_applied_lsn(self._ds, wid, floor_version, floor_lsn)
+                for frame in read_frames(path, after_lsn=applied, mode=self.options.recovery, report=report):
+                    yield wid, path, frame
+        if self._remote_reader is not None:
+            yield from self._remote_reader.frames(self._ds, self.options.recovery, report)
+
+    def _reader_moved(self) -> bool:
+        """Move to the newest version if it is newer than the one the replay was read against."""
+        if self._ds is not None and self._ds.latest_version == self._ds.version:
+            return False
+        latest = open_dataset(self.uri, self.storage_options)
+        if latest is None or (self._ds is not None and latest.version == self._ds.version):
+            return False
+        self._ds, self._flushed_rows = latest, latest.count_rows()
+        self._schema = logical_schema(latest.schema)
+        return True
 
     def _release_locks(self) -> None:
         if self._remote is not None:

