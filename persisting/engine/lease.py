@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 
 from persisting.engine.objstore import ObjectStore, PreconditionFailed
-from persisting.errors import CorruptionError, FencedError, LockedError
+from persisting.errors import CorruptionError, FencedError, LockedError, StorageError
 
 __all__ = ["Lease", "LeaseState", "read_lease"]
 
@@ -167,6 +167,6 @@ class Lease:
             if self._lost is None:
                 try:
                     self._cas(LeaseState(self.epoch, self._state.owner, time.time(), True))
-                except FencedError:
-                    pass
+                except (FencedError, StorageError):
+                    pass  # taken over, or the store is unreachable: the lease then simply expires
                 self._lost = "released"

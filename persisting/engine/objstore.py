@@ -79,6 +79,8 @@ class ObjectStore:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status == 412 or err.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
                 raise PreconditionFailed(f"{self.uri}/{name}") from exc
+            if err.get("Code") == "NoSuchBucket":
+                raise self._fail(what, name, exc) from exc  # not "the object is missing": the place is
             if status == 404 or err.get("Code") in ("NoSuchKey", "404"):
                 raise KeyError(name) from exc
             raise self._fail(what, name, exc) from exc

@@ -41,7 +41,7 @@ import crc32c
 from persisting.engine.lease import Lease
 from persisting.engine.objstore import ObjectStore, PreconditionFailed
 from persisting.engine.wal import _META, _PREFIX, FRAME_BATCH, HEADER_SIZE, Frame, ReplayReport, _header_bytes, _read_segment
-from persisting.errors import FencedError, WALError
+from persisting.errors import FencedError, StorageError, WALError
 
 __all__ = [
     "EPOCH_SHIFT", "FENCE", "RemoteWAL", "Segment", "fence_and_list", "list_all", "read_segments", "remote_wal_uri",
@@ -247,15 +247,28 @@ class RemoteWAL:
             body = b"".join([self._header, *group])
             try:
                 self._put(seq, body)
-            except BaseException as exc:  # noqa: BLE001 - every waiter gets it
+            except BaseException as exc:  # noqa: BLE001 - every waiter, and every later append, gets it
                 with self._cond:
-                    self._error = exc
+                    self._error = self._stopped(exc, seq, last - len(group) + 1)
                     self._cond.notify_all()
                 return
             with self._cond:
                 self._objects.append((_segment_name(self.writer, self.epoch, seq), last, len(body)))
                 self._durable = last
                 self._cond.notify_all()
+
+    def _stopped(self, exc: BaseException, seq: int, first: int) -> BaseException:
+        """The typed error a failed group PUT leaves behind: the WAL stops there for good."""
+        if isinstance(exc, FencedError):
+            return exc
+        key = f"{self.store.uri}/{_segment_name(self.writer, self.epoch, seq)}"
+        err = StorageError(
+            f"the WAL of writer {self.writer!r} stopped: PUT {key} failed ({exc}); appends from LSN {first} on "
+            "are not acknowledged and no later one will be. Close the table and open it again (the next owner "
+            "replays what was acknowledged)", path=key, lsn=first,
+        )
+        err.__cause__ = exc
+        return err
 
     def _put(self, seq: int, body: bytes) -> None:
         self.lease.check()  # a holder paused past its lease learns it here, before any ack

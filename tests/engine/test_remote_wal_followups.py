@@ -109,3 +109,40 @@ def test_reader_sees_rows_still_in_the_object_wal_and_no_duplicates_after_commit
             implicit.close()
     finally:
         writer.close()
+
+
+
+def _client(opts: dict[str, str]) -> Any:
+    return boto3.client("s3", endpoint_url=opts["aws_endpoint"], region_name=opts["aws_region"],
+                        aws_access_key_id=opts["aws_access_key_id"], aws_secret_access_key=opts["aws_secret_access_key"])
+
+
+def test_failed_put_stops_the_wal_with_a_typed_error_naming_the_key(uri: str, s3_options: dict[str, str]) -> None:
+    s3 = _client(s3_options)
+    wal_bucket = f"wal-{os.urandom(6).hex()}"
+    s3.create_bucket(Bucket=wal_bucket)
+    table = Table(uri, storage_options=s3_options, wal_uri=f"s3://{wal_bucket}/wal", writer_id="w",
+                  options=_options(wal_lease_seconds=30, background_flush=False))
+    try:
+        table.append([{"producer": "p", "seq": 1}])
+        table.append([{"producer": "p", "seq": 2}])
+        for o in s3.list_objects_v2(Bucket=wal_bucket).get("Contents", []):
+            s3.delete_object(Bucket=wal_bucket, Key=o["Key"])
+        s3.delete_bucket(Bucket=wal_bucket)  # the WAL's place is gone mid-run
+        started = time.monotonic()
+        with pytest.raises(StorageError) as first:
+            table.append([{"producer": "p", "seq": 3}])
+        assert f"s3://{wal_bucket}/wal/w/" in str(first.value) and first.value.path.startswith(f"s3://{wal_bucket}/wal/w/")
+        assert "open it again" in str(first.value)
+        assert time.monotonic() - started < 20
+        started = time.monotonic()
+        for seq in (4, 5):
+            with pytest.raises(StorageError) as later:
+                table.append([{"producer": "p", "seq": seq}])
+            assert later.value is first.value  # the same error, at once: nothing more is logged
+        assert time.monotonic() - started < 0.5
+    finally:
+        try:
+            table.close()
+        except StorageError:
+            pass
