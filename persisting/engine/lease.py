@@ -20,6 +20,7 @@ import json
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from persisting.engine.objstore import ObjectStore, PreconditionFailed
@@ -82,9 +83,12 @@ class Lease:
         self._thread.start()
 
     @classmethod
-    def acquire(cls, store: ObjectStore, writer: str, *, ttl: float, wait: float) -> Lease:
+    def acquire(
+        cls, store: ObjectStore, writer: str, *, ttl: float, wait: float, min_epoch: Callable[[], int] | None = None
+    ) -> Lease:
         """Take ``writer``'s lease, waiting up to ``wait`` s for a live holder's lease to
-        expire; LockedError if it does not."""
+        expire; LockedError if it does not. ``min_epoch`` gives the first epoch when no lease
+        object exists (cleanup removed a released one): epochs, hence LSNs, never go back."""
         owner = secrets.token_hex(8)
         deadline = time.monotonic() + wait
         while True:
@@ -92,7 +96,7 @@ class Lease:
             now = time.time()
             try:
                 if found is None:
-                    state = LeaseState(1, owner, now + ttl, False)
+                    state = LeaseState(max(1, min_epoch() if min_epoch else 1), owner, now + ttl, False)
                     return cls(store, writer, ttl, state, store.put_new(_lease_key(writer), state.encode()), 0)
                 old, etag = found
                 if old.free:

@@ -4,7 +4,8 @@ Built from the same ``storage_options`` Lance takes (``aws_endpoint``, ``aws_acc
 ``aws_secret_access_key``, ``aws_session_token``, ``aws_region``), so a table configured for
 its dataset needs nothing more for its WAL. Only the operations the WAL needs exist here:
 ``put_new`` (``If-None-Match: *``: create or fail), ``put_if_match`` (compare-and-swap on an
-ETag), ``get``, ``list`` and ``delete``. A 412 from S3 becomes :class:`PreconditionFailed`;
+ETag), ``get``, ``list``, ``delete`` and ``delete_if_match`` (a conditional DELETE, so cleanup
+never removes a lease that was taken meanwhile). A 412 from S3 becomes :class:`PreconditionFailed`;
 any other failure becomes :class:`~persisting.errors.StorageError` naming the key.
 """
 
@@ -114,8 +115,12 @@ class ObjectStore:
 
     def list_sized(self, under: str = "") -> list[tuple[str, int]]:
         """``(name, size)`` of every key below ``under`` (relative names), sorted."""
+        return [(name, size) for name, size, _ in self.list_meta(under)]
+
+    def list_meta(self, under: str = "") -> list[tuple[str, int, float]]:
+        """``(name, size, last modified as epoch seconds)`` of every key below ``under``, sorted."""
         prefix = self._key(under) if under else (self._loc.prefix + "/" if self._loc.prefix else "")
-        out: list[tuple[str, int]] = []
+        out: list[tuple[str, int, float]] = []
         token: str | None = None
         cut = len(self._loc.prefix) + 1 if self._loc.prefix else 0
         while True:
@@ -123,7 +128,7 @@ class ObjectStore:
             if token:
                 kwargs["ContinuationToken"] = token
             r = self._call("list", under, self._s3.list_objects_v2, **kwargs)
-            out.extend((o["Key"][cut:], int(o["Size"])) for o in r.get("Contents", []))
+            out.extend((o["Key"][cut:], int(o["Size"]), o["LastModified"].timestamp()) for o in r.get("Contents", []))
             if not r.get("IsTruncated"):
                 return sorted(out)
             token = r.get("NextContinuationToken")
@@ -134,3 +139,11 @@ class ObjectStore:
             chunk = names[i : i + 1000]
             objects = [{"Key": self._key(n)} for n in chunk]
             self._call("delete", chunk[0], self._s3.delete_objects, Delete={"Objects": objects, "Quiet": True})
+
+    def delete_if_match(self, name: str, etag: str) -> bool:
+        """Delete ``name`` only if its ETag is still ``etag``; False if it changed or is gone."""
+        try:
+            self._call("delete", name, self._s3.delete_object, Key=self._key(name), IfMatch=etag)
+        except (PreconditionFailed, KeyError):
+            return False
+        return True

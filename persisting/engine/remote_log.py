@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -33,7 +34,7 @@ from persisting.engine.lease import Lease, read_lease
 from persisting.engine.names import check_name
 from persisting.engine.objstore import ObjectStore
 from persisting.engine.remote_wal import (
-    EPOCH_SHIFT, RemoteWAL, fence_and_list, list_all, list_writers, read_segments, remote_wal_uri,
+    EPOCH_SHIFT, RemoteWAL, fence_and_list, list_all, list_writers, read_segments, remote_wal_uri, segment_of,
 )
 from persisting.engine.wal import Frame, ReplayReport
 from persisting.engine.writers import new_writer_id
@@ -137,7 +138,10 @@ class RemoteLog:
         t.writer_id = self.identity
         if not o.wal_enabled:
             return
-        self.lease = Lease.acquire(self.store, self.identity, ttl=o.wal_lease_seconds, wait=o.wal_lease_seconds + 1.0)
+        self.lease = Lease.acquire(
+            self.store, self.identity, ttl=o.wal_lease_seconds, wait=o.wal_lease_seconds + 1.0,
+            min_epoch=lambda: (writer_applied_lsn(t._ds, self.identity) >> EPOCH_SHIFT) + 1,
+        )
         dedup = self._replay(self.lease)
         if o.dedup and dedup is None:
             dedup = Dedup(o.dedup, last_seen(t._ds, self.identity))
@@ -159,6 +163,36 @@ class RemoteLog:
         dedup = t._replay_frames(frames, lease.writer, f"{self.store.uri}/{lease.writer}", applied)
         self.store.delete([s.name for s in segments])
         return dedup
+
+    def cleanup(self, older_than: float) -> list[str]:
+        """Delete leftovers older than ``max(older_than, lease time)`` seconds; return their names.
+
+        * a FENCE object of an epoch that has no data segment left (its replay was committed);
+        * a released lease of another writer identity that has no object left beside it,
+          deleted only if unchanged since read (conditional DELETE: a lease taken meanwhile
+          stays). Reopening that identity later starts above its committed epochs.
+
+        A live or expired-unreleased lease, and any data segment, is never touched."""
+        ttl = self.table.options.wal_lease_seconds
+        cutoff = time.time() - max(older_than, ttl)
+        by_writer: dict[str, list[tuple[str, int, float]]] = {}
+        for name, size, mtime in self.store.list_meta():
+            by_writer.setdefault(name.partition("/")[0], []).append((name, size, mtime))
+        removed: list[str] = []
+        for writer, objects in by_writer.items():
+            segments = [(found[1], m) for n, size, m in objects if (found := segment_of(n, size))]
+            live = {s.epoch for s, _ in segments if not s.fence}
+            removed += [s.name for s, m in segments if s.fence and s.epoch not in live and m < cutoff]
+            if writer == self.identity or len(objects) != 1 or not objects[0][0].endswith("/LEASE"):
+                continue
+            found = read_lease(self.store, writer)
+            if found is not None and found[0].released and found[0].expires < cutoff:
+                if self.store.delete_if_match(objects[0][0], found[1]):
+                    removed.append(objects[0][0])
+        fences = [n for n in removed if not n.endswith("/LEASE")]
+        if fences:
+            self.store.delete(fences)
+        return removed
 
     def close(self, clean: bool) -> None:
         """After the WAL closed: drop this epoch's segments if all is committed, release."""

@@ -45,6 +45,7 @@ from persisting.errors import FencedError, StorageError, WALError
 
 __all__ = [
     "EPOCH_SHIFT", "FENCE", "RemoteWAL", "Segment", "fence_and_list", "list_all", "read_segments", "remote_wal_uri",
+    "segment_of",
 ]
 
 EPOCH_SHIFT = 40
@@ -85,14 +86,20 @@ def list_segments(store: ObjectStore, writer: str) -> list[Segment]:
     return sorted(out, key=lambda s: (s.epoch, s.seq))
 
 
+def segment_of(name: str, size: int) -> tuple[str, Segment] | None:
+    """``(writer, segment)`` if ``name`` is ``<writer>/<epoch>/<seq>`` (a segment or a fence)."""
+    writer, _, rest = name.partition("/")
+    m = _SEG_RE.match(rest)
+    return (writer, Segment(int(m.group(1)), int(m.group(2)), name, size)) if m else None
+
+
 def list_all(store: ObjectStore) -> dict[str, list[Segment]]:
     """Every writer's segments and fences from one LIST of the whole WAL, in (epoch, seq) order."""
     out: dict[str, list[Segment]] = {}
     for name, size in store.list_sized():
-        writer, _, rest = name.partition("/")
-        m = _SEG_RE.match(rest)
-        if m:
-            out.setdefault(writer, []).append(Segment(int(m.group(1)), int(m.group(2)), name, size))
+        found = segment_of(name, size)
+        if found:
+            out.setdefault(found[0], []).append(found[1])
     return {w: sorted(segs, key=lambda s: (s.epoch, s.seq)) for w, segs in sorted(out.items())}
 
 
@@ -276,10 +283,12 @@ class RemoteWAL:
         for attempt in range(3):
             try:
                 self.store.put_new(name, body)
+                self.lease.check()  # still ours after the PUT: it landed before any takeover listed
                 return
             except PreconditionFailed:
                 got = self.store.get(name)
                 if got is not None and got[0] == body:
+                    self.lease.check()
                     return  # an earlier attempt landed and its response was lost
                 self.lease.lose(f"segment {seq} of epoch {self.epoch} was fenced by a new owner")
                 raise self.lease.fenced() from None

@@ -672,7 +672,9 @@ class Table(TableReads):
         return {"fragments_removed": m.fragments_removed, "fragments_added": m.fragments_added}
 
     def cleanup(self, *, older_than: timedelta | None = None, retain_versions: int | None = None) -> int:
-        """Delete old versions' files (tagged versions stay); return the bytes removed."""
+        """Delete old versions' files (tagged versions stay); return the bytes removed. With
+        an object-store WAL, also its spent fences and released leases
+        (:meth:`remote_log.RemoteLog.cleanup`)."""
         self._check_writable()
         stats = self._maintain(
             lambda ds: ds.cleanup_old_versions(
@@ -682,6 +684,8 @@ class Table(TableReads):
             ),
             removes_versions=True,
         )
+        if self._remote is not None:  # spent fences and released leases of the object-store WAL
+            self._remote.cleanup(older_than.total_seconds() if older_than is not None else 0.0)
         return 0 if stats is None else int(stats.bytes_removed)
 
     # -- indexes and search (persisting.engine.indexes) ------------------------------------------

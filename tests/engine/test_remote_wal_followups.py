@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -146,3 +147,43 @@ def test_failed_put_stops_the_wal_with_a_typed_error_naming_the_key(uri: str, s3
             table.close()
         except StorageError:
             pass
+
+
+def test_cleanup_removes_spent_fences_and_released_leases_never_live_ones(uri: str, s3_options: dict[str, str]) -> None:
+    ttl = 0.6
+    store = ObjectStore(remote_wal_uri(uri), s3_options)
+
+    def open_(writer_id: str | None) -> Table:
+        return Table(uri, storage_options=s3_options, wal_uri=remote_wal_uri(uri), writer_id=writer_id,
+                     options=_options(wal_lease_seconds=ttl, background_flush=False))
+
+    with open_(None) as once:  # a random identity, closed cleanly: only its released LEASE stays
+        once.append([{"producer": "r", "seq": 1}])
+        random_id = once.writer_id
+    for seq in (1, 2):
+        with open_("a") as t:  # each reopen fences the previous epoch, whose segments are gone
+            t.append([{"producer": "a", "seq": seq}])
+    live = open_("live")
+    try:
+        live.append([{"producer": "l", "seq": 1}])  # acknowledged, in a segment, not committed
+        live_objects = store.list("live/")
+        assert len(live_objects) == 2
+        with open_("a") as cleaner:
+            fences = [n for n in store.list("a/") if not n.endswith("LEASE")]
+            assert len(fences) == 2  # epochs 1 and 2, closed by fences that nothing needs any more
+            assert f"{random_id}/LEASE" in store.list()
+            cleaner.cleanup(older_than=timedelta(minutes=1))
+            assert set(fences) <= set(store.list("a/")) and f"{random_id}/LEASE" in store.list()  # not old enough
+            time.sleep(ttl + 0.3)
+            cleaner.cleanup()
+            left = store.list()
+            assert not set(fences) & set(left) and f"{random_id}/LEASE" not in left
+            assert set(live_objects) <= set(left)  # a live lease and its data segment stay
+            assert "a/LEASE" in left
+    finally:
+        live.close()
+    with open_(random_id) as again:  # its lease is gone: it starts above its committed epochs
+        assert again._remote is not None and again._remote.lease is not None and again._remote.lease.epoch >= 2
+        again.append([{"producer": "r", "seq": 2}])
+        rows = Counter((r["producer"], r["seq"]) for r in again.scan(columns=["producer", "seq"]).to_pylist())
+        assert rows == Counter({("r", 1): 1, ("r", 2): 1, ("a", 1): 1, ("a", 2): 1, ("l", 1): 1})
