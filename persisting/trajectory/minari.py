@@ -33,7 +33,8 @@ def to_minari(store: TrajectoryStore, dataset_id: str, *, filter: str | None = N
               env: str | gym.Env | Any | None = None, observation_space: gym.spaces.Space | None = None,
               action_space: gym.spaces.Space | None = None, **kwargs: Any) -> minari.MinariDataset:
     """Write the store's ended episodes (``complete``/``truncated``, narrowed by the SQL
-    ``filter`` on episode columns) as the Minari dataset ``dataset_id``.
+    ``filter`` on episode columns) as the Minari dataset ``dataset_id``. Minari numbers
+    episodes 0, 1, 2...: the store's episodes get those numbers in ``episode_id`` order.
 
     ``env`` defaults to the ``env`` metadata column RecordEpisodes records; without one, pass
     ``observation_space`` and ``action_space``. ``kwargs`` go to
@@ -48,12 +49,15 @@ def to_minari(store: TrajectoryStore, dataset_id: str, *, filter: str | None = N
         if len(envs) > 1:
             raise ConfigError(f"episodes come from several environments {sorted(envs)}; pass filter= or env=")
         env = envs.pop() if envs else None
-    buffers = [_episode_buffer(store, int(eid)) for eid in rows.column("episode_id").to_pylist()]
+    # Minari numbers a dataset's episodes 0, 1, 2... in order: the store's ids (blocks per
+    # writer, interleaved by vector envs) become positions, in episode_id order
+    ids = sorted(int(eid) for eid in rows.column("episode_id").to_pylist())
+    buffers = [_episode_buffer(store, eid, i) for i, eid in enumerate(ids)]
     return minari.create_dataset_from_buffers(dataset_id, buffers, env=env, observation_space=observation_space,
                                               action_space=action_space, **kwargs)
 
 
-def _episode_buffer(store: TrajectoryStore, episode_id: int) -> EpisodeBuffer:
+def _episode_buffer(store: TrajectoryStore, episode_id: int, minari_id: int) -> EpisodeBuffer:
     steps = {k: v for k, v in store.read_episode(episode_id).items() if not _absent(v)}  # other episodes' fields
     n = len(steps["step"])
     obs_cols = {k: v for k, v in steps.items() if k == "obs" or k.startswith(("obs/", "obs["))}
@@ -71,7 +75,7 @@ def _episode_buffer(store: TrajectoryStore, episode_id: int) -> EpisodeBuffer:
         observations[key] = np.concatenate([values, last[-1:]])
     obs = unflatten(observations)["obs"]
     return EpisodeBuffer(
-        id=episode_id, observations=obs, actions=steps["action"],
+        id=minari_id, observations=obs, actions=steps["action"],
         rewards=steps.get("reward", np.zeros(n)), terminations=steps.get("terminated", np.zeros(n, bool)),
         truncations=steps.get("truncated", np.zeros(n, bool)), infos={},
     )

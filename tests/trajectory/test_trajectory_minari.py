@@ -87,3 +87,23 @@ def test_dict_observations_and_missing_final_obs(tmp_path):
         out = back.episode(ids[2])
         assert out["obs/pos"].shape == (5, 2) and out["obs/vel"][0].tolist() == pytest.approx([0.2])
         assert out["final_obs/pos"][-1].tolist() == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("data_format", ["arrow", "hdf5"])
+def test_export_renumbers_episodes_with_gaps(tmp_path, data_format):
+    """Minari wants episodes numbered 0, 1, 2...; the store's ids have gaps (an episode left
+    open in between, blocks per writer): the export renumbers them in id order."""
+    pytest.importorskip("h5py") if data_format == "hdf5" else None
+    with TrajectoryStore(str(tmp_path / "a")) as store:
+        _log(store, gym.make("CartPole-v1", max_episode_steps=20), 1)
+        rec = RecordEpisodes(gym.make("CartPole-v1"), store)
+        rec.reset(seed=50)
+        rec.step(0)
+        rec.close()  # episode 1 stays incomplete: a gap
+        _log(store, gym.make("CartPole-v1", max_episode_steps=20), 2)
+        kept = store.episodes("status != 'incomplete'").column("episode_id").to_pylist()
+        assert kept == [0, 2, 3]
+        ds = to_minari(store, f"test/gaps-{data_format}-v0", data_format=data_format)
+        lengths = [len(store.episode(i)["step"]) for i in kept]
+    assert ds.total_episodes == 3
+    assert [len(ep.actions) for ep in minari.load_dataset(f"test/gaps-{data_format}-v0").iterate_episodes()] == lengths
