@@ -9,6 +9,11 @@ and treats it as valid only until ``expires - ttl / 4`` by its own clock, so a h
 past its lease (SIGSTOP, a long GC, a partition) finds out before it acknowledges or commits
 anything: its renewal loses the compare-and-swap and it raises :class:`FencedError`.
 
+A released lease of an identity that left no object behind is deleted by ``Table.cleanup()``
+once older than the lease time, by a conditional DELETE (a lease taken meanwhile stays);
+re-taking that identity starts at the epoch above its newest commit, never at an old one.
+If the store is unreachable at release, the lease just expires.
+
 What wall clocks must do: hosts' clocks agree within ``ttl / 4``. The WAL's own fencing does
 not depend on clocks (see :mod:`persisting.engine.remote_wal`); only the check before a Lance
 commit does.

@@ -11,6 +11,7 @@ any other failure becomes :class:`~persisting.errors.StorageError` naming the ke
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -37,7 +38,21 @@ def _parse(uri: str) -> _Location:
     return _Location(parsed.netloc, parsed.path.strip("/"))
 
 
+_CLIENTS: dict[tuple[tuple[str, str], ...], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
 def _client(options: dict[str, str] | None) -> Any:
+    """One boto3 client per distinct ``storage_options`` (clients are thread-safe; making one
+    costs ~10 ms, which a read-only open would otherwise pay every time)."""
+    key = tuple(sorted((str(k), str(v)) for k, v in (options or {}).items()))
+    with _CLIENTS_LOCK:
+        if key not in _CLIENTS:
+            _CLIENTS[key] = _new_client(options)
+        return _CLIENTS[key]
+
+
+def _new_client(options: dict[str, str] | None) -> Any:
     try:
         import boto3
         from botocore.config import Config

@@ -12,7 +12,12 @@ Opening a writer with ``wal_uri``:
 3. a :class:`~persisting.engine.remote_wal.RemoteWAL` starts logging in the new epoch.
 
 A clean close commits everything, deletes this epoch's segments and releases the lease, so
-the next owner starts at once.
+the next owner starts at once. ``Table.cleanup()`` deletes spent fences and other identities'
+released leases (:meth:`RemoteLog.cleanup`). A failed group PUT stops the WAL: that append,
+every append waiting on it and every later one raise the same StorageError naming the key.
+
+Read-only handles use :class:`RemoteReader` instead: no lease, no write (see the visibility
+rules in :mod:`persisting.engine.remote_wal`).
 """
 
 from __future__ import annotations

@@ -21,8 +21,30 @@ same window of loss as the local ``batch`` mode).
 Fencing, clock-free: a new owner takes the lease (epoch e+1), then writes a FENCE object at
 seq k+1 of each older epoch, where k is the newest segment it lists there; if the old owner
 wrote k+1 first the fence loses (412) and is retried above it. The old owner's next PUT hits
-the fence and fails, so it can never acknowledge a group the new owner did not replay.
-Fences are kept (a few bytes each); replayed segments are deleted after their commit.
+the fence and fails, so it can never acknowledge a group the new owner did not replay. A
+group is also acknowledged only if the lease still holds *after* its PUT (so an ack never
+depends on the fence alone). Replayed segments are deleted after their commit; fences of
+epochs with no segment left, older than the lease time, are deleted by ``Table.cleanup()``
+(then an old owner paused longer than that is stopped by its lease check, i.e. by clocks).
+
+Visibility and staleness (who sees a row, when):
+
+* the writer sees its own rows as soon as ``append`` returns (they are buffered in memory);
+* other processes: a read-only ``Table`` (``wal_uri=``, or an ``s3://`` dataset with the WAL
+  at ``remote_wal_uri(uri)``) shows committed rows plus every writer's frames above that
+  writer's applied LSN, i.e. rows whose group PUT landed (``always``: acknowledged or about to
+  be; ``batch``: up to ``wal_sync_interval`` later). It takes no lease and writes nothing, so it
+  never fences or slows a writer. If a commit lands while it lists (segments deleted under
+  it), it reads the newer version and lists again (up to 5 times), so it misses no row that
+  was acknowledged before it opened and shows none twice;
+* that view is a snapshot: frames PUT later show up when the reader moves to a newer Lance
+  version (automatically on reads with ``follow=True``, or ``refresh()``) or is reopened --
+  not while the version stays the same. Writers on ``batch``/``always`` with no commit for
+  long: reopen readers to see new rows;
+* a reader does not deduplicate: the writer drops retried ``(producer, seq)`` before logging
+  and the next owner drops them on replay, so a duplicate is at most transient;
+* cost: one LIST of the WAL prefix per reader open or version move, then GETs (eight in
+  flight) of the segments found -- the WAL stays small because commits delete segments.
 """
 
 from __future__ import annotations
