@@ -29,6 +29,7 @@ the other writers go on meanwhile. ``recovered`` lists the episodes this open re
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -40,17 +41,10 @@ import pyarrow.compute as pc
 
 from persisting.engine.durable import is_local, local_path
 from persisting.engine.options import Durability, TableOptions
+from persisting.engine.shell import StoreShell, check_choice, check_int
 from persisting.engine.table import Table
 from persisting.engine.writers import live_writer_ids
-from persisting.errors import (
-    ClosedError,
-    ConfigError,
-    InvalidRecordError,
-    NotFoundError,
-    PersistingError,
-    SchemaError,
-    WALError,
-)
+from persisting.errors import InvalidRecordError, NotFoundError, SchemaError
 from persisting.trajectory.episode import Episode, rows_of
 from persisting.trajectory.fields import FieldSpec, arrow_category, check_column, value_category
 from persisting.trajectory.ids import IDS_SCHEMA, EpisodeIds, SessionRanges, high_water, mark_recovered, open_sessions
@@ -62,11 +56,6 @@ from persisting.trajectory.schema import EPISODE_COLUMNS, EPISODE_SCHEMA, STATUS
 from persisting.trajectory.sessions import Sessions, new_session_id
 
 __all__ = ["TrajectoryStore"]
-
-
-
-def _join(path: str, name: str) -> str:
-    return path.rstrip("/") + "/" + name
 
 
 def _metadata_value(key: str, value: Any) -> Any:
@@ -108,15 +97,14 @@ class TrajectoryStore:
         ragged: Iterable[str] = (),
         options: TableOptions | None = None,
     ) -> None:
-        if step_buffer <= 0:
-            raise ConfigError(f"step_buffer must be positive, got {step_buffer}")
-        self.path = str(path)
-        self.read_only = read_only
-        self.step_buffer = step_buffer
-        self.blob_threshold = blob_threshold
+        self._shell = StoreShell("TrajectoryStore", path, read_only=read_only, wal_dir=wal_dir)
+        self.step_buffer = check_int("step_buffer", step_buffer, store=str(self._shell), minimum=1)
+        self.blob_threshold = check_int("blob_threshold", blob_threshold, store=str(self._shell), minimum=0)
+        check_choice("durability", durability, ("none", "batch", "always"), store=str(self._shell))
+        self.path = self._shell.path
+        self.read_only = self._shell.read_only
         self.ragged = frozenset(ragged)
         self._lock = threading.RLock()
-        self._closed = False
         self._open: dict[int, Episode] = {}
         self._meta_kinds: dict[str, str | None] = {}
         self._fields = FieldRegistry(ragged=self.ragged, blob_threshold=blob_threshold)
@@ -129,8 +117,8 @@ class TrajectoryStore:
 
         def table(name: str, topts: TableOptions, schema: pa.Schema | None = None) -> Table:
             t = Table(
-                _join(self.path, name + ".lance"), options=topts, schema=schema, storage_options=storage_options,
-                read_only=read_only, wal_dir=None if wal_dir is None else _join(wal_dir, name + ".wal"),
+                self._shell.table_uri(name), options=topts, schema=schema, storage_options=storage_options,
+                read_only=read_only, wal_dir=self._shell.table_wal_dir(name),
                 store="trajectory", name=name, follow=False,
             )
             tables.append(t)
@@ -142,10 +130,8 @@ class TrajectoryStore:
                 self._steps = table("steps", opts)
                 self._load_specs()
             else:
-                if wal_dir is None and not is_local(self.path):
-                    raise WALError(f"trajectory store {self.path} is remote: pass wal_dir, a local directory "
-                                   "for its WALs and writer locks (the same one for every writer)")
-                root = _join(wal_dir, "sessions") if wal_dir is not None else _join(local_path(self.path), "sessions")
+                wal = self._shell.wal_dir  # a remote store without one was refused by the shell
+                root = os.path.join(wal, "sessions") if wal is not None else os.path.join(local_path(self.path), "sessions")
                 self._sessions = Sessions(root, self.path)
                 with self._sessions.locked():  # one opener at a time adopts and recovers dead writers
                     self._ids = table("ids", TableOptions(durability="always", compact_fragments=16), IDS_SCHEMA)
@@ -170,13 +156,13 @@ class TrajectoryStore:
         self._fields.load(self._steps.schema)
         self._reads = EpisodeReads(
             path=self.path, lock=self._lock, steps=self._steps, episodes=self._episodes, fields=self._fields,
-            open_episodes=self._open, closed=lambda: self._closed,
+            open_episodes=self._open, closed=lambda: self._shell.closed,
             saved_view=view_dir(local_path(self.path)) if is_local(self.path) else None,
         )
         self._writer = EpisodeWriter(
             lock=self._lock, fields=self._fields, steps=self._steps, episodes=self._episodes,
             step_buffer=self.step_buffer, check_writable=self._check_writable, check_metadata=self._check_metadata,
-            ended=lambda ep: self._open.pop(ep.id, None), closed=lambda: self._closed,
+            ended=lambda ep: self._open.pop(ep.id, None), closed=lambda: self._shell.closed,
         )
 
 
@@ -248,10 +234,7 @@ class TrajectoryStore:
 
     # -- writing --------------------------------------------------------------------------
     def _check_writable(self) -> None:
-        if self._closed:
-            raise ClosedError(f"trajectory store {self.path} is closed; open it again to use it")
-        if self.read_only:
-            raise PersistingError(f"trajectory store {self.path} is open read-only; open it without read_only to write")
+        self._shell.check_writable()
 
     def _check_metadata(self, metadata: Mapping[str, Any]) -> dict[str, Any]:
         """Copies of metadata values, refused (SchemaError) when a value's kind clashes with
@@ -386,8 +369,7 @@ class TrajectoryStore:
 
     # -- reading (the store's EpisodeReads does the work) ------------------------------------
     def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError(f"trajectory store {self.path} is closed; open it again to use it")
+        self._shell.check_open()
 
     def episodes(self, filter: str | None = None) -> pa.Table:
         return self._reads.episodes(filter)
@@ -418,7 +400,7 @@ class TrajectoryStore:
     # -- lifecycle ------------------------------------------------------------------------
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._shell.closed
 
     def num_steps(self) -> int:
         with self._lock:
@@ -441,7 +423,7 @@ class TrajectoryStore:
     def close(self) -> None:
         """End open episodes as ``incomplete``, commit everything, end this writer session."""
         with self._lock:
-            if self._closed:
+            if self._shell.closed:
                 return
             errors: list[BaseException] = []
             try:
@@ -449,7 +431,7 @@ class TrajectoryStore:
                     for ep in list(self._open.values()):
                         ep.end("incomplete")
             finally:
-                self._closed = True
+                self._shell.mark_closed()
                 for t in (self._steps, self._episodes):
                     try:
                         t.close()

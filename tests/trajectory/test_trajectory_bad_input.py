@@ -132,3 +132,26 @@ def test_field_names_lance_cannot_store_are_refused_and_nothing_is_bricked(tmp_p
         assert name not in eps.column_names
         assert store.episode(ep.id)["action"].tolist() == [0, 1]
         assert name not in store.episode(first.id)
+
+
+def test_constructor_arguments_and_read_only_writes_are_typed(tmp_path) -> None:
+    """Constructor checks raise ConfigError naming the argument (before anything is created);
+    writes through a read-only handle raise ReadOnlyError; a closed store ClosedError."""
+    from persisting.errors import ClosedError, ConfigError, ReadOnlyError
+
+    for kwargs, name in (({"step_buffer": 0}, "step_buffer"), ({"step_buffer": 2.5}, "step_buffer"),
+                         ({"blob_threshold": -1}, "blob_threshold"), ({"durability": "sometimes"}, "durability"),
+                         ({"wal_dir": "s3://b/wal"}, "wal_dir")):
+        with pytest.raises(ConfigError, match=name):
+            TrajectoryStore(str(tmp_path / "never"), **kwargs)
+    assert not (tmp_path / "never").exists()
+    with TrajectoryStore(str(tmp_path / "s")) as store:
+        with store.episode() as ep:
+            ep.add_step(x=1.0)
+    with TrajectoryStore(str(tmp_path / "s"), read_only=True) as reader:
+        with pytest.raises(ReadOnlyError, match=f"TrajectoryStore {tmp_path / 's'} is open read-only"):
+            reader.begin_episode()
+    reader_closed = TrajectoryStore(str(tmp_path / "s"), read_only=True)
+    reader_closed.close()
+    with pytest.raises(ClosedError, match="is closed"):
+        reader_closed.episodes()

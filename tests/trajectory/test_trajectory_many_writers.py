@@ -238,9 +238,9 @@ def test_two_stores_on_one_path_in_one_process(tmp_path: Path) -> None:
 
 
 def test_writer_coordination_errors_are_typed_and_name_the_path(tmp_path: Path) -> None:
-    from persisting.errors import StorageError, WALError
+    from persisting.errors import ConfigError, StorageError
 
-    with pytest.raises(WALError, match="s3://bucket/traj.*wal_dir"):
+    with pytest.raises(ConfigError, match="s3://bucket/traj.*wal_dir"):
         TrajectoryStore("s3://bucket/traj", storage_options={"region": "us-east-1"})
     blocker = tmp_path / "wal"
     blocker.write_text("a file where the writers' directory should be")
