@@ -37,17 +37,11 @@ import numpy as np
 import pyarrow as pa
 
 from persisting.engine import RowFollower
+from persisting.engine.shell import StoreShell, check_choice, check_int, check_seconds
 from persisting.engine.codec import COMPRESSIONS, check_framework, checksum, decode_tensor, dtype_name, encode_tensor
 from persisting.engine.options import TableOptions
 from persisting.engine.table import Table
-from persisting.errors import (
-    ClosedError,
-    ConfigError,
-    InvalidRecordError,
-    PersistingError,
-    SchemaError,
-    StorageError,
-)
+from persisting.errors import ConfigError, InvalidRecordError, PersistingError, SchemaError
 from persisting.engine.payloads import read_into
 from persisting.kvcache.chunks import META_COLUMNS, SCHEMA, Layout, copy_chunk, is_torch, itemsize, proxy
 from persisting.kvcache.hashing import as_token_array, iter_chunk_keys, namespace_seed
@@ -72,8 +66,9 @@ class KVCacheStore:
     other's entries (their keys start from different seeds and live in different tables).
     ``capacity_bytes`` bounds the payload bytes held: least recently used chunks are evicted,
     suffixes before their prefixes. ``compression`` is None, ``"zstd"``, ``"lz4"`` or
-    ``"snappy"``. ``storage_options`` and ``wal_dir`` (a local directory for the writer lock,
-    required when ``path`` is an object store) are passed to the engine. ``refresh_interval``
+    ``"snappy"``. ``storage_options`` go to the engine; ``wal_dir`` is a local parent
+    directory for the writer locks (the namespace's under ``<wal_dir>/<name>.wal``, as for
+    every store), required when ``path`` is an object store. ``refresh_interval``
     bounds how stale this handle's view of other processes' chunks may be: lookup and get check
     the table version at most this often (0: every call, ~10 us locally, one listing on S3) and
     always on a miss.
@@ -93,20 +88,15 @@ class KVCacheStore:
         refresh_interval: float = 0.0,
     ) -> None:
         check_namespace(namespace)
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-            raise SchemaError(f"chunk_size must be a positive int, got {chunk_size!r}", chunk_size=chunk_size)
-        if capacity_bytes is not None and (isinstance(capacity_bytes, bool) or not isinstance(capacity_bytes, int) or capacity_bytes < 0):
-            raise SchemaError(f"capacity_bytes must be None or an int >= 0, got {capacity_bytes!r}")
-        if isinstance(refresh_interval, bool) or not isinstance(refresh_interval, (int, float)) or not refresh_interval >= 0:
-            raise ConfigError(f"refresh_interval must be a number of seconds >= 0, got {refresh_interval!r} (store {path})")
-        if compression not in COMPRESSIONS:
-            raise SchemaError(f"compression {compression!r} is not one of {COMPRESSIONS}", compression=compression)
-        self.path = os.fspath(path)
+        self._shell = StoreShell("KVCacheStore", path, read_only=read_only, wal_dir=wal_dir, label=namespace)
+        where = str(self._shell)
+        self.chunk_size = check_int("chunk_size", chunk_size, store=where, minimum=1)
+        self.capacity_bytes = check_int("capacity_bytes", capacity_bytes, store=where, optional=True)
+        self.compression = check_choice("compression", compression, COMPRESSIONS, store=where)
+        refresh_interval = check_seconds("refresh_interval", refresh_interval, store=where)
+        self.path = self._shell.path
         self.namespace = namespace
-        self.chunk_size = chunk_size
-        self.capacity_bytes = capacity_bytes
-        self.compression = compression
-        self.read_only = read_only
+        self.read_only = self._shell.read_only
         self.refresh_interval = float(refresh_interval)
         self._orphans: set[str] = set()  # keys of rows whose parent is gone, for the writer to delete
         self._foreign: dict[str, int] = {}  # key -> position of rows of chains from another chunk_size
@@ -122,23 +112,21 @@ class KVCacheStore:
         self._committer: ThreadPoolExecutor | None = None  # commits one group while the next is staged
         self._layout: Layout | None = None
         self._index = ChunkIndex(self._seed.hex())
-        uri = self.path.rstrip("/") + "/" + storage_name(namespace) + ".lance"
-        if "://" not in self.path:
-            os.makedirs(self.path, exist_ok=True)
+        name = storage_name(namespace)
+        self._shell.make_root()
         self._table = Table(
-            uri,
+            self._shell.table_uri(name),
             options=TableOptions(durability="none", compact_fragments=0, flush_bytes=2 * _APPEND_BYTES),
             schema=SCHEMA,
             storage_options=storage_options,
             read_only=read_only,
-            wal_dir=wal_dir,
+            wal_dir=self._shell.table_wal_dir(name),
             store="kvcache",
             exclusive=False,  # any number of processes share a namespace
             follow=False,  # the index's positions hold for one version: the store moves on when it syncs
             name=namespace,
         )
         self._rows = RowFollower(self._table, ["key", "parent", "depth", "nbytes"])
-        self._closed = False
         try:
             self._sync()
             self._check_chunk_size()
@@ -316,7 +304,7 @@ class KVCacheStore:
         """Entries and bytes the namespace holds (every process's), and this handle's hits,
         misses, hit rate, evictions and corrupt chunks."""
         with self._lock:
-            if not self._closed:
+            if not self._shell.closed:
                 self._catch_up()
             c = self._counts
             asked = c["hits"] + c["misses"]
@@ -360,8 +348,7 @@ class KVCacheStore:
 
     def close(self) -> None:
         with self._lock:
-            if not self._closed:
-                self._closed = True
+            if self._shell.mark_closed():
                 if self._committer is not None:
                     self._committer.shutdown(wait=True)
                 self._table.close()
@@ -380,13 +367,10 @@ class KVCacheStore:
 
     # -- internals ---------------------------------------------------------------------------
     def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError(f"KVCacheStore {self.path} ({self.namespace}) is closed; open it again")
+        self._shell.check_open()
 
     def _check_writable(self) -> None:
-        self._check_open()
-        if self.read_only:
-            raise StorageError(f"KVCacheStore {self.path} ({self.namespace}) is open read-only; open it without read_only to put")
+        self._shell.check_writable("put")
 
     def _check_kv(self, kv: Any, token_axis: int, n_tokens: int) -> tuple[Layout, Framework]:
         if is_torch(kv):

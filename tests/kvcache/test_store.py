@@ -421,3 +421,31 @@ def test_large_put_commits_in_groups_and_reuses_its_staging_buffer(tmp_path: Pat
         np.testing.assert_array_equal(store.get(a), make_kv(220, len(a)))
         np.testing.assert_array_equal(store.get(b), make_kv(221, len(b)))
         assert store.stats()["corrupt"] == 0
+
+
+def test_constructor_checks_read_only_and_wal_dir_layout(tmp_path: Path) -> None:
+    """Constructor arguments raise ConfigError naming the argument; a put through a read-only
+    handle raises ReadOnlyError; ``wal_dir`` is a parent: each namespace's WAL directory sits
+    under it as ``<name>.wal``, so two namespaces can share one ``wal_dir``."""
+    from persisting.errors import ConfigError, ReadOnlyError
+
+    for kwargs, name in (({"chunk_size": 0}, "chunk_size"), ({"chunk_size": True}, "chunk_size"),
+                         ({"capacity_bytes": -1}, "capacity_bytes"), ({"compression": "brotli"}, "compression"),
+                         ({"refresh_interval": float("nan")}, "refresh_interval"),
+                         ({"wal_dir": "s3://b/w"}, "wal_dir")):
+        with pytest.raises(ConfigError, match=name):
+            KVCacheStore(tmp_path / "never", namespace="m", **kwargs)
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(ConfigError, match="wal_dir"):
+        KVCacheStore("s3://bucket/kv", namespace="m")
+    toks, kv = prompt(1, CS), make_kv(1, CS)
+    wal = tmp_path / "wal"
+    with KVCacheStore(tmp_path / "kv", namespace="a", chunk_size=CS, wal_dir=str(wal)) as a, \
+            KVCacheStore(tmp_path / "kv", namespace="b", chunk_size=CS, wal_dir=str(wal)) as b:
+        a.put(toks, kv)
+        assert b.lookup(toks) == 0
+        assert sorted(p.name for p in wal.iterdir()) == ["a.wal", "b.wal"]
+    with KVCacheStore(tmp_path / "kv", namespace="a", chunk_size=CS, read_only=True) as r:
+        assert r.lookup(toks) == CS
+        with pytest.raises(ReadOnlyError, match=f"KVCacheStore {tmp_path / 'kv'} \\(a\\) is open read-only"):
+            r.put(toks, kv)
