@@ -35,17 +35,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from persisting.engine.shell import StoreShell, check_int
 from persisting.engine.codec import checksum, dtype_name, raw_view
 from persisting.engine.names import check_name
 from persisting.engine.options import TableOptions
 from persisting.engine.table import Table
 from persisting.errors import (
     AlreadyExistsError,
-    ClosedError,
     CorruptionError,
     InvalidRecordError,
     NotFoundError,
-    SchemaError,
     StorageError,
 )
 from persisting.params import manifest as mf
@@ -114,41 +113,36 @@ class ParamStore:
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         commit_bytes: int = DEFAULT_COMMIT_BYTES,
     ) -> None:
-        if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1):
-            raise SchemaError(f"keep_last must be None or an int >= 1, got {keep_last!r}", keep_last=keep_last)
-        for name, value in (("chunk_bytes", chunk_bytes), ("commit_bytes", commit_bytes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise SchemaError(f"{name} must be a positive int, got {value!r}")
-        self.path = os.fspath(path)
-        self.keep_last = keep_last
-        self.read_only = read_only
-        self.chunk_bytes = chunk_bytes
+        self._shell = StoreShell("ParamStore", path, read_only=read_only, wal_dir=wal_dir)
+        where = str(self._shell)
+        self.keep_last = check_int("keep_last", keep_last, store=where, minimum=1, optional=True)
+        self.chunk_bytes = check_int("chunk_bytes", chunk_bytes, store=where, minimum=1)
+        check_int("commit_bytes", commit_bytes, store=where, minimum=1)
+        self.path = self._shell.path
+        self.read_only = self._shell.read_only
         root = self.path.rstrip("/")
-        if "://" not in root and not read_only:
-            os.makedirs(root, exist_ok=True)
+        self._shell.make_root()
         # read before the table opens: a live writer can then only move the table past it
         self._head_path = os.path.join(root, HEAD_NAME) if "://" not in root else None
         head = read_head(self._head_path) if self._head_path is not None else None
-        wal = os.fspath(wal_dir) if wal_dir is not None else None
         self._lock = threading.RLock()  # held by every write and read of the tables
         self._submit_lock = threading.Lock()  # guards _inflight, so save_async never waits on a write
-        self._closed = False
         self._executor: ThreadPoolExecutor | None = None
         self._inflight: dict[int, Future[CheckpointInfo]] = {}
         self._staging: dict[tuple[Any, tuple[int, ...]], list[Any]] = {}  # reusable snapshot buffers
         self._counts = {"saves": 0, "loads": 0, "bytes_written": 0, "chunks_written": 0,
                         "bytes_deduplicated": 0, "bytes_read": 0, "chunks_read": 0}
         self._chunks = ChunkTable(
-            root + "/chunks.lance", storage_options=storage_options,
-            wal_dir=None if wal is None else os.path.join(wal, "chunks.wal"),
+            self._shell.table_uri("chunks"), storage_options=storage_options,
+            wal_dir=self._shell.table_wal_dir("chunks"),
             read_only=read_only, commit_bytes=commit_bytes,
         )
         try:
             self._manifests = Table(
-                root + "/checkpoints.lance",
+                self._shell.table_uri("checkpoints"),
                 options=TableOptions(durability="none", compact_fragments=32),
                 schema=mf.SCHEMA, storage_options=storage_options,
-                wal_dir=None if wal is None else os.path.join(wal, "checkpoints.wal"),
+                wal_dir=self._shell.table_wal_dir("checkpoints"),
                 read_only=read_only, store="params", name="checkpoints", exclusive=False, follow=False,
             )
         except BaseException:
@@ -377,14 +371,13 @@ class ParamStore:
 
     def close(self) -> None:
         """Finish running saves, then close both tables; idempotent."""
-        if self._closed:
+        if self._shell.closed:
             return
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         with self._lock:
-            if self._closed:
+            if not self._shell.mark_closed():
                 return
-            self._closed = True
             try:
                 self._chunks.close()
             finally:
@@ -401,13 +394,10 @@ class ParamStore:
 
     # -- writing ---------------------------------------------------------------------------
     def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError(f"ParamStore {self.path} is closed; open it again to use it")
+        self._shell.check_open()
 
     def _check_writable(self) -> None:
-        self._check_open()
-        if self.read_only:
-            raise StorageError(f"ParamStore {self.path} is open read-only; open it without read_only to write")
+        self._shell.check_writable()
 
     def _prepare(
         self, state: Any, step: int, tags: Iterable[str], metadata: Mapping[str, Any] | None, *,

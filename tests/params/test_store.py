@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from persisting.errors import NotFoundError, SchemaError
+from persisting.errors import ConfigError, NotFoundError
 from persisting.params import CheckpointInfo, ParamStore
 
 
@@ -137,7 +137,7 @@ def test_keep_last_never_deletes_tagged_or_newest(store_path: str) -> None:
         store.save({"w": torch.zeros(3)}, step=1)
         assert 6 in [i.step for i in store.list()]
         assert len([i for i in store.list() if not i.tags]) == 2
-    with pytest.raises(SchemaError):
+    with pytest.raises(ConfigError, match="keep_last"):
         ParamStore(store_path, keep_last=0)
 
 
@@ -293,3 +293,25 @@ def test_reader_survives_another_writers_delete_and_compaction(store_path: str) 
             assert torch.equal(reader.load()["c"], b)
             with pytest.raises(NotFoundError):
                 reader.load(1)
+
+
+def test_constructor_checks_read_only_and_wal_dir_layout(tmp_path) -> None:
+    """ConfigError naming the argument before anything is created; ReadOnlyError for a save
+    through a read-only handle; ``wal_dir`` is a parent holding ``chunks.wal`` and
+    ``checkpoints.wal``."""
+    from persisting.errors import ReadOnlyError
+
+    for kwargs, name in (({"chunk_bytes": 0}, "chunk_bytes"), ({"commit_bytes": 1.5}, "commit_bytes"),
+                         ({"keep_last": True}, "keep_last"), ({"wal_dir": "s3://b/w"}, "wal_dir")):
+        with pytest.raises(ConfigError, match=name):
+            ParamStore(str(tmp_path / "never"), **kwargs)
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(ConfigError, match="wal_dir"):
+        ParamStore("s3://bucket/ckpt")
+    with ParamStore(str(tmp_path / "p"), wal_dir=str(tmp_path / "wal")) as store:
+        store.save({"w": torch.ones(4)}, step=1)
+    assert sorted(p.name for p in (tmp_path / "wal").iterdir()) == ["checkpoints.wal", "chunks.wal"]
+    with ParamStore(str(tmp_path / "p"), read_only=True) as reader:
+        assert reader.load(step=1)["w"].sum() == 4
+        with pytest.raises(ReadOnlyError, match=f"ParamStore {tmp_path / 'p'} is open read-only"):
+            reader.save({"w": torch.ones(4)}, step=2)
