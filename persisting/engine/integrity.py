@@ -9,7 +9,10 @@ naming a missing manifest). Lance ignores the directory (open, compaction, clean
 
 Readers call :func:`check_dataset` when they open a version: its manifest, data files and
 deletion files are hashed once per process (files are immutable, cached by path and size).
-Blob files (``data/<id>/*.blob``, payloads above Lance's inline size) are not hashed on read:
+A new blob file whose payloads carry xxh3-128 checksums (declared payload columns, or the
+``X__xxh3`` rule) is not read back: its entry is a segmented digest built from those checksums
+(:mod:`~persisting.engine.blob_digests`), checked by reading the file once, as strong as a
+whole-file digest. Blob files (``data/<id>/*.blob``, payloads above Lance's inline size) are not hashed on read:
 the stores that keep large payloads check an xxh3 per payload as they read it, and ``verify``
 hashes every recorded file. Remote datasets record nothing: object stores checksum on their own.
 """
@@ -21,11 +24,12 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import xxhash
 
+from persisting.engine.blob_digests import SEGMENTED, check_segmented
 from persisting.engine.durable import fsync_path, is_local, local_path
 from persisting.errors import CorruptionError
 
@@ -135,16 +139,24 @@ def _decode(path: str, raw: bytes) -> dict[str, Digest]:
             "restore it from a backup, or delete it to serve the files unverified", path=path) from exc
 
 
-def record(root: str, new_files: Sequence[str], removed: Iterable[str] = ()) -> str | None:
+def record(
+    root: str, new_files: Sequence[str], removed: Iterable[str] = (), known: Mapping[str, Digest] | None = None
+) -> str | None:
     """Hash the immutable files among ``new_files`` (relative to the dataset ``root``, already
-    durable) and write them as one record; drop records of ``removed`` files. Returns the
+    durable) and write them as one record; drop records of ``removed`` files. ``known`` gives
+    digests the writer already has (segmented digests of blob files, see
+    :mod:`~persisting.engine.blob_digests`): those files are not read back. Returns the
     record's path (None when there was nothing to record)."""
     entries: dict[str, Digest] = {}
+    known = known or {}
     for rel in new_files:
         path = os.path.join(root, rel)
-        if not is_immutable(rel) or not os.path.isfile(path):
+        if not is_immutable(rel):
             continue
-        entries[rel] = digest_file(path)
+        if rel in known:
+            entries[rel] = known[rel]
+        elif os.path.isfile(path):
+            entries[rel] = digest_file(path)
     gone = [r for r in removed if is_immutable(r)]
     if gone:
         try:
@@ -168,15 +180,18 @@ def record(root: str, new_files: Sequence[str], removed: Iterable[str] = ()) -> 
     return path
 
 
-def fsync_and_record(snapshot: DirectorySnapshot) -> list[str]:
+def fsync_and_record(
+    snapshot: DirectorySnapshot, known: Callable[[Sequence[str]], Mapping[str, Digest]] | None = None
+) -> list[str]:
     """Make what a commit wrote durable (data first, manifest last), then record its digests
-    and forget the files the commit removed (cleanup). Returns the new files."""
+    and forget the files the commit removed (cleanup). ``known(new_files)`` returns digests the
+    writer already knows (not read back). Returns the new files."""
     before = snapshot.names
     snapshot.fsync_new_files()
     new_files = sorted(n for n in snapshot.names - before if not n.endswith("/"))
     removed = sorted(n for n in before - snapshot.names if not n.endswith("/"))
     try:
-        record(snapshot.root, new_files, removed)
+        record(snapshot.root, new_files, removed, known(new_files) if known is not None else None)
     except OSError as exc:
         # the commit itself is durable and must stand (raising here would commit the rows
         # twice on retry); it stays unverified, as after a power cut, and verify reports it
@@ -256,7 +271,10 @@ def check_file(root: str, rel: str, expected: Digest, *, cache: bool = True) -> 
                 return None
     if size != expected[0]:
         return f"file {path} has {size} bytes, {expected[0]} were committed (truncated or overwritten)"
-    if digest_file(path)[1] != expected[1]:
+    if expected[1].startswith(SEGMENTED):
+        if not check_segmented(path, expected[1]):
+            return f"file {path} fails its xxh3-128 payload digests: its bytes changed after commit"
+    elif digest_file(path)[1] != expected[1]:
         return f"file {path} fails its xxh3-128 digest: its bytes changed after commit"
     if cache:
         with _lock:

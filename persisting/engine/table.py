@@ -34,6 +34,8 @@ import pyarrow as pa
 from persisting.engine.batches import decode_batch, encode_batch
 from persisting.engine import indexes, integrity
 from persisting.engine.durable import DirectorySnapshot, is_local, local_path
+from persisting.engine.blob_digests import blob_file_digests
+from persisting.engine.payloads import PayloadColumn, payload_columns
 from persisting.engine.commits import (
     LSN_KEY,
     WRITER_KEY,
@@ -126,6 +128,9 @@ class Table(TableReads):
         self.read_only = read_only or version is not None
         self.name = name or os.path.basename(self.uri.rstrip("/")).removesuffix(".lance")
         self.metrics = TableMetrics(store, self.name)
+        # payload columns checked against a declared checksum column (besides the X__xxh3 rule):
+        # their new blob files are recorded from those checksums, not read back after a commit
+        self.payloads: tuple[PayloadColumn, ...] = ()
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._commit_lock = threading.Lock()
@@ -558,7 +563,9 @@ class Table(TableReads):
             ds = retry_on_conflict(attempt)
         _kill_point("after_commit")
         if snapshot is not None:
-            integrity.fsync_and_record(snapshot)
+            committed = ds
+            integrity.fsync_and_record(snapshot, lambda new: blob_file_digests(
+                committed, snapshot.root, new, payload_columns(committed.schema.names, self.payloads)))
         _kill_point("after_fsync")
         return ds
 

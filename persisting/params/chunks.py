@@ -77,6 +77,7 @@ class ChunkTable:
             store="params",
             name="chunks",
         )
+        self._table.payloads = PAYLOADS  # new blob files are recorded from the chunk keys, not re-read
         self._rows = RowKeys(self._table, "hash", values=["nbytes"])
         self._buffered: dict[str, int] = {}  # key -> size of chunks appended, not yet committed
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import lance
+import pyarrow as pa
 import pytest
 
 from persisting.engine import Table, TableOptions, integrity
@@ -168,3 +169,62 @@ def test_errors_from_a_sweep_of_one_table_are_all_typed(tmp_path: Path) -> None:
         except PersistingError:
             pass
         open(manifest, "wb").write(original)
+
+
+def _blob_table(path: Path, declared: bool) -> tuple[str, list[bytes]]:
+    """A table whose blob column carries an xxh3-128 per payload (declared or by the X__xxh3 rule)."""
+    import xxhash
+
+    from persisting.engine.payloads import PayloadColumn
+
+    uri = str(path / "b.lance")
+    payloads = [bytes([i]) * ((1 << 20) + 4096 * i) for i in range(4)]
+    check = "sum" if declared else "data__xxh3"
+    schema = pa.schema([pa.field("k", pa.int64()), pa.field(check, pa.binary()),
+                        pa.field("data", pa.large_binary(), metadata={"lance-encoding:blob": "true"})])
+    with Table(uri, options=TableOptions(durability="none"), schema=schema) as t:
+        if declared:
+            t.payloads = (PayloadColumn("data", "sum"),)
+        for part in (payloads[:3], payloads[3:]):
+            t.append([{"k": len(p), check: xxhash.xxh3_128_digest(p), "data": p} for p in part])
+            t.flush()
+    return uri, payloads
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_blob_files_are_recorded_from_payload_checksums_and_damage_is_still_found(tmp_path: Path, declared: bool) -> None:
+    uri, payloads = _blob_table(tmp_path, declared)
+    recorded = integrity.load(uri)
+    assert recorded is not None
+    blobs = sorted(r for r in recorded if r.endswith(".blob"))
+    assert len(blobs) == 2
+    # recorded without reading the files back: from the payload checksums, in file order
+    assert all(recorded[r][1].startswith("seg:") for r in blobs)
+    assert recorded[blobs[0]][0] + recorded[blobs[1]][0] == sum(len(p) for p in payloads)
+    assert not [f for f in verify(str(tmp_path)).findings if f.severity == "problem"]
+    for rel in blobs:
+        assert integrity.check_file(uri, rel, recorded[rel], cache=False) is None
+
+    first = os.path.join(uri, blobs[0])
+    _flip(first, (1 << 20) + 100)  # inside the second payload of the file
+    problem = integrity.check_file(uri, blobs[0], recorded[blobs[0]], cache=False)
+    assert problem is not None and first in problem
+    assert any(f.severity == "problem" and f.path == first for f in verify(str(tmp_path)).findings)
+    _flip(first, (1 << 20) + 100)
+    assert integrity.check_file(uri, blobs[0], recorded[blobs[0]], cache=False) is None
+    with open(first, "ab") as f:
+        f.write(b"x")  # one byte more than its payloads: not the committed file
+    size = recorded[blobs[0]][0]
+    assert integrity.check_file(uri, blobs[0], (size + 1, recorded[blobs[0]][1]), cache=False) is not None
+
+
+def test_blob_files_without_payload_checksums_are_hashed_from_disk(tmp_path: Path) -> None:
+    uri = str(tmp_path / "p.lance")
+    schema = pa.schema([pa.field("k", pa.int64()),
+                        pa.field("data", pa.large_binary(), metadata={"lance-encoding:blob": "true"})])
+    with Table(uri, options=TableOptions(durability="none"), schema=schema) as t:
+        t.append([{"k": 1, "data": b"z" * (1 << 20)}])
+        t.flush()
+    recorded = integrity.load(uri) or {}
+    blobs = [r for r in recorded if r.endswith(".blob")]
+    assert blobs and not recorded[blobs[0]][1].startswith("seg:")
