@@ -3,7 +3,11 @@
 Logging one step is the hot path of an RL loop, so a step whose values all match fields the
 store already knows (Python or numpy scalars, numpy arrays of the stored dtype and shape) is
 copied straight into preallocated numpy columns: one type check and one array store per
-field, no per-step dict of normalized values, no stacking at hand-off. Anything else (a new
+field, no per-step dict of normalized values, no stacking at hand-off. Once a step passed
+those checks, the buffer remembers its layout (per field: the value's type, and an array's
+dtype and shape), so the next step of that layout -- nearly every step of an RL loop -- costs
+one dict lookup, an identity test and two stores per field (:meth:`StepBuffer.add_fast`); the
+layout is forgotten at every hand-off and whenever the store's field specs change. Anything else (a new
 field, a widened type, strings, lists, tensors, blobs) goes through the store's checks first
 (:func:`~persisting.trajectory.fields.normalize`, spec merging) and is then stored the same
 way, in an object column where no numpy column fits. Order is kept: there is one buffer.
@@ -32,6 +36,9 @@ _FAST_SCALARS: dict[type, Signature] = {
 _NUMPY_SCALAR = {"float": np.float64, "int": np.int64, "bool": np.bool_}
 _ACCEPTS = {"float": (float, int, bool), "int": (int,), "bool": (bool,)}
 _INT64 = (-(1 << 63), 1 << 63)
+# scalar types an int64 / bool numpy column takes as they are (all of them fit exactly)
+_DIRECT = {"int": frozenset({int, np.int64, np.int32, np.int16, np.int8, np.uint8, np.uint16, np.uint32}),
+           "bool": frozenset({bool, np.bool_})}
 
 
 class _Column:
@@ -80,6 +87,10 @@ class StepBuffer:
         self.capacity = max(1, capacity)
         self.columns: dict[str, _Column] = {}
         self.n = 0
+        # field -> (value type, array dtype or None, array shape or "is an int", column): the
+        # layouts add_known accepted, valid for the registry version ``layout_version``
+        self._layout: dict[str, tuple[type, np.dtype | None, Any, _Column]] = {}
+        self.layout_version = -1
 
     def __len__(self) -> int:
         return self.n
@@ -90,8 +101,39 @@ class StepBuffer:
             for col in self.columns.values():
                 col.grow(self.capacity)
 
+    def add_fast(self, step: Mapping[str, Any], version: int) -> bool:
+        """Store ``step`` if every value has the layout of a step :meth:`add_known` accepted
+        since the last hand-off, under registry ``version``; False, storing nothing, if not."""
+        i = self.n
+        if version != self.layout_version or i >= self.capacity:
+            return False
+        layout = self._layout
+        for name, value in step.items():
+            entry = layout.get(name)
+            if entry is None or type(value) is not entry[0]:
+                return self._undo(step, i)
+            dt = entry[1]
+            if dt is not None:
+                if value.dtype is not dt or value.shape != entry[2]:
+                    return self._undo(step, i)
+            elif entry[2] and not _INT64[0] <= value < _INT64[1]:
+                return self._undo(step, i)
+            col = entry[3]
+            col.values[i] = value
+            col.valid[i] = True
+        self.n = i + 1
+        return True
+
+    def _undo(self, step: Mapping[str, Any], i: int) -> bool:
+        """Clear row ``i`` of the columns :meth:`add_fast` already stored into; False."""
+        for name in step:
+            entry = self._layout.get(name)
+            if entry is not None:
+                entry[3].valid[i] = False
+        return False
+
     def add_known(self, step: Mapping[str, Any], sigs: Mapping[str, Signature], specs: Mapping[str, FieldSpec],
-                  *, blob_threshold: int, ragged: frozenset[str]) -> bool:
+                  *, blob_threshold: int, ragged: frozenset[str], version: int = -1) -> bool:
         """Store ``step`` if every value matches its field's stored signature exactly (then
         no check can fail); False, storing nothing, when it needs the full checks."""
         for name, value in step.items():
@@ -111,22 +153,30 @@ class StepBuffer:
         i = self.n
         self._reserve(i + 1)
         columns = self.columns
+        if version != self.layout_version:
+            self._layout, self.layout_version = {}, version
+        layout = self._layout
         for name, value in step.items():
             col = columns.get(name)
             if col is None:
                 col = columns[name] = _Column(specs[name], self.capacity)
             cat = col.category
-            if cat is None or cat == "float" or type(value) in _ACCEPTS[cat]:
+            t = type(value)
+            if cat is None or cat == "float" or t in _DIRECT[cat]:
                 col.values[i] = value
                 col.valid[i] = True
+                if not isinstance(col.values, list):  # the next value of this type is stored the same way
+                    layout[name] = (t, value.dtype, value.shape, col) if t is np.ndarray else (t, None, t is int, col)
             else:  # a column buffered before its field widened
                 col.put(i, value.item() if isinstance(value, np.generic) else value)
+                layout.pop(name, None)
         self.n = i + 1
         return True
 
     def add_rows(self, rows: Sequence[Mapping[str, Any]], specs: Mapping[str, FieldSpec]) -> None:
         """Store rows that passed the store's checks (values normalized, specs registered)."""
         self._reserve(self.n + len(rows))
+        self._layout, self.layout_version = {}, -1  # columns may widen: check the next step in full
         for row in rows:
             i = self.n
             for name, value in row.items():
@@ -152,4 +202,5 @@ class StepBuffer:
             arrays += a
         self.columns = {}
         self.n = 0
+        self._layout, self.layout_version = {}, -1
         return fields, arrays

@@ -68,16 +68,22 @@ class Episode:
     def add_step(self, fields: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Add one step: ``add_step(obs=..., action=..., reward=..., terminated=..., truncated=...,
         **extra)`` or ``add_step({...})``. A bad value raises before the step is kept."""
-        if fields is not None and not isinstance(fields, Mapping):
+        if fields is None:
+            step: Mapping[str, Any] = kwargs
+        elif type(fields) is dict or isinstance(fields, Mapping):
+            step = {**fields, **kwargs} if kwargs else fields
+        else:
             raise InvalidRecordError(f"a step is a dict of field -> value, not a {type(fields).__name__}")
-        step = kwargs if fields is None else {**fields, **kwargs} if kwargs else fields
         writer = self._writer
-        fields_ = writer.fields
+        buffer = self._buffer
         with writer.lock:
             writer.check_writable()
-            self._check_open()
-            if not self._buffer.add_known(step, fields_.sigs, fields_.specs, blob_threshold=fields_.blob_threshold,
-                                          ragged=fields_.ragged):
+            if self.status != "open":
+                self._check_open()
+            fields_ = writer.fields
+            if not buffer.add_fast(step, fields_.version) and not buffer.add_known(
+                    step, fields_.sigs, fields_.specs, blob_threshold=fields_.blob_threshold, ragged=fields_.ragged,
+                    version=fields_.version):
                 self._add_checked([step])
                 return
             reward = step.get("reward")
@@ -86,7 +92,7 @@ class Episode:
             self._last_truncated = bool(step.get("truncated") or False)
             self._last_terminated = bool(step.get("terminated") or False)
             self.length += 1
-            if len(self._buffer) >= writer.step_buffer:
+            if buffer.n >= writer.step_buffer:
                 self._flush(announce=True)
 
     def add_steps(self, batch: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> None:

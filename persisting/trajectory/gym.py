@@ -61,12 +61,17 @@ class RecordEpisodes(gym.Wrapper):
         if self.episode is None:
             raise ClosedError("RecordEpisodes.step() called with no episode open; call reset() first")
         obs, reward, terminated, truncated, info = self.env.step(action)
-        row: dict[str, Any] = flatten("obs", self._obs)
-        row.update({"action": action, "reward": reward, "terminated": bool(terminated), "truncated": bool(truncated)})
-        for key in self.info_keys:
-            if key in info:
-                row["info_" + key] = info[key]
+        prev = self._obs
         done = terminated or truncated
+        if isinstance(prev, (Mapping, tuple)):
+            row: dict[str, Any] = flatten("obs", prev)
+            row.update(action=action, reward=reward, terminated=bool(terminated), truncated=bool(truncated))
+        else:  # the common case: one dict literal, no flattening
+            row = {"obs": prev, "action": action, "reward": reward, "terminated": bool(terminated), "truncated": bool(truncated)}
+        if self.info_keys:
+            for key in self.info_keys:
+                if key in info:
+                    row["info_" + key] = info[key]
         if done:
             row.update(flatten("final_obs", obs))
         self.episode.add_step(row)

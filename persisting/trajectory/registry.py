@@ -41,12 +41,14 @@ class FieldRegistry:
         self.specs: dict[str, FieldSpec] = {}
         self.sigs: dict[str, Signature] = {}
         self._schema: pa.Schema | None = None
+        self.version = 0  # bumped whenever a spec is added or widened (step buffers cache specs)
 
     def load(self, schema: pa.Schema | None) -> None:
         """Start from the fields a stored schema holds."""
         self.specs = specs_from_schema(schema, STEP_KEYS)
         self.sigs = {n: s.signature for n, s in self.specs.items()}
         self._schema = schema
+        self.version += 1
 
     def follow(self, schema: pa.Schema | None) -> None:
         """Take in step fields other writers stored since (this writer's own specs win)."""
@@ -57,6 +59,8 @@ class FieldRegistry:
         self.specs.update(new)
         self.sigs.update({n: spec.signature for n, spec in new.items()})
         self._schema = schema
+        if new:
+            self.version += 1
 
     def normalize_steps(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Private copies of the steps, checked against the known field specs (all or nothing)."""
@@ -84,6 +88,7 @@ class FieldRegistry:
         if new_specs:
             self.specs.update(new_specs)
             self.sigs.update({n: s.signature for n, s in new_specs.items()})
+            self.version += 1
         return out
 
     def check_stacked(self, batch: Mapping[str, Any]) -> int | None:
@@ -104,8 +109,10 @@ class FieldRegistry:
                 known = self.specs.get(name)
                 spec = FieldSpec(name, *sig)
                 new_specs[name] = spec if known is None else merge(known, spec)
-        self.specs.update(new_specs)
-        self.sigs.update({k: s.signature for k, s in new_specs.items()})
+        if new_specs:
+            self.specs.update(new_specs)
+            self.sigs.update({k: s.signature for k, s in new_specs.items()})
+            self.version += 1
         return n
 
 
