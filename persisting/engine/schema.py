@@ -338,8 +338,25 @@ def conform_many(batches: Sequence[pa.RecordBatch], schema: pa.Schema) -> pa.Tab
             row = starts[k + 1]
         if starts[-1] > row:
             pieces.append(pa.nulls(starts[-1] - row, type=f.type))
-        columns.append(pieces[0] if len(pieces) == 1 else pa.concat_arrays(pieces))
+        if len(pieces) == 1:
+            columns.append(pieces[0])
+        elif _payload_sized(pieces):
+            columns.append(pa.chunked_array(pieces, type=f.type))  # no copy: Lance writes each piece as is
+        else:
+            columns.append(pa.concat_arrays(pieces))
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+_PAYLOAD_PIECE = 1 << 20
+
+
+def _payload_sized(pieces: Sequence[pa.Array]) -> bool:
+    """Binary pieces of a MiB or more on average (tensor payloads over the caller's memory):
+    concatenating them would copy every byte once more before Lance writes it."""
+    t = pieces[0].type
+    if not (pa.types.is_large_binary(t) or pa.types.is_binary(t)):
+        return False
+    return sum(p.nbytes for p in pieces) >= _PAYLOAD_PIECE * len(pieces)
 
 
 def _cast(col: pa.Array, t: pa.DataType) -> pa.Array:
