@@ -50,6 +50,17 @@ class PutResult:
     new_bytes: int
 
 
+def _runs(indices: list[int]) -> list[list[int]]:
+    """Ascending ``indices`` split into runs of consecutive values."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
 class ChunkTable:
     """The ``chunks`` table plus an in-memory map from chunk key to row position."""
 
@@ -116,22 +127,21 @@ class ChunkTable:
             if h not in self and h not in seen:
                 new.append(i)
                 seen.add(h)
-        if new:
-            if len(new) == len(bounds):
-                # every chunk is new: hand Arrow the tensor's memory as it is, no copy
-                offsets = pa.array([a for a, _ in bounds] + [n], pa.int64())
-                data = pa.LargeBinaryArray.from_buffers(
-                    pa.large_binary(), len(bounds), [None, offsets.buffers()[1], pa.py_buffer(raw)]
-                )
-            else:
-                data = pa.array([raw[bounds[i][0] : bounds[i][1]] for i in new], pa.large_binary())
-            sizes = [bounds[i][1] - bounds[i][0] for i in new]
+        for run in _runs(new):
+            # each run of consecutive new chunks is handed to Arrow as the tensor's own memory
+            # (offsets over one slice of it): nothing is copied before Lance writes it
+            start, end = bounds[run[0]][0], bounds[run[-1]][1]
+            offsets = pa.array([bounds[i][0] - start for i in run] + [end - start], pa.int64())
+            data = pa.LargeBinaryArray.from_buffers(
+                pa.large_binary(), len(run), [None, offsets.buffers()[1], pa.py_buffer(raw[start:end])]
+            )
+            sizes = [bounds[i][1] - bounds[i][0] for i in run]
             batch = pa.RecordBatch.from_arrays(
-                [pa.array([hashes[i] for i in new], pa.string()), pa.array(sizes, pa.int64()), data],
+                [pa.array([hashes[i] for i in run], pa.string()), pa.array(sizes, pa.int64()), data],
                 schema=SCHEMA,
             )
             self._table.append(batch)
-            for j, i in enumerate(new):
+            for j, i in enumerate(run):
                 self._buffered[hashes[i]] = sizes[j]
         return PutResult(tuple(hashes), len(new), sum(bounds[i][1] - bounds[i][0] for i in new))
 

@@ -70,7 +70,10 @@ from persisting.params.tree import (
 __all__ = ["DEFAULT_CHUNK_BYTES", "GCReport", "ParamStore"]
 
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
-DEFAULT_COMMIT_BYTES = 256 * 1024 * 1024
+# chunks per Lance commit: pending chunks are the caller's own tensor memory (no copy), so a
+# larger unit costs no memory, and each commit costs a Lance write, fsyncs and a manifest (a
+# 512 MiB save: 0.46 s in two commits of 256 MiB, 0.36 s in one)
+DEFAULT_COMMIT_BYTES = 1024 * 1024 * 1024
 Keys = str | Sequence[str]
 
 
