@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from persisting.trajectory.layout import StoreFn, compiled
 from persisting.trajectory.fields import ARROW_DTYPES, FieldSpec, Signature, column_to_arrow, dtype_name
 
 __all__ = ["StepBuffer"]
@@ -87,10 +88,13 @@ class StepBuffer:
         self.capacity = max(1, capacity)
         self.columns: dict[str, _Column] = {}
         self.n = 0
-        # field -> (value type, array dtype or None, array shape or "is an int", column): the
-        # layouts add_known accepted, valid for the registry version ``layout_version``
-        self._layout: dict[str, tuple[type, np.dtype | None, Any, _Column]] = {}
+        # field -> (value type, array dtype or None, array shape or "is an int", the column's
+        # values and valid arrays): the layouts add_known accepted, valid for the registry
+        # version ``layout_version`` and until the columns grow
+        self._layout: dict[str, tuple[type, np.dtype | None, Any, Any, np.ndarray]] = {}
         self.layout_version = -1
+        # the last fully accepted step's exact layout, compiled (see layout.py), and its columns
+        self._exact: tuple[StoreFn, tuple[Any, ...]] | None = None
 
     def __len__(self) -> int:
         return self.n
@@ -98,6 +102,7 @@ class StepBuffer:
     def _reserve(self, rows: int) -> None:
         if rows > self.capacity:
             self.capacity = max(rows, 2 * self.capacity)
+            self._layout, self.layout_version, self._exact = {}, -1, None  # it holds the columns' old arrays
             for col in self.columns.values():
                 col.grow(self.capacity)
 
@@ -107,20 +112,25 @@ class StepBuffer:
         i = self.n
         if version != self.layout_version or i >= self.capacity:
             return False
+        exact = self._exact
+        if exact is not None and exact[0](step, i, exact[1]):
+            self.n = i + 1
+            return True
         layout = self._layout
         for name, value in step.items():
             entry = layout.get(name)
-            if entry is None or type(value) is not entry[0]:
+            if entry is None:
                 return self._undo(step, i)
-            dt = entry[1]
+            t, dt, shape, values, valid = entry
+            if type(value) is not t:
+                return self._undo(step, i)
             if dt is not None:
-                if value.dtype is not dt or value.shape != entry[2]:
+                if value.dtype is not dt or value.shape != shape:
                     return self._undo(step, i)
-            elif entry[2] and not _INT64[0] <= value < _INT64[1]:
+            elif shape and not _INT64[0] <= value < _INT64[1]:  # shape: "is a Python int" here
                 return self._undo(step, i)
-            col = entry[3]
-            col.values[i] = value
-            col.valid[i] = True
+            values[i] = value
+            valid[i] = True
         self.n = i + 1
         return True
 
@@ -129,7 +139,7 @@ class StepBuffer:
         for name in step:
             entry = self._layout.get(name)
             if entry is not None:
-                entry[3].valid[i] = False
+                entry[4][i] = False
         return False
 
     def add_known(self, step: Mapping[str, Any], sigs: Mapping[str, Signature], specs: Mapping[str, FieldSpec],
@@ -154,7 +164,7 @@ class StepBuffer:
         self._reserve(i + 1)
         columns = self.columns
         if version != self.layout_version:
-            self._layout, self.layout_version = {}, version
+            self._layout, self.layout_version, self._exact = {}, version, None
         layout = self._layout
         for name, value in step.items():
             col = columns.get(name)
@@ -166,17 +176,22 @@ class StepBuffer:
                 col.values[i] = value
                 col.valid[i] = True
                 if not isinstance(col.values, list):  # the next value of this type is stored the same way
-                    layout[name] = (t, value.dtype, value.shape, col) if t is np.ndarray else (t, None, t is int, col)
+                    layout[name] = (t, value.dtype if t is np.ndarray else None,
+                                    value.shape if t is np.ndarray else t is int, col.values, col.valid)
             else:  # a column buffered before its field widened
                 col.put(i, value.item() if isinstance(value, np.generic) else value)
                 layout.pop(name, None)
         self.n = i + 1
+        entries = [(name, layout.get(name)) for name in step]
+        if all(e is not None for _, e in entries):
+            key = tuple((name, e[0], e[1], e[2]) for name, e in entries)  # type: ignore[index]
+            self._exact = compiled(key), tuple(a for _, e in entries for a in e[3:])  # type: ignore[index]
         return True
 
     def add_rows(self, rows: Sequence[Mapping[str, Any]], specs: Mapping[str, FieldSpec]) -> None:
         """Store rows that passed the store's checks (values normalized, specs registered)."""
         self._reserve(self.n + len(rows))
-        self._layout, self.layout_version = {}, -1  # columns may widen: check the next step in full
+        self._layout, self.layout_version, self._exact = {}, -1, None  # columns may widen: check the next step in full
         for row in rows:
             i = self.n
             for name, value in row.items():
@@ -185,6 +200,33 @@ class StepBuffer:
                     col = self.columns[name] = _Column(specs[name], self.capacity)
                 col.put(i, value)
             self.n = i + 1
+
+    def last(self, name: str) -> Any:
+        """The newest buffered row's value of field ``name`` (None if it has none)."""
+        col, i = self.columns.get(name), self.n - 1
+        if col is None or i < 0 or not col.valid[i]:
+            return None
+        return col.values[i]
+
+    def running_sum(self, name: str, start: float | None) -> float | None:
+        """``start`` plus every buffered scalar value of field ``name``, added in row order as
+        ``float`` (as a per-step ``total += float(value)`` would); ``start`` if there is none.
+        Logging keeps an episode's return this way, once per hand-off instead of per step."""
+        col, n = self.columns.get(name), self.n
+        if col is None or n == 0:
+            return start
+        values, valid = col.values, col.valid[:n]
+        if isinstance(values, list):
+            total = start
+            for v, ok in zip(values[:n], valid):
+                if ok and type(v) in (float, int, bool):
+                    total = (total or 0.0) + float(v)
+            return total
+        if values.ndim != 1 or not valid.any():
+            return start  # array-valued fields are not summed
+        x = values[:n][valid].astype(np.float64)
+        # cumsum adds left to right (np.sum is pairwise): the same float as the per-step loop
+        return float(np.cumsum(np.concatenate(([0.0 if start is None else start], x)))[-1])
 
     def take(self, specs: Mapping[str, FieldSpec]) -> tuple[list[pa.Field], list[pa.Array]]:
         """Arrow fields and arrays of every buffered row (fields no row holds are left out),
@@ -202,5 +244,5 @@ class StepBuffer:
             arrays += a
         self.columns = {}
         self.n = 0
-        self._layout, self.layout_version = {}, -1
+        self._layout, self.layout_version, self._exact = {}, -1, None
         return fields, arrays

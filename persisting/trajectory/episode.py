@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Episode", "rows_of"]
 
-_REWARD_TYPES = frozenset({float, int, bool, np.float64, np.float32, np.float16, np.int64, np.int32, np.bool_})
 
 
 
@@ -55,7 +54,7 @@ class Episode:
     @property
     def return_(self) -> float | None:
         """Sum of the ``reward`` field over the steps so far (None without rewards)."""
-        return self._return
+        return self._buffer.running_sum("reward", self._return)
 
     def _check_open(self) -> None:
         if self.status != "open":
@@ -86,12 +85,7 @@ class Episode:
                     version=fields_.version):
                 self._add_checked([step])
                 return
-            reward = step.get("reward")
-            if reward is not None and type(reward) in _REWARD_TYPES:
-                self._return = (self._return or 0.0) + float(reward)
-            self._last_truncated = bool(step.get("truncated") or False)
-            self._last_terminated = bool(step.get("terminated") or False)
-            self.length += 1
+            self.length += 1  # the return and last flags are read from the buffer at hand-off
             if buffer.n >= writer.step_buffer:
                 self._flush(announce=True)
 
@@ -135,15 +129,6 @@ class Episode:
     def _add_checked(self, rows: list[Mapping[str, Any]]) -> None:
         with self._writer.lock:
             normalized = self._writer.fields.normalize_steps(rows)
-            total = self._return
-            for row in normalized:
-                reward = row.get("reward")
-                if reward is not None and type(reward) in (float, int, bool):
-                    total = (total or 0.0) + reward
-            last = normalized[-1] if normalized else {}
-            self._return = None if total is None else float(total)
-            self._last_truncated = bool(last.get("truncated") or False)
-            self._last_terminated = bool(last.get("terminated") or False)
             self.length += len(normalized)
             self._buffer.add_rows(normalized, self._writer.fields.specs)
             if len(self._buffer) >= self._writer.step_buffer:
@@ -160,7 +145,11 @@ class Episode:
                 if announce and not self._announced:
                     self._writer.append_episode_row(self, rev=0, end=None)
                     self._announced = True
-                fields, arrays = self._buffer.take(self._writer.fields.specs)
+                buffer = self._buffer
+                self._return = buffer.running_sum("reward", self._return)
+                self._last_truncated = bool(buffer.last("truncated") or False)
+                self._last_terminated = bool(buffer.last("terminated") or False)
+                fields, arrays = buffer.take(self._writer.fields.specs)
                 self._writer.append_steps(self.id, self.length - n, n, fields, arrays)
 
     def end(self, status: str | None = None, **metadata: Any) -> None:
@@ -172,12 +161,12 @@ class Episode:
             self._check_open()
             self._writer.check_writable()
             extra = self._writer.check_metadata(metadata)
-            if status is None:
-                status = "truncated" if self._last_truncated and not self._last_terminated else "complete"
             # An episode that ends before its first hand-off skips the "open" row: steps, then
             # the final row. Should a crash fall between the two, reopening still finds the
             # steps and marks them an incomplete episode (without its metadata).
             self._flush(announce=False)
+            if status is None:
+                status = "truncated" if self._last_truncated and not self._last_terminated else "complete"
             final = {**self.metadata, **extra}
             self._writer.append_episode_row(self, rev=1 if self._announced else 0, end=datetime.now(timezone.utc),
                                             status=status, metadata=final)

@@ -19,7 +19,9 @@ never poisons the steps buffered before it.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -323,16 +325,16 @@ def column_to_arrow(spec: FieldSpec, values: Sequence[Any] | np.ndarray,
     values, or a numpy column with a validity mask); blob fields add their checksum column."""
     name = spec.name
     if isinstance(values, np.ndarray) and spec.kind in ("scalar", "fixed"):
-        mask = None if valid is None else pa.array(~valid)
         if spec.kind == "scalar":
-            arr = pa.array(values.astype(_CATEGORY_DTYPE[spec.dtype], copy=False), type=_SCALAR_TYPES[spec.dtype], mask=None if valid is None else ~valid)
+            arr = pa.array(values.astype(_CATEGORY_DTYPE[spec.dtype], copy=False), type=_SCALAR_TYPES[spec.dtype],
+                           mask=None if valid is None else ~valid)
         else:
             values = values.astype(np.dtype(spec.dtype), copy=valid is not None)
             if valid is not None:
                 values[~valid] = 0  # missing rows read 0 (NaN for floats, by their null mask)
-            flat = values.reshape(-1)
-            arr = pa.FixedSizeListArray.from_arrays(pa.array(flat), int(np.prod(spec.shape, dtype=np.int64)), mask=mask)
-        return [pa.field(name, arr.type, metadata=spec.metadata())], [arr]
+            arr = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), math.prod(spec.shape),
+                                                    mask=None if valid is None else pa.array(~valid))
+        return [_arrow_field(spec, arr.type)], [arr]
     if isinstance(values, np.ndarray) or valid is not None:
         values = [v if ok else None for v, ok in zip(values, valid)] if valid is not None else list(values)
     if spec.kind == "scalar":
@@ -349,6 +351,13 @@ def column_to_arrow(spec: FieldSpec, values: Sequence[Any] | np.ndarray,
         return ([pa.field(name, pa.large_binary(), metadata=spec.metadata()),
                  pa.field(name + CHECKSUM_SUFFIX, pa.binary(16), metadata=spec.metadata(blob=False))], [data, sums])
     return [pa.field(name, arr.type, metadata=spec.metadata())], [arr]
+
+
+@functools.lru_cache(maxsize=4096)
+def _arrow_field(spec: FieldSpec, type_: pa.DataType) -> pa.Field:
+    """The Arrow field of ``spec``'s column (cached: every hand-off of an episode's steps
+    builds one per column, and the spec metadata is JSON)."""
+    return pa.field(spec.name, type_, metadata=spec.metadata())
 
 
 def _fixed(values: list[Any], spec: FieldSpec) -> pa.Array:

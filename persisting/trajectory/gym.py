@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
+import numpy as np
 
 from persisting.errors import ClosedError, InvalidRecordError
 from persisting.trajectory.store import Episode, TrajectoryStore
@@ -63,7 +64,7 @@ class RecordEpisodes(gym.Wrapper):
         obs, reward, terminated, truncated, info = self.env.step(action)
         prev = self._obs
         done = terminated or truncated
-        if isinstance(prev, (Mapping, tuple)):
+        if type(prev) is not np.ndarray and isinstance(prev, (Mapping, tuple)):
             row: dict[str, Any] = flatten("obs", prev)
             row.update(action=action, reward=reward, terminated=bool(terminated), truncated=bool(truncated))
         else:  # the common case: one dict literal, no flattening

@@ -19,7 +19,9 @@ import pyarrow as pa
 
 from persisting.engine import Table
 from persisting.trajectory.fields import stacked_to_columns
+from persisting.engine.schema import records_to_batch
 from persisting.trajectory.registry import FieldRegistry
+from persisting.trajectory.schema import EPISODE_SCHEMA
 
 if TYPE_CHECKING:
     from persisting.trajectory.episode import Episode
@@ -52,9 +54,17 @@ class EpisodeWriter:
     def append_episode_row(self, ep: Episode, *, rev: int, end: datetime | None, status: str = "open",
                            metadata: Mapping[str, Any] | None = None) -> None:
         """A revision of ``ep``'s row: its metadata, counters and status as of now."""
-        row = {**(ep.metadata if metadata is None else metadata), "episode_id": ep.id, "rev": rev, "status": status,
-               "length": ep.length, "return": ep.return_, "start_time": ep.start_time, "end_time": end}
-        self._episodes.append([row])
+        meta = ep.metadata if metadata is None else metadata
+        core = (ep.id, rev, status, ep.length, ep.return_, ep.start_time, end)
+        # the store's own columns have fixed types: built directly (type inference of a one-row
+        # dict cost ~100 us, twice per episode); metadata keeps the engine's inference and widening
+        arrays = [pa.array([v], type=f.type) for v, f in zip(core, EPISODE_SCHEMA)]
+        fields = list(EPISODE_SCHEMA)
+        if meta:
+            extra = records_to_batch([meta], self._episodes.schema)
+            arrays += extra.columns
+            fields += extra.schema
+        self._episodes.append(pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields)))
 
     def append_steps(self, episode_id: int, first_step: int, n: int, fields: list[pa.Field], arrays: list[pa.Array]) -> None:
         """Hand ``n`` steps (their columns) to the steps table: from now on they are acknowledged."""

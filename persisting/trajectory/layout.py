@@ -1,0 +1,66 @@
+"""Step layouts compiled into straight-line store functions: the per-step hot path of logging.
+
+An RL loop logs the same fields with the same types step after step. Once a
+:class:`~persisting.trajectory.buffer.StepBuffer` has checked one such step in full, it asks
+here for a function specialised to that layout (field names, value types, array dtypes and
+shapes): it fetches every value, tests each with one ``type(...) is`` (plus dtype identity and
+shape equality for arrays, the int64 range for Python ints) and, only when all pass, stores them
+into the buffer's numpy columns. No loop, no per-field tuple unpacking, no dict of layouts:
+about half the Python of the generic check. A step that differs in any way (a field more or
+less, another type or shape) gets False and goes through the generic checks.
+
+The generated source names nothing from the caller: field names, types, dtypes and shapes are
+bound as constants in the function's namespace, never pasted into the source text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["LayoutKey", "compiled"]
+
+# one entry per field: (name, value type, array dtype or None, array shape or "is a Python int")
+LayoutKey = tuple[tuple[str, type, np.dtype | None, Any], ...]
+StoreFn = Callable[[Mapping[str, Any], int, tuple[Any, ...]], bool]
+
+_INT64 = (-(1 << 63), 1 << 63)
+_CACHE: dict[LayoutKey, StoreFn] = {}
+_CACHE_MAX = 512
+
+
+def compiled(key: LayoutKey) -> StoreFn:
+    """``fn(step, i, columns) -> bool``: store ``step`` as row ``i`` if it has exactly layout
+    ``key``; ``columns`` holds each field's ``(values, valid)`` arrays in ``key`` order, flat."""
+    fn = _CACHE.get(key)
+    if fn is None:
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.clear()
+        fn = _CACHE[key] = _build(key)
+    return fn
+
+
+def _build(key: LayoutKey) -> StoreFn:
+    ns: dict[str, Any] = {"LO": _INT64[0], "HI": _INT64[1]}
+    vs = [f"v{j}" for j in range(len(key))]
+    src = ["def store(step, i, columns):", f"    if len(step) != {len(key)}:", "        return False", "    try:"]
+    src.append(f"        {', '.join(vs)}, = " + ", ".join(f"step[N{j}]" for j in range(len(key))) + ",")
+    src += ["    except KeyError:", "        return False"]
+    for j, (name, t, dtype, shape) in enumerate(key):
+        ns[f"N{j}"], ns[f"T{j}"] = name, t
+        test = f"type(v{j}) is not T{j}"
+        if dtype is not None:
+            ns[f"D{j}"], ns[f"S{j}"] = dtype, shape
+            test += f" or v{j}.dtype is not D{j} or v{j}.shape != S{j}"
+        elif shape:  # a Python int: must fit the int64 column
+            test += f" or not LO <= v{j} < HI"
+        src += [f"    if {test}:", "        return False"]
+    cols = [f"a{j}, m{j}" for j in range(len(key))]
+    src.append(f"    {', '.join(cols)}, = columns")
+    for j in range(len(key)):
+        src += [f"    a{j}[i] = v{j}", f"    m{j}[i] = True"]
+    src.append("    return True")
+    exec("\n".join(src), ns)  # noqa: S102 - source built above from fixed templates only
+    return ns["store"]
