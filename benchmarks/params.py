@@ -9,6 +9,9 @@ cache): this machine gives us no way to drop caches.
 Extra ParamStore scenarios: a second save with 90% of tensors unchanged (dedup), how long
 ``save_async`` blocks the caller, and a partial load of 10% of the tensors.
 
+The physical limits of a save are measured in the same run: the same bytes written raw into
+one file, and by Lance itself (one blob column over the tensors' memory), each fsynced.
+
     python benchmarks/params.py [--mb 200] [--tensors 100] [--repeat 3]
 """
 
@@ -44,6 +47,34 @@ def fsync_tree(path: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def raw_write(state: dict[str, torch.Tensor], path: str) -> None:
+    """Every tensor's bytes appended to one new file, then fsync of it and its directory."""
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "raw"), "wb") as f:
+        for t in state.values():
+            f.write(t.contiguous().view(torch.uint8).numpy().data)
+    fsync_tree(path)
+
+
+def lance_write(state: dict[str, torch.Tensor], path: str, chunk: int = 4 << 20) -> None:
+    """Lance's own write of the same bytes: one blob column of ``chunk``-sized values over the
+    tensors' memory (no copy), one commit, then fsync of every file it wrote."""
+    import lance
+    import pyarrow as pa
+
+    schema = pa.schema([pa.field("data", pa.large_binary(), metadata={"lance-encoding:blob": "true"})])
+    pieces = []
+    for t in state.values():
+        raw = t.contiguous().view(torch.uint8).reshape(-1).numpy()
+        bounds = list(range(0, raw.nbytes, chunk)) + [raw.nbytes]
+        offsets = pa.array(bounds, pa.int64())
+        pieces.append(pa.LargeBinaryArray.from_buffers(
+            pa.large_binary(), len(bounds) - 1, [None, offsets.buffers()[1], pa.py_buffer(raw)]))
+    table = pa.Table.from_arrays([pa.chunked_array(pieces)], schema=schema)
+    lance.write_dataset(table, os.path.join(path, "t.lance"), schema=schema, data_storage_version="2.2")
+    fsync_tree(path)
 
 
 def make_state(total_mb: int, n: int) -> dict[str, torch.Tensor]:
@@ -91,6 +122,7 @@ def main() -> None:
     target = {k: torch.empty_like(v) for k, v in state.items()}
     root = tempfile.mkdtemp(prefix="bench-params-", dir=args.dir)
     results: dict[str, tuple[float, float]] = {}
+    limits: dict[str, float] = {}
 
     def fresh(path: str) -> Callable[[], None]:
         return lambda: shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else (os.path.exists(path) and os.unlink(path))
@@ -126,6 +158,14 @@ def main() -> None:
             shutil.rmtree(p)
         except Exception as exc:  # noqa: BLE001 - report and go on with the other contenders
             print(f"dcp skipped: {type(exc).__name__}: {exc}")
+
+        # the physical limits of a save on this disk: the same bytes written raw into one file,
+        # and written by Lance itself as a blob column over the tensors' memory (4 MiB chunks,
+        # one commit), each with fsync of what was written
+        p = os.path.join(root, "limit")
+        limits["raw write+fsync"] = timed(lambda: raw_write(state, p), args.repeat, fresh(p))
+        limits["Lance blob write+fsync"] = timed(lambda: lance_write(state, p), args.repeat, fresh(p))
+        fresh(p)()
 
         # ParamStore: every save into a new store, so none of them dedups against an earlier one
         p = os.path.join(root, "store")
@@ -240,6 +280,8 @@ def main() -> None:
     b, t = statistics.median(block), statistics.median(total)
     print(f"save_async: caller blocked {b:.3f} s = {b / ours_s:.2f}x of a synchronous full save (target <= 0.2x; "
           f"first call, allocating its snapshot: {first_block:.3f} s); background write done after {t:.3f} s")
+    for name, t in limits.items():
+        print(f"limit: {name} of the same bytes {t:.3f} s ({gib / t:.2f} GiB/s); ParamStore save = {t / ours_s:.2f}x of it")
     print(f"partial load of 10% of tensors: {part_t:.3f} s vs full load {full_t:.3f} s ({part_t / full_t:.2f}x)")
 
 
