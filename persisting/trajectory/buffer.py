@@ -236,10 +236,10 @@ class StepBuffer:
         arrays: list[pa.Array] = []
         for name, col in self.columns.items():
             valid = col.valid[:n]
-            if not valid.any():
+            k = np.count_nonzero(valid)
+            if not k:
                 continue
-            values = col.values[:n]
-            f, a = column_to_arrow(specs[name], values, None if valid.all() else valid)
+            f, a = column_to_arrow(specs[name], col.values[:n], None if k == n else valid)
             fields += f
             arrays += a
         self.columns = {}

@@ -9,6 +9,7 @@ when an episode ends.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -29,6 +30,12 @@ if TYPE_CHECKING:
 __all__ = ["EpisodeWriter"]
 
 _KEY_FIELDS = [pa.field("episode_id", pa.int64(), nullable=False), pa.field("step", pa.int64(), nullable=False)]
+
+
+@functools.lru_cache(maxsize=256)
+def _steps_schema(fields: tuple[tuple[pa.Field, tuple[tuple[bytes, bytes], ...]], ...]) -> pa.Schema:
+    """The schema of a hand-off with these step columns (hand-offs repeat a few layouts)."""
+    return pa.schema([*_KEY_FIELDS, *(f for f, _ in fields)])
 
 
 class EpisodeWriter:
@@ -69,7 +76,9 @@ class EpisodeWriter:
     def append_steps(self, episode_id: int, first_step: int, n: int, fields: list[pa.Field], arrays: list[pa.Array]) -> None:
         """Hand ``n`` steps (their columns) to the steps table: from now on they are acknowledged."""
         keys = [pa.array(np.full(n, episode_id, np.int64)), pa.array(np.arange(first_step, first_step + n, dtype=np.int64))]
-        self._steps.append(pa.Table.from_arrays(keys + arrays, schema=pa.schema([*_KEY_FIELDS, *fields])))
+        # pa.Field equality ignores metadata (which holds the spec): key on it explicitly
+        key = tuple((f, tuple(f.metadata.items()) if f.metadata else ()) for f in fields)
+        self._steps.append(pa.RecordBatch.from_arrays(keys + arrays, schema=_steps_schema(key)))
 
     def write_stacked(self, episode_id: int, first_step: int, n: int, batch: Mapping[str, Any]) -> None:
         """Hand over columns accepted by :meth:`FieldRegistry.check_stacked`."""
