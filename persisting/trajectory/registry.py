@@ -29,6 +29,7 @@ from persisting.trajectory.schema import STEP_KEYS
 
 __all__ = ["FieldRegistry"]
 
+_INT64 = (-(1 << 63), 1 << 63)
 _PLAIN: dict[type, Signature] = {float: ("scalar", "float", ()), int: ("scalar", "int", ()), bool: ("scalar", "bool", ())}
 
 
@@ -79,6 +80,10 @@ class FieldRegistry:
                     stored, sig = normalize(name, value, ragged=name in self.ragged, blob_threshold=self.blob_threshold)
                 if sig is None:
                     continue  # a missing value: the column reads null for this step
+                if type(stored) is int and not _INT64[0] <= stored < _INT64[1] and sig[1] == "int":
+                    raise InvalidRecordError(
+                        f"step {i}: field {name!r} = {stored} does not fit a 64-bit integer column; "
+                        "pass it as a float or a str", field=name, index=i)
                 if sigs.get(name) != sig:
                     known = new_specs.get(name) or self.specs.get(name)
                     spec = FieldSpec(name, *sig)
