@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ CHUNK = 1 << 20
 
 
 @pytest.fixture()
-def chunks(tmp_path: Path) -> ChunkTable:
+def chunks(tmp_path: Path) -> Iterator[ChunkTable]:
     t = ChunkTable(str(tmp_path / "chunks.lance"), storage_options=None, wal_dir=str(tmp_path / "wal"),
                    read_only=False, commit_bytes=1 << 30)
     yield t
