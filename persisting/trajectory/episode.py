@@ -41,6 +41,7 @@ class Episode:
         self._last_truncated = False
         self._last_terminated = False
         self._announced = False  # has the "open" row been written?
+        self._row_parts: tuple[Any, ...] | None = None  # the writer's cache of this episode's row columns
 
     @property
     def episode_id(self) -> int:

@@ -22,7 +22,7 @@ from persisting.engine import Table
 from persisting.trajectory.fields import stacked_to_columns
 from persisting.engine.schema import records_to_batch
 from persisting.trajectory.registry import FieldRegistry
-from persisting.trajectory.schema import EPISODE_SCHEMA
+from persisting.trajectory.schema import EPISODE_SCHEMA, STATUSES
 
 if TYPE_CHECKING:
     from persisting.trajectory.episode import Episode
@@ -30,6 +30,16 @@ if TYPE_CHECKING:
 __all__ = ["EpisodeWriter"]
 
 _KEY_FIELDS = [pa.field("episode_id", pa.int64(), nullable=False), pa.field("step", pa.int64(), nullable=False)]
+
+
+_TIME = EPISODE_SCHEMA.field("start_time").type
+_NULL_FLOAT = pa.nulls(1, pa.float64())
+_NULL_TIME = pa.nulls(1, _TIME)
+_STATUS = {s: pa.array([s], pa.string()) for s in STATUSES}
+
+
+def _int64(v: int) -> pa.Array:
+    return pa.array(np.array([v], np.int64))
 
 
 @functools.lru_cache(maxsize=256)
@@ -62,16 +72,22 @@ class EpisodeWriter:
                            metadata: Mapping[str, Any] | None = None) -> None:
         """A revision of ``ep``'s row: its metadata, counters and status as of now."""
         meta = ep.metadata if metadata is None else metadata
-        core = (ep.id, rev, status, ep.length, ep.return_, ep.start_time, end)
-        # the store's own columns have fixed types: built directly (type inference of a one-row
-        # dict cost ~100 us, twice per episode); metadata keeps the engine's inference and widening
-        arrays = [pa.array([v], type=f.type) for v, f in zip(core, EPISODE_SCHEMA)]
-        fields = list(EPISODE_SCHEMA)
-        if meta:
-            extra = records_to_batch([meta], self._episodes.schema)
-            arrays += extra.columns
-            fields += extra.schema
-        self._episodes.append(pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields)))
+        types = tuple(type(v) for v in meta.values())
+        parts = ep._row_parts
+        if parts is None or parts[1] != types or parts[0] != meta:
+            # per episode, once (twice if the end adds metadata): its id, start and metadata
+            # columns; metadata keeps the engine's type inference and widening
+            extra = records_to_batch([meta], self._episodes.schema) if meta else None
+            more = list(extra.columns) if extra is not None else []
+            schema = pa.schema([*EPISODE_SCHEMA, *(extra.schema if extra is not None else [])])
+            parts = ep._row_parts = (dict(meta), types, _int64(ep.id), pa.array([ep.start_time], _TIME), more, schema)
+        ret = ep.return_
+        # the store's own columns have fixed types: built directly, not inferred (inferring a
+        # one-row dict cost ~150 us, twice per episode)
+        arrays = [parts[2], _int64(rev), _STATUS.get(status) or pa.array([status], pa.string()), _int64(ep.length),
+                  _NULL_FLOAT if ret is None else pa.array(np.array([ret], np.float64)), parts[3],
+                  _NULL_TIME if end is None else pa.array([end], _TIME), *parts[4]]
+        self._episodes.append(pa.RecordBatch.from_arrays(arrays, schema=parts[5]))
 
     def append_steps(self, episode_id: int, first_step: int, n: int, fields: list[pa.Field], arrays: list[pa.Array]) -> None:
         """Hand ``n`` steps (their columns) to the steps table: from now on they are acknowledged."""
