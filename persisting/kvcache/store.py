@@ -43,7 +43,7 @@ from persisting.engine.options import TableOptions
 from persisting.engine.table import Table
 from persisting.errors import ConfigError, InvalidRecordError, PersistingError, SchemaError
 from persisting.engine.payloads import read_into
-from persisting.kvcache.chunks import META_COLUMNS, SCHEMA, Layout, copy_chunk, is_torch, itemsize, proxy
+from persisting.kvcache.chunks import META_COLUMNS, PAYLOADS, SCHEMA, Layout, copy_chunk, is_torch, itemsize, proxy
 from persisting.kvcache.hashing import as_token_array, iter_chunk_keys, namespace_seed
 from persisting.kvcache.index import ChunkIndex, Entry
 from persisting.kvcache.metrics import KVCacheMetrics
@@ -126,6 +126,7 @@ class KVCacheStore:
             follow=False,  # the index's positions hold for one version: the store moves on when it syncs
             name=namespace,
         )
+        self._table.payloads = PAYLOADS  # new blob files are recorded from the payload checksums, not re-read
         self._rows = RowFollower(self._table, ["key", "parent", "depth", "nbytes"])
         try:
             self._sync()
