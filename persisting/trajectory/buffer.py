@@ -5,9 +5,10 @@ store already knows (Python or numpy scalars, numpy arrays of the stored dtype a
 copied straight into preallocated numpy columns: one type check and one array store per
 field, no per-step dict of normalized values, no stacking at hand-off. Once a step passed
 those checks, the buffer remembers its layout (per field: the value's type, and an array's
-dtype and shape), so the next step of that layout -- nearly every step of an RL loop -- costs
-one dict lookup, an identity test and two stores per field (:meth:`StepBuffer.add_fast`); the
-layout is forgotten at every hand-off and whenever the store's field specs change. Anything else (a new
+dtype and shape), so the next step of that layout -- nearly every step of an RL loop -- goes to
+a function compiled for exactly that layout (:mod:`~persisting.trajectory.layout`), or else one
+dict lookup, an identity test and two stores per field (:meth:`StepBuffer.add_fast`); layouts
+are forgotten at every hand-off and whenever the store's field specs change. Anything else (a new
 field, a widened type, strings, lists, tensors, blobs) goes through the store's checks first
 (:func:`~persisting.trajectory.fields.normalize`, spec merging) and is then stored the same
 way, in an object column where no numpy column fits. Order is kept: there is one buffer.
