@@ -75,6 +75,7 @@ from persisting.engine.writers import (
 )
 from persisting.errors import (
     ClosedError,
+    ConfigError,
     CorruptionError,
     NotFoundError,
     PersistingError,
@@ -737,6 +738,28 @@ class Table(TableReads):
         """Delete rows matching a SQL predicate (commits pending rows first)."""
         self._check_writable()
         self._maintain(lambda ds: ds.delete(predicate))
+
+    def discard_pending(self) -> int:
+        """Drop every row appended but not committed yet; return how many.
+
+        Only for tables without a WAL (durability ``"none"``), whose rows are promised nothing
+        before :meth:`flush` returns: a writer whose flush failed uses it to abandon rows that
+        reference memory it no longer vouches for (a checkpoint's tensors, zero-copy), instead
+        of letting a later commit store whatever those bytes hold then."""
+        if self.options.durability != "none":
+            raise ConfigError(
+                f"table {self.uri} logs appends to its WAL (durability {self.options.durability!r}): "
+                "acknowledged rows cannot be discarded",
+                durability=self.options.durability,
+            )
+        with self._commit_lock, self._lock:  # no commit of these rows is under way
+            self._check_writable()
+            dropped = self._pending.rows
+            self._pending.clear()
+            self._flush_error = None
+            self.metrics.buffer.set(0)
+            self._changed.notify_all()
+            return dropped
 
     def delete_in(self, column: str, values: Iterable[Any]) -> int:
         """Delete every row whose ``column`` holds one of ``values`` (typed by the column, quoted

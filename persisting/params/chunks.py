@@ -151,6 +151,12 @@ class ChunkTable:
         self._rows.sync()  # reads just the rows committed since (ours, and others' in between)
         self._buffered.clear()
 
+    def abandon(self) -> None:
+        """Forget the chunks appended since the last commit (a save failed): they reference the
+        caller's tensors, which may change before any later commit would write them."""
+        self._table.discard_pending()
+        self._buffered.clear()
+
     def read_into(self, targets: Mapping[str, np.ndarray]) -> int:
         """Read each chunk ``key`` straight into ``targets[key]`` (a writable uint8 buffer of its
         size), verified against its checksum, chunks in parallel; return the bytes read.

@@ -462,18 +462,25 @@ class ParamStore:
             self._check_writable()
             self._chunks.sync()  # dedup against what is stored now, not a stale view
             out: list[tuple[TensorEntry, int, int]] = []
-            for ref in refs:
-                if isinstance(ref.value, Stored):
-                    v = ref.value
-                    out.append((replace(v.entry, name=ref.name, kind=v.kind), v.new_chunks, v.new_bytes))
-                    continue
-                value = np.asarray(ref.value) if ref.kind == NUMPY_SCALAR else ref.value
-                raw, dtype, shape = raw_view(value)
-                put = self._chunks.put(raw, self.chunk_bytes)
-                digest = checksum("".join(put.hashes).encode()).hex()  # over the chunk keys: no second pass
-                entry = TensorEntry(ref.name, ref.kind, dtype, shape, raw.nbytes, digest, put.hashes)
-                out.append((entry, put.new_chunks, put.new_bytes))
-            self._chunks.commit()  # every chunk durable before any manifest row refers to it
+            try:
+                for ref in refs:
+                    if isinstance(ref.value, Stored):
+                        v = ref.value
+                        out.append((replace(v.entry, name=ref.name, kind=v.kind), v.new_chunks, v.new_bytes))
+                        continue
+                    value = np.asarray(ref.value) if ref.kind == NUMPY_SCALAR else ref.value
+                    raw, dtype, shape = raw_view(value)
+                    put = self._chunks.put(raw, self.chunk_bytes)
+                    digest = checksum("".join(put.hashes).encode()).hex()  # over the chunk keys: no second pass
+                    entry = TensorEntry(ref.name, ref.kind, dtype, shape, raw.nbytes, digest, put.hashes)
+                    out.append((entry, put.new_chunks, put.new_bytes))
+                self._chunks.commit()  # every chunk durable before any manifest row refers to it
+            except BaseException:
+                # the pending chunks point into the caller's tensors, which training goes on
+                # changing: a later commit would store those bytes under the old content keys,
+                # and a later save deduplicating against them would reference corrupt chunks
+                self._chunks.abandon()
+                raise
             return out
 
     def _write(self, p: _Prepared) -> CheckpointInfo:
