@@ -62,7 +62,7 @@ import crc32c
 
 from persisting.engine.lease import Lease
 from persisting.engine.objstore import ObjectStore, PreconditionFailed
-from persisting.engine.wal import _META, _PREFIX, FRAME_BATCH, HEADER_SIZE, Frame, ReplayReport, _header_bytes, _read_segment
+from persisting.engine.wal import FRAME_BATCH, HEADER_SIZE, Frame, ReplayReport, _header_bytes, _read_segment, frame_head
 from persisting.errors import FencedError, StorageError, WALError
 
 __all__ = [
@@ -222,13 +222,8 @@ class RemoteWAL:
         with self._cond:
             self._raise_if_failed()
             lsn = self._next_lsn
-            meta = _META.pack(lsn, ftype)
-            crc = crc32c.crc32c(meta, self._seed)
-            length = _META.size
-            for piece in pieces:
-                crc = crc32c.crc32c(piece, crc)
-                length += len(memoryview(piece))
-            frame = b"".join([_PREFIX.pack(length, crc), meta, *(bytes(p) for p in pieces)])
+            prefix, meta = frame_head(lsn, ftype, pieces, self._seed)
+            frame = b"".join([prefix, meta, *(bytes(p) for p in pieces)])
             self._group.append(frame)
             self._group_bytes += len(frame)
             self._next_lsn = lsn + 1

@@ -76,6 +76,18 @@ class ReplayReport:
     skipping: bool = field(default=False, repr=False)  # salvage gave bytes up since the last good frame
 
 
+def frame_head(lsn: int, ftype: int, pieces: list[Any], seed: int) -> tuple[bytes, bytes]:
+    """The prefix (length, crc32c) and meta (lsn, type) of a frame whose payload is ``pieces``,
+    written before them: one frame format for local segments and object-store segments."""
+    meta = _META.pack(lsn, ftype)
+    crc = crc32c.crc32c(meta, seed)
+    length = _META.size
+    for piece in pieces:
+        crc = crc32c.crc32c(piece, crc)
+        length += len(memoryview(piece))
+    return _PREFIX.pack(length, crc), meta
+
+
 def list_segments(directory: str) -> list[tuple[int, str]]:
     """(number, path) of every segment in ``directory``, oldest first."""
     out = []
@@ -329,15 +341,10 @@ class WAL:
             if self._closed:
                 raise WALError(f"WAL {self.directory} is closed")
             lsn = self._next_lsn
-            meta = _META.pack(lsn, ftype)
-            crc = crc32c.crc32c(meta, self._seed)
-            length = _META.size
-            for piece in pieces:
-                crc = crc32c.crc32c(piece, crc)
-                length += len(memoryview(piece))
-            expected = _PREFIX.size + length
+            prefix, meta = frame_head(lsn, ftype, pieces, self._seed)
+            expected = len(prefix) + len(meta) + sum(len(memoryview(p)) for p in pieces)
             try:
-                written = os.writev(self._fd, [_PREFIX.pack(length, crc), meta, *pieces])
+                written = os.writev(self._fd, [prefix, meta, *pieces])
                 if written != expected:
                     raise OSError(f"short write: {written} of {expected} bytes")
             except OSError as exc:
