@@ -421,7 +421,8 @@ def to_numpy(table: pa.Table, spec: FieldSpec) -> np.ndarray:
 
             return torch.stack(items)  # type: ignore[return-value]  # bfloat16 has no numpy dtype
         out = np.empty(n, dtype=object)
-        out[:] = items
+        for i, x in enumerate(items):  # element by element: numpy would try to convert a tensor
+            out[i] = x
         return out
     if spec.kind == "ragged":
         offsets = arr.offsets.to_numpy()

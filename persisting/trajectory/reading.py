@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from persisting.engine.table import Table
 from persisting.errors import ClosedError, ConfigError, NotFoundError
+from persisting.trajectory.blobs import gather_blobs
 from persisting.trajectory.fields import CHECKSUM_SUFFIX, FieldSpec, to_numpy
 from persisting.trajectory.index import StepIndex
 from persisting.trajectory.registry import FieldRegistry
@@ -183,15 +184,36 @@ class EpisodeReads:
         positions = idx.positions[sorted_idx]
         out: dict[str, np.ndarray] = dict(zip(STEP_KEYS, idx.split(sorted_idx)))
         rest = [n for n in names if not view.has(n)]
+        blobs = [n for n in rest if self._fields.specs[n].kind == "blob"]
+        direct: dict[str, object] = {}
         if rest:
-            cols = rest + [n + CHECKSUM_SUFFIX for n in rest if self._fields.specs[n].kind == "blob"]
             uniq, inverse = np.unique(positions, return_inverse=True)
-            taken = self._steps.take(uniq.tolist(), columns=cols).take(pa.array(inverse.astype(np.int64)))
+            if blobs:
+                # blob payloads read straight into one array through the engine's payload path
+                sums = self._steps.take(uniq.tolist(), columns=[n + CHECKSUM_SUFFIX for n in blobs])
+                for n in blobs:
+                    got = gather_blobs(self._steps, self._fields.specs[n], uniq, sums.column(n + CHECKSUM_SUFFIX))
+                    if got is not None:
+                        direct[n] = got[inverse]
+            cols = [n for n in rest if n not in direct]
+            cols += [n + CHECKSUM_SUFFIX for n in cols if self._fields.specs[n].kind == "blob"]
+            if cols:
+                taken = self._steps.take(uniq.tolist(), columns=cols).take(pa.array(inverse.astype(np.int64)))
         for name in names:
-            out[name] = view.gather(name, positions) if view.has(name) else to_numpy(taken, self._fields.specs[name])
+            if view.has(name):
+                out[name] = view.gather(name, positions)
+            elif name in direct:
+                out[name] = direct[name]  # type: ignore[assignment]
+            else:
+                out[name] = to_numpy(taken, self._fields.specs[name])
         if valid is not None and names:
             last = names[-1]
-            valid.append(view.valid(last, positions) if view.has(last) else np.asarray(taken.column(last).is_valid()))
+            if view.has(last):
+                valid.append(view.valid(last, positions))
+            elif last in direct:
+                valid.append(np.ones(len(positions), np.bool_))  # the payload path needs every row present
+            else:
+                valid.append(np.asarray(taken.column(last).is_valid()))
         return out
 
     def read_episode(self, episode_id: int, *, fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
