@@ -132,11 +132,16 @@ def test_verify_catches_a_flipped_byte_in_kv_and_step_payloads(stores: Stores, t
         table, pattern = root / "kv" / "llama.lance", stores.KV[0, 0:4, :].tobytes()
     else:  # episode 2's frames are 70,000 bytes of 2
         table, pattern = root / "traj" / "steps.lance", bytes([2]) * 4096
-    _flip_in(table, pattern)
+    damaged = _flip_in(table, pattern)
     doc = stores.json("verify", str(root), expect=1)
-    damaged_file, problem = sorted(doc["problems"], key=lambda p: p["row"] is not None)
-    assert problem["path"] == str(table) and problem["row"] is not None and "checksum" in problem["message"]
-    assert damaged_file["path"].startswith(str(table) + "/data/") and "digest" in damaged_file["message"]
+    if str(damaged).endswith(".blob"):  # payload bytes only: rows are still scanned, the row is named
+        damaged_file, problem = sorted(doc["problems"], key=lambda p: p["row"] is not None)
+        assert problem["path"] == str(table) and problem["row"] is not None and "checksum" in problem["message"]
+    else:  # a Lance data file fails its digest: it is never handed to Lance (lengths in it are trusted)
+        damaged_file, skipped = doc["problems"]
+        assert skipped["path"] == str(table) and "rows not scanned" in skipped["message"]
+    assert damaged_file["path"] == str(damaged) and damaged_file["path"].startswith(str(table) + "/data/")
+    assert "digest" in damaged_file["message"]
 
 
 def test_verify_reports_a_torn_wal_tail_as_a_warning(stores: Stores, tmp_path: Path) -> None:
@@ -241,7 +246,8 @@ def test_verify_catches_a_flipped_string_and_a_lost_newest_manifest(stores: Stor
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     path = _flip_in(uri, b"name-1")  # one byte of a string column: still a valid string
     doc = stores.json("verify", str(tmp_path / "a"), expect=1)
-    assert [p["path"] for p in doc["problems"]] == [str(path)] and "digest" in doc["problems"][0]["message"]
+    assert [p["path"] for p in doc["problems"]] == [str(path), str(uri)] and "digest" in doc["problems"][0]["message"]
+    assert "rows not scanned" in doc["problems"][1]["message"]
 
     other = tmp_path / "b" / "names.lance"
     newest = min(glob.glob(str(other / "_versions" / "*.manifest")))  # Lance's V2 names count down
