@@ -2,7 +2,8 @@
 
 argv[1] is JSON: uri, wal_uri, storage_options, writer_id, mode ("always" | "batch"), lease,
 start (first seq), seed, flush_rows, payload (bytes per row), barrier (a path: wait for it to
-exist before the first append), acks (a local file), optional stop_in_commit (N: the N-th
+exist before the first append), acks (a local file), pause (seconds
+slept after each append: keeps ``batch`` from writing tens of thousands of rows), optional stop_in_commit (N: the N-th
 Lance commit of this writer prints ``committing`` and SIGSTOPs its own process after the
 table's owner check passed, right before Lance commits).
 
@@ -80,6 +81,7 @@ def main() -> int:
             print("try", seq, flush=True)
             table.append([row_of(a["writer_id"], seq, a["payload"])])
             pending.append(seq)
+            time.sleep(a.get("pause", 0.0))
             if a["mode"] == "batch":
                 next_sync -= 1
                 if next_sync > 0:

@@ -58,7 +58,8 @@ class Writer:
         self.acks_path = root / f"acks-{writer_id}-{start}"
         args = dict(uri=uri, wal_uri=remote_wal_uri(uri), storage_options=opts, writer_id=writer_id, mode=mode,
                     lease=LEASE, start=start, seed=seed, flush_rows=flush_rows, payload=payload,
-                    barrier=str(barrier), acks=str(self.acks_path), stop_in_commit=stop_in_commit)
+                    barrier=str(barrier), acks=str(self.acks_path), stop_in_commit=stop_in_commit,
+                    pause=0.003 if mode == "batch" else 0.0)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
         self.err = open(root / f"stderr-{writer_id}-{start}", "w+")
         self.proc = subprocess.Popen([sys.executable, "-X", "faulthandler", CHILD, json.dumps(args)], stdout=subprocess.PIPE,
@@ -206,9 +207,9 @@ def uri(s3_bucket: str) -> str:
 @pytest.mark.parametrize("mode", ["always", "batch"])
 def test_four_writers_on_object_wal_killed_at_random(uri: str, s3_options: dict[str, str], tmp_path: Path,
                                                      mode: str) -> None:
-    stats = campaign(uri, s3_options, tmp_path, mode, kills=3, seed=1)
+    stats = campaign(uri, s3_options, tmp_path, mode, kills=2, seed=1)
     print(mode, stats)
-    assert stats["kills"] == 3 and stats["with_acks"] >= 6 and stats["acked"] > 0
+    assert stats["kills"] == 2 and stats["with_acks"] >= 5 and stats["acked"] > 0
 
 
 @pytest.mark.soak
@@ -254,7 +255,7 @@ def test_killed_while_its_group_put_is_in_flight(uri: str, s3_options: dict[str,
     assert in_flight >= 2  # most kills hit an unacknowledged append
 
 
-@pytest.mark.parametrize("mode", ["always", "batch"])
+@pytest.mark.parametrize("mode", ["batch"])  # "always": tests/engine/test_remote_wal.py
 def test_paused_writer_across_a_takeover_acknowledges_nothing(uri: str, s3_options: dict[str, str], tmp_path: Path,
                                                               mode: str) -> None:
     """SIGSTOP a writer, let a new process of its identity take the lease over (and commit),
