@@ -122,6 +122,7 @@ class Table(TableReads):
         follow: bool = True,
         wal_uri: str | None = None,
         writer_id: str | None = None,
+        payloads: Sequence[PayloadColumn] = (),
     ) -> None:
         self.uri = str(uri)
         self.options = options or TableOptions()
@@ -131,7 +132,8 @@ class Table(TableReads):
         self.metrics = TableMetrics(store, self.name)
         # payload columns checked against a declared checksum column (besides the X__xxh3 rule):
         # their new blob files are recorded from those checksums, not read back after a commit
-        self.payloads: tuple[PayloadColumn, ...] = ()
+        # payload columns whose checksums cover their blob files: new files are recorded from them
+        self.payloads: tuple[PayloadColumn, ...] = tuple(payloads)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._commit_lock = threading.Lock()

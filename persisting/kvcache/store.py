@@ -125,8 +125,8 @@ class KVCacheStore:
             exclusive=False,  # any number of processes share a namespace
             follow=False,  # the index's positions hold for one version: the store moves on when it syncs
             name=namespace,
+            payloads=PAYLOADS,  # new blob files are recorded from the payload checksums, not re-read
         )
-        self._table.payloads = PAYLOADS  # new blob files are recorded from the payload checksums, not re-read
         self._rows = RowFollower(self._table, ["key", "parent", "depth", "nbytes"])
         try:
             self._sync()

@@ -87,8 +87,8 @@ class ChunkTable:
             follow=False,  # positions are ours to track: sync() moves the view when we choose
             store="params",
             name="chunks",
+            payloads=PAYLOADS,  # new blob files are recorded from the chunk keys, not re-read
         )
-        self._table.payloads = PAYLOADS  # new blob files are recorded from the chunk keys, not re-read
         self._rows = RowKeys(self._table, "hash", values=["nbytes"])
         self._buffered: dict[str, int] = {}  # key -> size of chunks appended, not yet committed
 

@@ -188,17 +188,20 @@ class EpisodeReads:
         direct: dict[str, object] = {}
         if rest:
             uniq, inverse = np.unique(positions, return_inverse=True)
-            if blobs:
-                # blob payloads read straight into one array through the engine's payload path
-                sums = self._steps.take(uniq.tolist(), columns=[n + CHECKSUM_SUFFIX for n in blobs])
-                for n in blobs:
-                    got = gather_blobs(self._steps, self._fields.specs[n], uniq, sums.column(n + CHECKSUM_SUFFIX))
-                    if got is not None:
-                        direct[n] = got[inverse]
-            cols = [n for n in rest if n not in direct]
-            cols += [n + CHECKSUM_SUFFIX for n in cols if self._fields.specs[n].kind == "blob"]
-            if cols:
-                taken = self._steps.take(uniq.tolist(), columns=cols).take(pa.array(inverse.astype(np.int64)))
+            # one take for the small columns and the blob checksums; the blob payloads are read
+            # straight into one array each through the engine's payload path
+            first = self._steps.take(uniq.tolist(), columns=[n for n in rest if n not in blobs]
+                                     + [n + CHECKSUM_SUFFIX for n in blobs])
+            for n in blobs:
+                got = gather_blobs(self._steps, self._fields.specs[n], uniq, first.column(n + CHECKSUM_SUFFIX))
+                if got is not None:
+                    direct[n] = got[inverse]
+            late = [n for n in blobs if n not in direct]  # the generic path: one more take
+            if late:
+                more = self._steps.take(uniq.tolist(), columns=late)
+                for n in late:
+                    first = first.append_column(more.schema.field(n), more.column(n))
+            taken = first.take(pa.array(inverse.astype(np.int64)))
         for name in names:
             if view.has(name):
                 out[name] = view.gather(name, positions)
