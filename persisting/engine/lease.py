@@ -16,7 +16,8 @@ If the store is unreachable at release, the lease just expires.
 
 What wall clocks must do: hosts' clocks agree within ``ttl / 4``. The WAL's own fencing does
 not depend on clocks (see :mod:`persisting.engine.remote_wal`); only the check before a Lance
-commit does.
+commit does, and a commit that passed it and then stalled is stopped by the new owner's Lance
+fence (:func:`persisting.engine.commits.fence_commits`).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 
 import lance
 
-from persisting.engine.commits import writer_applied_lsn
+from persisting.engine.commits import fence_commits, writer_applied_lsn
 from persisting.engine.dedup import Dedup, last_seen
 from persisting.engine.lance_io import open_dataset
 from persisting.engine.lease import Lease, read_lease
@@ -160,12 +160,14 @@ class RemoteLog:
         """Fence ``lease``'s older epochs, commit their unapplied frames, delete them."""
         t = self.table
         segments = fence_and_list(self.store, lease)
-        t._ds = open_dataset(t.uri, t.storage_options) or t._ds
-        if not segments:
+        if segments:  # a predecessor may be paused inside a commit of these: fence Lance too
+            t._ds = fence_commits(t.uri, t.storage_options) or t._ds
+        else:
+            t._ds = open_dataset(t.uri, t.storage_options) or t._ds
             return None
-        applied = writer_applied_lsn(t._ds, lease.writer)
+        applied = writer_applied_lsn(t._ds, lease.writer)  # read after the fence: see fence_commits
         frames = read_segments(self.store, segments, after_lsn=applied, mode=t.options.recovery, report=t.recovery_report)
-        dedup = t._replay_frames(frames, lease.writer, f"{self.store.uri}/{lease.writer}", applied)
+        dedup = t._replay_frames(frames, lease.writer, f"{self.store.uri}/{lease.writer}", applied, lease.check)
         self.store.delete([s.name for s in segments])
         return dedup
 

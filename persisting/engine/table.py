@@ -24,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeAlias
 
@@ -301,9 +301,12 @@ class Table(TableReads):
         _kill_point("before_orphan_removed")
         wd.remove()
 
-    def _replay_frames(self, frames: Any, writer_id: str, where: str, applied: int) -> Dedup | None:
+    def _replay_frames(
+        self, frames: Any, writer_id: str, where: str, applied: int, owner_check: Callable[[], None] | None = None
+    ) -> Dedup | None:
         """Commit replayed frames under ``writer_id`` (deduplicated when the table asks),
-        in commits of at most ``flush_rows``; returns the writer's dedup state."""
+        in commits of at most ``flush_rows``; returns the writer's dedup state. ``owner_check``
+        (a lease's check) runs before each commit, as for a writer's own commits."""
         report = self.recovery_report
         dedup = Dedup(self.options.dedup, last_seen(self._ds, writer_id)) if self.options.dedup else None
         pending = Pending()
@@ -323,19 +326,22 @@ class Table(TableReads):
             self._evolve_schema(batch.schema)
             pending.add(batch)
             if pending.buffer_rows >= self.options.flush_rows or pending.buffer_bytes >= self.options.flush_bytes:
-                self._commit_adopted(pending, writer_id, last, dedup)
+                self._commit_adopted(pending, writer_id, last, dedup, owner_check)
                 pending = Pending()
         if pending:
-            self._commit_adopted(pending, writer_id, last, dedup)
+            self._commit_adopted(pending, writer_id, last, dedup, owner_check)
         return dedup
 
-    def _commit_adopted(self, pending: Pending, writer_id: str, last_lsn: int, dedup: Dedup | None = None) -> None:
+    def _commit_adopted(
+        self, pending: Pending, writer_id: str, last_lsn: int, dedup: Dedup | None = None,
+        owner_check: Callable[[], None] | None = None,
+    ) -> None:
         if self._schema is None:
             return  # only empty batches were logged: nothing to commit
         pending.seal(last_lsn)
         data = pending.table(self._schema)
         with self._commit_lock:
-            ds = self._commit_data(data, self._schema, writer_id, last_lsn, dedup=dedup)
+            ds = self._commit_data(data, self._schema, writer_id, last_lsn, dedup=dedup, owner_check=owner_check)
             with self._lock:
                 self._ds = ds
                 self._flushed_rows = ds.count_rows()
@@ -485,9 +491,8 @@ class Table(TableReads):
                 last_lsn = self._pending.inflight_lsn
                 ds = self._ds
             start = time.perf_counter()
-            if isinstance(self._wal, RemoteWAL):
-                self._wal.check_owner()  # a fenced writer must not commit what its successor replays
-            ds = self._commit_data(data, schema, self.writer_id, last_lsn, ds, dedup=self._dedup)
+            owner_check = self._wal.check_owner if isinstance(self._wal, RemoteWAL) else None
+            ds = self._commit_data(data, schema, self.writer_id, last_lsn, ds, dedup=self._dedup, owner_check=owner_check)
             with self._lock:
                 self._ds = ds
                 self._applied = last_lsn
@@ -518,11 +523,19 @@ class Table(TableReads):
         last_lsn: int,
         ds: lance.LanceDataset | None = None,
         dedup: Dedup | None = None,
+        owner_check: Callable[[], None] | None = None,
     ) -> lance.LanceDataset:
         """One durable Lance append of ``data`` carrying ``writer_id`` and ``last_lsn``.
 
         Appends from other writers in between never conflict (Lance rebases an append); the
         first commit to a new table may race another writer's create, and then appends.
+
+        ``owner_check`` (a lease holder's check, for the WAL on object storage) runs after the
+        version the append is based on was read and before Lance commits on it, again after
+        every re-read: a successor takes the lease, then commits a fence
+        (:func:`~persisting.engine.commits.fence_commits`) before it replays, so an append
+        prepared before the takeover either landed before the fence (the replay skips it) or
+        conflicts with it and finds the lease gone on the retry.
         """
         ds = ds if ds is not None else self._ds
         snapshot = DirectorySnapshot(local_path(self.uri)) if is_local(self.uri) else None
@@ -547,6 +560,8 @@ class Table(TableReads):
             with creation_lock(self.uri, self.wal_dir or remote_log.scratch_dir(self.uri)):
                 ds = open_dataset(self.uri, self.storage_options)
                 if ds is None:
+                    if owner_check is not None:
+                        owner_check()
                     ds = lance.write_dataset(
                         data, self.uri, schema=schema, mode="create", data_storage_version="2.2",
                         storage_options=self.storage_options, transaction_properties=props,
@@ -558,7 +573,9 @@ class Table(TableReads):
             def attempt() -> lance.LanceDataset:
                 nonlocal current
                 try:
-                    return self._append(current, data, schema, props)
+                    if owner_check is not None:
+                        owner_check()  # after ``current`` was read: see above
+                    return self._append(current, data, schema, props, owner_check)
                 except Exception:
                     current = open_dataset(self.uri, self.storage_options) or current
                     raise
@@ -572,8 +589,14 @@ class Table(TableReads):
         _kill_point("after_fsync")
         return ds
 
-    def _append(self, ds: lance.LanceDataset, data: pa.Table, schema: pa.Schema, props: dict[str, str]) -> lance.LanceDataset:
-        ds = self._prepare_schema(ds, schema)
+    def _append(
+        self, ds: lance.LanceDataset, data: pa.Table, schema: pa.Schema, props: dict[str, str],
+        owner_check: Callable[[], None] | None = None,
+    ) -> lance.LanceDataset:
+        evolved = self._prepare_schema(ds, schema)
+        if owner_check is not None and evolved.version != ds.version:
+            owner_check()  # the append is now based on a newer version: check after reading it
+        ds = evolved
         return lance.write_dataset(
             data, ds, mode="append", storage_options=self.storage_options, transaction_properties=props,
         )

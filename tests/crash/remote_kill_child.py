@@ -43,19 +43,20 @@ def row_of(producer: str, seq: int, size: int) -> dict[str, object]:
 
 
 def _stop_in_commit(n: int) -> None:
-    """Pause this process inside its n-th Lance commit, after ``check_owner`` (a real commit
-    follows on SIGCONT): the window a slow or paused old owner commits through."""
-    real = Table._commit_data
+    """Pause this process inside its n-th Lance commit, after the owner check passed on the
+    version the append is based on (a real commit follows on SIGCONT): the window a slow or
+    paused old owner commits through."""
+    real = Table._append
     count = [0]
 
-    def commit(self: Table, *args: object, **kw: object) -> object:
+    def append(self: Table, *args: object, **kw: object) -> object:
         count[0] += 1
         if count[0] == n and self.writer_id == "paused":
             print("committing", flush=True)
             os.kill(os.getpid(), signal.SIGSTOP)
         return real(self, *args, **kw)
 
-    Table._commit_data = commit  # type: ignore[method-assign]
+    Table._append = append  # type: ignore[method-assign]
 
 
 def main() -> int:

@@ -282,13 +282,13 @@ def test_paused_writer_across_a_takeover_acknowledges_nothing(uri: str, s3_optio
     check(uri, s3_options, [w], frozenset({("other", 1)}))
 
 
-@pytest.mark.xfail(strict=True, reason="a Lance commit is not fenced: an old owner paused after its owner check "
-                   "commits rows its successor already replayed (duplicates); see the report of issue #17")
 def test_old_owner_paused_inside_a_commit_adds_no_duplicate(uri: str, s3_options: dict[str, str],
                                                            tmp_path: Path) -> None:
-    """The old owner stops itself inside its 2nd Lance commit, after ``check_owner`` passed;
-    a new process of its identity takes over, replays the old epoch and commits; then the old
-    owner resumes and its commit lands. Nothing may appear twice."""
+    """The old owner stops itself inside its 2nd Lance commit, after its owner check passed on
+    the version its append is based on; a new process of its identity takes over, fences Lance
+    commits, replays the old epoch and commits; then the old owner resumes. Its append conflicts
+    with the fence, the retry finds the lease gone: nothing appears twice (without the fence, 9
+    rows did)."""
     gate = tmp_path / "go"
     w = Writer(uri, s3_options, tmp_path, writer_id="paused", mode="always", start=1_000_000, seed=6, barrier=gate,
                flush_rows=10, stop_in_commit=2)
