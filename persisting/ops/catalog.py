@@ -33,7 +33,7 @@ from persisting.engine.wal import ReplayReport, list_segments, read_frames
 from persisting.kvcache.namespaces import namespace_of
 from persisting.queue.topics import read_topic
 
-__all__ = ["KINDS", "StoreInfo", "TableInfo", "discover", "find_tables", "table_info", "wal_pending_rows"]
+__all__ = ["KINDS", "StoreInfo", "TableInfo", "discover", "find_tables", "group_stores", "table_info", "wal_pending_rows"]
 
 KINDS = ("params", "trajectory", "kvcache", "queue", "table")
 _KV_COLUMNS = {"key", "parent", "depth", "checksum", "payload"}
@@ -253,9 +253,14 @@ def _group_dir(path: str) -> str:
 def discover(root: str, *, wal_rows: bool = True) -> list[StoreInfo]:
     """The stores under ``root``, each with its tables; a lone table is a store of kind ``table``."""
     root = os.path.abspath(root)
+    return group_stores([table_info(path, wal_rows=wal_rows) for path in find_tables(root)])
+
+
+def group_stores(infos: list[TableInfo]) -> list[StoreInfo]:
+    """Tables grouped into stores by the directory (or object-store prefix) that holds them."""
     by_dir: dict[str, list[TableInfo]] = {}
-    for path in find_tables(root):
-        by_dir.setdefault(_group_dir(path), []).append(table_info(path, wal_rows=wal_rows))
+    for info in infos:
+        by_dir.setdefault(_group_dir(info.path), []).append(info)
     stores: list[StoreInfo] = []
     for directory, tables in sorted(by_dir.items()):
         kind = _kind({t.name for t in tables}, tables)

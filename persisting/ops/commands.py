@@ -16,7 +16,7 @@ import threading
 from datetime import timedelta
 from typing import Any
 
-from persisting.errors import PersistingError
+from persisting.errors import NotFoundError, PersistingError
 
 __all__ = ["EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "add_commands"]
 
@@ -164,14 +164,35 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 # -- verify -------------------------------------------------------------------------------------
+def _storage_options(pairs: list[str] | None) -> dict[str, str] | None:
+    """``--storage-option KEY=VALUE`` flags as Lance storage options (None: the environment's)."""
+    options: dict[str, str] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--storage-option {pair!r} is not KEY=VALUE (e.g. aws_endpoint=http://host:9000)")
+        options[key] = value
+    return options or None
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from persisting.ops.progress import Progress
     from persisting.ops.verify import verify
 
-    stores = _stores(args.path, wal_rows=False)
+    if "://" in args.path and not args.path.startswith("file://"):  # an object store: s3://bucket/prefix
+        from persisting.ops.remote_catalog import discover_remote
+
+        root, options = args.path, _storage_options(args.storage_option)
+        try:
+            stores = discover_remote(root, options, args.wal_dir)
+        except NotFoundError as exc:
+            raise UsageError(str(exc)) from exc
+    else:
+        root, options = os.path.abspath(args.path), None
+        stores = _stores(args.path, wal_rows=False)
     rows = sum(t.committed_rows for s in stores for t in s.tables)
     with Progress(rows, "verify", unit="rows") as bar:  # on stderr: stdout stays the report
-        report = verify(os.path.abspath(args.path), progress=bar.advance, stores=stores)
+        report = verify(root, progress=bar.advance, stores=stores, storage_options=options, wal_dir=args.wal_dir)
     if args.json:
         _print_json(report.to_json())
     else:
@@ -179,7 +200,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"{f.severity.upper()}: {f.where()}: {f.message}")
         state = "healthy" if report.healthy else f"{len(report.problems)} problem(s)"
         print(f"{state}: {report.stores} stores, {report.tables} tables, {report.rows} rows, "
-              f"{report.payloads} payload checksums, {report.wal_frames} WAL frames checked; "
+              f"{report.payloads} payload checksums, {report.wal_frames} WAL frames, "
+              f"{report.files_hashed} file digests checked; "
               f"{len(report.warnings)} warning(s)")
     return EXIT_OK if report.healthy else EXIT_PROBLEMS
 
@@ -301,7 +323,11 @@ def add_commands(sub: Any) -> None:
                        description="Read every WAL frame and every row under PATH and check every checksum, "
                                    "changing nothing. Exit 0 when healthy, 1 when problems were found, 2 on "
                                    "usage errors. A torn WAL tail (what a crash leaves) is a warning.")
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH", help="a directory, or an object-store URI such as s3://bucket/prefix")
+    p.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                   help="a Lance storage option for an s3:// PATH (repeatable), e.g. aws_endpoint=http://host:9000")
+    p.add_argument("--wal-dir", default=None, metavar="DIR",
+                   help="for an s3:// PATH: the local WAL directory its stores were opened with (checked if given)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_guarded(cmd_verify))
 

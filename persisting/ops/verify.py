@@ -13,6 +13,12 @@ Checkpoint manifests must reference only chunks that exist. Every committed Lanc
 digest recorded at its commit (:mod:`persisting.engine.integrity`): a changed, truncated or
 missing file is a problem, and so is a committed file that no digest record covers (its
 record was lost, so its bytes cannot be vouched for).
+
+On an object store (``s3://``, found by :mod:`persisting.ops.remote_catalog`) no digests are
+recorded (they are taken at local fsync time): verify says so for each table and still checks
+what it can -- rows decode, payload checksums, row counts, checkpoint manifests against chunks,
+and each table's WAL when the store's local ``wal_dir`` is given. What it could not check is a
+warning, never a silent "healthy"; ``files_hashed`` counts the files actually hashed.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import pyarrow as pa
 from persisting.engine import integrity
 from persisting.engine.batches import decode_batch
 from persisting.engine.commits import writer_applied_lsn
+from persisting.engine.durable import is_local
 from persisting.engine.lance_io import is_blob, is_panic
 from persisting.engine.payloads import PayloadColumn, payload_columns, payload_matches
 from persisting.engine.wal import ReplayReport, read_frames
@@ -72,6 +79,7 @@ class VerifyReport:
     rows: int = 0
     payloads: int = 0
     wal_frames: int = 0
+    files_hashed: int = 0  # committed files checked against a recorded digest
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -90,6 +98,7 @@ class VerifyReport:
         return {
             "healthy": self.healthy, "stores": self.stores, "tables": self.tables, "rows": self.rows,
             "payloads_checked": self.payloads, "wal_frames": self.wal_frames,
+            "files_hashed": self.files_hashed,
             "problems": [f.to_json() for f in self.problems], "warnings": [f.to_json() for f in self.warnings],
         }
 
@@ -97,12 +106,21 @@ class VerifyReport:
 Progressed = Callable[[int, str], None]
 
 
-def verify(root: str, *, progress: Progressed | None = None, stores: list[StoreInfo] | None = None) -> VerifyReport:
+def verify(root: str, *, progress: Progressed | None = None, stores: list[StoreInfo] | None = None,
+           storage_options: dict[str, str] | None = None, wal_dir: str | None = None) -> VerifyReport:
     """Verify every store and table under ``root`` read-only; ``progress(rows, table)`` is
-    called as each table starts (0 rows) and after each batch of rows checked."""
+    called as each table starts (0 rows) and after each batch of rows checked. A ``root`` on
+    an object store (``s3://bucket/prefix``) is read with ``storage_options``; ``wal_dir`` is
+    its stores' local WAL directory (the one their writers were given), checked when given."""
     report = VerifyReport()
+    opts = None if is_local(root) else storage_options
     if stores is None:
-        stores = discover(root, wal_rows=False)
+        if is_local(root):
+            stores = discover(root, wal_rows=False)
+        else:
+            from persisting.ops.remote_catalog import discover_remote
+
+            stores = discover_remote(root, storage_options, wal_dir)
     report.stores = len(stores)
     for store in stores:
         chunk_keys: set[str] | None = None
@@ -115,8 +133,8 @@ def verify(root: str, *, progress: Progressed | None = None, stores: list[StoreI
                 if t.error is not None:
                     report.findings.append(Finding("problem", t.path, f"cannot replay its WAL: {t.error}"))
                 continue
-            damaged = _verify_digests(t, report)
-            _verify_wal(t, report)
+            damaged = _verify_digests(t, report) if is_local(t.path) else _no_digests(t, report, opts, wal_dir)
+            _verify_wal(t, report, opts)
             if damaged:
                 # never hand Lance a data file known damaged: a flipped length can make its reader
                 # allocate without bound (the soak corruption sweep saw 24 GiB and an OOM kill)
@@ -124,13 +142,17 @@ def verify(root: str, *, progress: Progressed | None = None, stores: list[StoreI
                     "problem", t.path, f"rows not scanned: {len(damaged)} committed data file(s) fail their "
                     f"digests ({', '.join(damaged[:3])}{', ...' if len(damaged) > 3 else ''})"))
                 continue
-            keys = _verify_rows(store, t, report, progress)
+            keys = _verify_rows(store, t, report, progress, opts)
             if store.kind == "params" and t.name == "chunks":
                 chunk_keys = keys
         if store.kind == "params" and chunk_keys is not None:
-            _verify_manifests(store, chunk_keys, report)
-        if store.kind == "params":
+            _verify_manifests(store, chunk_keys, report, opts)
+        if store.kind == "params" and is_local(store.path):
             _verify_head(store, report)
+        elif store.kind == "params":
+            report.findings.append(Finding(
+                "warning", store.path, "not checked: the record of the newest checkpoint (a ParamStore on an "
+                "object store keeps none, so a lost newest manifest cannot be noticed here)"))
     return report
 
 
@@ -150,6 +172,7 @@ def _verify_digests(t: TableInfo, report: VerifyReport) -> list[str]:
         return []
     damaged: list[str] = []
     for rel in sorted(recorded):
+        report.files_hashed += 1
         problem = integrity.check_file(t.path, rel, recorded[rel], cache=False)
         if problem is not None:
             report.findings.append(Finding("problem", os.path.join(t.path, rel), problem))
@@ -164,6 +187,31 @@ def _verify_digests(t: TableInfo, report: VerifyReport) -> list[str]:
     return damaged
 
 
+def _no_digests(t: TableInfo, report: VerifyReport, opts: dict[str, str] | None, wal_dir: str | None) -> list[str]:
+    """A table on an object store: say what cannot be checked there. Returns no damaged files
+    (none can be known), so its rows are scanned, without the digest gate local tables have."""
+    from persisting.ops.remote_catalog import object_wal_keys
+
+    report.findings.append(Finding(
+        "warning", t.path, "not checked: file digests (none are recorded on an object store; Persisting takes "
+        "them at local fsync time), so manifests and data files were not hashed and rows were read without "
+        "that gate; checked instead: every row decodes, payload checksums, the row count"))
+    try:
+        remote_wal = object_wal_keys(t.path, opts)
+    except PersistingError as exc:
+        report.findings.append(Finding("problem", t.path, f"cannot list its object-store WAL: {exc}"))
+        remote_wal = 0
+    if remote_wal:
+        report.findings.append(Finding(
+            "warning", t.path, f"not checked: its object-store WAL ({remote_wal} object(s) under "
+            f"{t.path}/_persisting/wal/; the next writer of each identity replays them)"))
+    elif wal_dir is None:
+        report.findings.append(Finding(
+            "warning", t.path, "not checked: its WAL, which its writers keep on their local disk; pass the "
+            "store's wal_dir (persisting verify --wal-dir) to check it"))
+    return []
+
+
 def _committed_files(root: str) -> list[str]:
     out = []
     for dirpath, _, names in os.walk(root):
@@ -174,14 +222,15 @@ def _committed_files(root: str) -> list[str]:
     return sorted(out)
 
 
-def _current_lsn(t: TableInfo, writer_id: str = "", wal: str | None = None) -> tuple[int, int]:
+def _current_lsn(t: TableInfo, writer_id: str = "", wal: str | None = None,
+                 opts: dict[str, str] | None = None) -> tuple[int, int]:
     """(version, applied LSN of ``writer_id``) of the table as committed now."""
     if not t.has_dataset:
         return 0, 0
     if t.error is not None:
         return t.version, t.applied_lsn
     try:
-        ds = lance.dataset(t.path)
+        ds = lance.dataset(t.path, storage_options=opts)
         floor = read_base(wal) if (writer_id and wal) else (0, 0)
         return ds.version, writer_applied_lsn(ds, writer_id, *floor)
     except BaseException as exc:  # noqa: BLE001 - the row check reports a table Lance cannot open
@@ -190,7 +239,7 @@ def _current_lsn(t: TableInfo, writer_id: str = "", wal: str | None = None) -> t
         return t.version, t.applied_lsn
 
 
-def _verify_wal(t: TableInfo, report: VerifyReport) -> None:
+def _verify_wal(t: TableInfo, report: VerifyReport, opts: dict[str, str] | None = None) -> None:
     """Every writer's WAL of the table (live or dead), each against its own applied LSN."""
     if t.wal_dir is None:
         return
@@ -198,12 +247,13 @@ def _verify_wal(t: TableInfo, report: VerifyReport) -> None:
         problem = base_problem(wal) if writer_id else None
         if problem is not None:
             report.findings.append(Finding("problem", os.path.join(wal, "BASE"), problem))
-        _verify_writer_wal(t, writer_id, wal, report)
+        _verify_writer_wal(t, writer_id, wal, report, opts)
 
 
-def _verify_writer_wal(t: TableInfo, writer_id: str, wal: str, report: VerifyReport) -> None:
+def _verify_writer_wal(t: TableInfo, writer_id: str, wal: str, report: VerifyReport,
+                       opts: dict[str, str] | None = None) -> None:
     findings: list[Finding] = []
-    version, lsn = _current_lsn(t, writer_id, wal)
+    version, lsn = _current_lsn(t, writer_id, wal, opts)
     for attempt in range(3):
         replay, findings = ReplayReport(), []
         try:
@@ -215,7 +265,7 @@ def _verify_writer_wal(t: TableInfo, writer_id: str, wal: str, report: VerifyRep
         except CorruptionError as exc:
             # a live writer may have committed and dropped segments meanwhile: read again
             # against its new applied LSN before calling the log corrupt
-            now = _current_lsn(t, writer_id, wal)
+            now = _current_lsn(t, writer_id, wal, opts)
             if now[0] != version and attempt < 2:
                 version, lsn = now
                 continue
@@ -261,7 +311,8 @@ def _batches(ds: lance.LanceDataset) -> Iterator[pa.RecordBatch]:
     yield from scanner.to_batches()
 
 
-def _verify_rows(store: StoreInfo, t: TableInfo, report: VerifyReport, progress: Progressed | None = None) -> set[str] | None:
+def _verify_rows(store: StoreInfo, t: TableInfo, report: VerifyReport, progress: Progressed | None = None,
+                 opts: dict[str, str] | None = None) -> set[str] | None:
     if t.error is not None:
         report.findings.append(Finding("problem", t.path, f"cannot open the table: {t.error}"))
         return None
@@ -270,7 +321,7 @@ def _verify_rows(store: StoreInfo, t: TableInfo, report: VerifyReport, progress:
     row = 0
     expected = t.committed_rows
     try:
-        ds = lance.dataset(t.path)  # one version for the count and the scan
+        ds = lance.dataset(t.path, storage_options=opts)  # one version for the count and the scan
         expected = ds.count_rows()
         for batch in _batches(ds):
             cols = {name: batch.column(name).to_pylist() for name, _, _ in checks}
@@ -331,12 +382,13 @@ def _verify_head(store: StoreInfo, report: VerifyReport) -> None:
             f"table opens at version {version}: its newest manifest is lost"))
 
 
-def _verify_manifests(store: StoreInfo, chunk_keys: set[str], report: VerifyReport) -> None:
+def _verify_manifests(store: StoreInfo, chunk_keys: set[str], report: VerifyReport,
+                      opts: dict[str, str] | None = None) -> None:
     from persisting.params.manifest import Manifest
 
-    path = os.path.join(store.path, "checkpoints.lance")
+    path = store.path.rstrip("/") + "/checkpoints.lance"
     try:
-        t = lance.dataset(path).to_table(columns=["step", "manifest"])
+        t = lance.dataset(path, storage_options=opts).to_table(columns=["step", "manifest"])
     except BaseException as exc:  # noqa: BLE001 - a damaged table (Rust panics included) is a finding
         if not isinstance(exc, Exception) and not is_panic(exc):
             raise
