@@ -23,7 +23,7 @@ from persisting.engine.commits import applied_lsn
 from persisting.engine.lance_io import is_panic
 from persisting.engine.objstore import ObjectStore
 from persisting.errors import ConfigError, NotFoundError
-from persisting.ops.catalog import StoreInfo, TableInfo, group_stores
+from persisting.ops.catalog import StoreInfo, TableInfo, group_stores, has_wal_rows
 
 __all__ = ["discover_remote", "object_wal_keys", "remote_table_info"]
 
@@ -77,6 +77,19 @@ def remote_table_info(uri: str, storage_options: dict[str, str] | None, wal_dir:
     return TableInfo(uri, name, table_wal, committed, 0, size, 0, versions, version, lsn, None, columns, error)
 
 
+def _wal_only(root: str, tables: set[str], wal_dir: str | None) -> list[TableInfo]:
+    """Tables of the store at ``root`` whose writers died before their first commit: only a
+    WAL under ``wal_dir`` (``<name>.wal`` with segments) and no dataset on the object store."""
+    if wal_dir is None or root.endswith(".lance") or not os.path.isdir(wal_dir):
+        return []
+    out = []
+    for entry in sorted(os.listdir(wal_dir)):
+        uri, d = f"{root}/{entry.removesuffix('.wal')}.lance", os.path.join(wal_dir, entry)
+        if entry.endswith(".wal") and uri not in tables and has_wal_rows(d):
+            out.append(TableInfo(uri, entry.removesuffix(".wal"), d, 0, 0, 0, 0, 0, 0, 0, None, (), has_dataset=False))
+    return out
+
+
 def discover_remote(root: str, storage_options: dict[str, str] | None,
                     wal_dir: str | None = None) -> list[StoreInfo]:
     """The stores at or under the object-store URI ``root``, each with its tables.
@@ -88,12 +101,13 @@ def discover_remote(root: str, storage_options: dict[str, str] | None,
     root = root.rstrip("/")
     found = _tables(root, storage_options)
     infos = [remote_table_info(t, storage_options, wal_dir, size) for t, size in sorted(found.items())]
+    infos += _wal_only(root, set(found), wal_dir)
     if not _listable(root) and infos and infos[0].error is not None:
         raise NotFoundError(f"{root} is not a table Lance can open ({infos[0].error}); only s3:// roots can be "
                             "listed for the stores under them: pass a table URI", path=root)
     if not infos:
-        raise NotFoundError(f"{root} holds no Persisting tables (no <name>.lance/_versions/ keys under it); "
-                            "check the bucket, prefix and storage_options", path=root)
+        raise NotFoundError(f"{root} holds no Persisting tables (no <name>.lance/_versions/ keys under it, and no "
+                            "WAL of one under wal_dir); check the bucket, prefix and storage_options", path=root)
     return group_stores(infos)
 
 

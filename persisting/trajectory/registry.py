@@ -86,6 +86,7 @@ class FieldRegistry:
                         "pass it as a float or a str", field=name, index=i)
                 if sigs.get(name) != sig:
                     known = new_specs.get(name) or self.specs.get(name)
+                    sig = _kept_kind(known, sig)
                     spec = FieldSpec(name, *sig)
                     new_specs[name] = spec if known is None else merge(known, spec)
                 clean[name] = stored
@@ -112,6 +113,7 @@ class FieldRegistry:
                 return None
             if self.sigs.get(name) != sig:
                 known = self.specs.get(name)
+                sig = _kept_kind(known, sig)
                 spec = FieldSpec(name, *sig)
                 new_specs[name] = spec if known is None else merge(known, spec)
         if new_specs:
@@ -119,6 +121,15 @@ class FieldRegistry:
             self.sigs.update({k: s.signature for k, s in new_specs.items()})
             self.version += 1
         return n
+
+
+def _kept_kind(known: FieldSpec | None, sig: Signature) -> Signature:
+    """A stored array field keeps its kind: ``blob_threshold`` is a setting of each open, so an
+    array of the dtype and shape of a field stored as a blob (or as a fixed column) is stored
+    that way again, whatever the threshold of the store that logs it now."""
+    if known is not None and {known.kind, sig[0]} == {"fixed", "blob"} and (known.dtype, known.shape) == sig[1:]:
+        return known.signature
+    return sig
 
 
 def check_field_name(name: object, i: int) -> None:
