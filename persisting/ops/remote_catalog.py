@@ -112,7 +112,9 @@ def discover_remote(root: str, storage_options: dict[str, str] | None,
 
 
 def object_wal_keys(table_uri: str, storage_options: dict[str, str] | None) -> int:
-    """How many objects the table's object-store WAL (``<table>/_persisting/wal/``) holds."""
+    """How many segment (or fence) objects the table's object-store WAL holds
+    (``<table>/_persisting/wal/<writer>/<epoch>/<seq>``; writers' LEASE objects not counted)."""
     if not _listable(table_uri):
         return 0
-    return len(ObjectStore(table_uri, storage_options).list(_OBJECT_WAL))
+    names = ObjectStore(table_uri, storage_options).list(_OBJECT_WAL)
+    return sum(1 for n in names if n.count("/") >= 4 and not n.endswith("/LEASE"))
