@@ -1,12 +1,12 @@
 """Find the stores and tables under an object-store URI (``s3://bucket/prefix``), read-only.
 
 The local catalog (:mod:`persisting.ops.catalog`) walks directories; an object store has keys.
-A table is a prefix ``<name>.lance/`` holding ``_versions/`` keys. Each table's WAL is on local
-disk where its writers keep it (a store's ``wal_dir``: ``<wal_dir>/<name>.wal``), so it is
-found only when that ``wal_dir`` is given; an object-store WAL (``<table>/_persisting/wal/``,
-:mod:`persisting.engine.remote_wal`) is noted in ``TableInfo.error``-free form by
-:func:`object_wal_keys`, for the caller to report. Tables are grouped into stores by the same
-layout rules as local ones (:func:`persisting.ops.catalog.group_stores`).
+A table is a prefix ``<name>.lance/`` holding ``_versions/`` keys, or only an object-store WAL
+(``<name>.lance/_persisting/wal/``, :mod:`persisting.engine.remote_wal`) when its writers died
+before its first commit. A local WAL is on the writers' disks (a store's ``wal_dir``:
+``<wal_dir>/<name>.wal``), so it is found only when that ``wal_dir`` is given. Tables are
+grouped into stores by the same layout rules as local ones
+(:func:`persisting.ops.catalog.group_stores`).
 
 Other URI schemes (``gs://``, ``az://``, ``memory://``) cannot be listed here: their root must
 be one table, opened directly by Lance.
@@ -25,7 +25,7 @@ from persisting.engine.objstore import ObjectStore
 from persisting.errors import ConfigError, NotFoundError
 from persisting.ops.catalog import StoreInfo, TableInfo, group_stores, has_wal_rows
 
-__all__ = ["discover_remote", "object_wal_keys", "remote_table_info"]
+__all__ = ["discover_remote", "remote_table_info"]
 
 _VERSIONS = "/_versions/"
 _OBJECT_WAL = "_persisting/wal/"
@@ -35,24 +35,40 @@ def _listable(uri: str) -> bool:
     return urlparse(uri).scheme in ("s3", "s3a")
 
 
-def _tables(root: str, storage_options: dict[str, str] | None) -> dict[str, int]:
-    """``{table uri: bytes stored}`` for every table at or under ``root`` (one listing)."""
+def _table_of(name: str, marker: str) -> str | None:
+    """The table prefix of key ``name`` that holds ``marker`` (``/_versions/``...): ``""``
+    for the root itself, None when the key is in no ``<name>.lance/`` table."""
+    at = ("/" + name).find(marker)
+    if at == 0:
+        return ""
+    if at > 0 and name[: at - 1].endswith(".lance"):  # at counts the "/" put in front
+        return name[: at - 1]
+    return None
+
+
+def _tables(root: str, storage_options: dict[str, str] | None) -> tuple[dict[str, int], set[str]]:
+    """``({table uri: bytes stored}, {uri of a table that has only an object-store WAL})`` for
+    every table at or under ``root`` (one listing)."""
     if not _listable(root):
-        return {root: 0}  # one table, opened (or refused) by Lance itself
+        return {root: 0}, set()  # one table, opened (or refused) by Lance itself
     keys = ObjectStore(root, storage_options).list_sized()
     tables: set[str] = set()
+    logs: set[str] = set()
     for name, _ in keys:
-        at = ("/" + name).find(_VERSIONS)
-        if at == 0:
-            tables.add("")  # root itself is a table
-        elif at > 0 and name[: at - 1].endswith(".lance"):  # at counts the "/" put in front
-            tables.add(name[: at - 1])
+        for marker, into in ((_VERSIONS, tables), ("/" + _OBJECT_WAL, logs)):
+            rel = _table_of(name, marker)
+            if rel is not None:
+                into.add(rel)
     sizes = {rel: 0 for rel in tables}
     for name, size in keys:
         for rel in tables:
             if not rel or name.startswith(rel + "/"):
                 sizes[rel] += size
-    return {(root + "/" + rel if rel else root): size for rel, size in sizes.items()}
+
+    def uri(rel: str) -> str:
+        return root + "/" + rel if rel else root
+
+    return {uri(rel): size for rel, size in sizes.items()}, {uri(rel) for rel in logs - tables}
 
 
 def remote_table_info(uri: str, storage_options: dict[str, str] | None, wal_dir: str | None = None,
@@ -86,8 +102,14 @@ def _wal_only(root: str, tables: set[str], wal_dir: str | None) -> list[TableInf
     for entry in sorted(os.listdir(wal_dir)):
         uri, d = f"{root}/{entry.removesuffix('.wal')}.lance", os.path.join(wal_dir, entry)
         if entry.endswith(".wal") and uri not in tables and has_wal_rows(d):
-            out.append(TableInfo(uri, entry.removesuffix(".wal"), d, 0, 0, 0, 0, 0, 0, 0, None, (), has_dataset=False))
+            out.append(_unborn(uri, d))
     return out
+
+
+def _unborn(uri: str, table_wal: str | None) -> TableInfo:
+    """A table whose writers died before its first commit: rows only in a WAL."""
+    name = uri.rstrip("/").rsplit("/", 1)[-1].removesuffix(".lance")
+    return TableInfo(uri, name, table_wal, 0, 0, 0, 0, 0, 0, 0, None, (), has_dataset=False)
 
 
 def discover_remote(root: str, storage_options: dict[str, str] | None,
@@ -99,9 +121,10 @@ def discover_remote(root: str, storage_options: dict[str, str] | None,
     if "://" not in root or root.startswith("file://"):
         raise ConfigError(f"{root!r} is a local path: use persisting.ops.catalog.discover", argument="root")
     root = root.rstrip("/")
-    found = _tables(root, storage_options)
+    found, logged = _tables(root, storage_options)
     infos = [remote_table_info(t, storage_options, wal_dir, size) for t, size in sorted(found.items())]
-    infos += _wal_only(root, set(found), wal_dir)
+    infos += [_unborn(t, None) for t in sorted(logged)]  # only an object-store WAL
+    infos += _wal_only(root, set(found) | logged, wal_dir)
     if not _listable(root) and infos and infos[0].error is not None:
         raise NotFoundError(f"{root} is not a table Lance can open ({infos[0].error}); only s3:// roots can be "
                             "listed for the stores under them: pass a table URI", path=root)
@@ -109,12 +132,3 @@ def discover_remote(root: str, storage_options: dict[str, str] | None,
         raise NotFoundError(f"{root} holds no Persisting tables (no <name>.lance/_versions/ keys under it, and no "
                             "WAL of one under wal_dir); check the bucket, prefix and storage_options", path=root)
     return group_stores(infos)
-
-
-def object_wal_keys(table_uri: str, storage_options: dict[str, str] | None) -> int:
-    """How many segment (or fence) objects the table's object-store WAL holds
-    (``<table>/_persisting/wal/<writer>/<epoch>/<seq>``; writers' LEASE objects not counted)."""
-    if not _listable(table_uri):
-        return 0
-    names = ObjectStore(table_uri, storage_options).list(_OBJECT_WAL)
-    return sum(1 for n in names if n.count("/") >= 4 and not n.endswith("/LEASE"))

@@ -16,9 +16,10 @@ record was lost, so its bytes cannot be vouched for).
 
 On an object store (``s3://``, found by :mod:`persisting.ops.remote_catalog`) no digests are
 recorded (they are taken at local fsync time): verify says so for each table and still checks
-what it can -- rows decode, payload checksums, row counts, checkpoint manifests against chunks,
-and each table's WAL when the store's local ``wal_dir`` is given. What it could not check is a
-warning, never a silent "healthy"; ``files_hashed`` counts the files actually hashed.
+what it can (:mod:`persisting.ops.verify_remote`) -- rows decode, payload checksums, row counts,
+checkpoint manifests against chunks, object-store WALs, and local WALs when the store's
+``wal_dir`` is given. What it could not check is a warning, never a silent "healthy";
+``files_hashed`` counts the files actually hashed.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from persisting.engine.wal import ReplayReport, read_frames
 from persisting.engine.writers import base_problem, read_base, writer_wal_dirs
 from persisting.errors import CorruptionError, PersistingError
 from persisting.ops.catalog import StoreInfo, TableInfo, discover
+from persisting.ops.verify_remote import check_object_wal, check_remote_table
 
 __all__ = ["Finding", "VerifyReport", "verify"]
 
@@ -130,10 +132,12 @@ def verify(root: str, *, progress: Progressed | None = None, stores: list[StoreI
             report.tables += 1
             if not t.has_dataset:  # a writer died before its first commit: only its WAL to check
                 _verify_wal(t, report)
+                if not is_local(t.path):
+                    check_object_wal(t, report, opts)
                 if t.error is not None:
                     report.findings.append(Finding("problem", t.path, f"cannot replay its WAL: {t.error}"))
                 continue
-            damaged = _verify_digests(t, report) if is_local(t.path) else _no_digests(t, report, opts, wal_dir)
+            damaged = _verify_digests(t, report) if is_local(t.path) else check_remote_table(t, report, opts, wal_dir)
             _verify_wal(t, report, opts)
             if damaged:
                 # never hand Lance a data file known damaged: a flipped length can make its reader
@@ -185,31 +189,6 @@ def _verify_digests(t: TableInfo, report: VerifyReport) -> list[str]:
                 "no digest record covers this committed file (its record was lost or damaged, or a crash "
                 "came between its commit and the record): its bytes cannot be verified"))
     return damaged
-
-
-def _no_digests(t: TableInfo, report: VerifyReport, opts: dict[str, str] | None, wal_dir: str | None) -> list[str]:
-    """A table on an object store: say what cannot be checked there. Returns no damaged files
-    (none can be known), so its rows are scanned, without the digest gate local tables have."""
-    from persisting.ops.remote_catalog import object_wal_keys
-
-    report.findings.append(Finding(
-        "warning", t.path, "not checked: file digests (none are recorded on an object store; Persisting takes "
-        "them at local fsync time), so manifests and data files were not hashed and rows were read without "
-        "that gate; checked instead: every row decodes, payload checksums, the row count"))
-    try:
-        remote_wal = object_wal_keys(t.path, opts)
-    except PersistingError as exc:
-        report.findings.append(Finding("problem", t.path, f"cannot list its object-store WAL: {exc}"))
-        remote_wal = 0
-    if remote_wal:
-        report.findings.append(Finding(
-            "warning", t.path, f"not checked: its object-store WAL ({remote_wal} object(s) under "
-            f"{t.path}/_persisting/wal/; the next writer of each identity replays them)"))
-    elif wal_dir is None:
-        report.findings.append(Finding(
-            "warning", t.path, "not checked: its WAL, which its writers keep on their local disk; pass the "
-            "store's wal_dir (persisting verify --wal-dir) to check it"))
-    return []
 
 
 def _committed_files(root: str) -> list[str]:

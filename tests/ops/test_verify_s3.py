@@ -6,8 +6,11 @@ record): never a "healthy" over nothing. Before, an s3:// root verified 0 tables
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,13 @@ from persisting.engine.remote_wal import remote_wal_uri
 from persisting.ops.verify import VerifyReport, verify
 from persisting.params import ParamStore
 from persisting.trajectory import TrajectoryStore
+
+
+@pytest.fixture
+def s3(s3_endpoint: str) -> Any:
+    boto3 = pytest.importorskip("boto3")
+    return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                        aws_secret_access_key="testing")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -81,7 +91,24 @@ def test_cli_refuses_what_it_cannot_verify(runs: tuple[str, str, dict[str, str]]
     assert local.returncode == 2
 
 
-def test_verify_a_remote_table_with_its_wal_on_the_object_store(s3_bucket: str, s3_options: dict[str, str]) -> None:
+_KILLED = textwrap.dedent(
+    """
+    import json, sys, time
+    from persisting.engine import Table, TableOptions
+    from persisting.engine.remote_wal import remote_wal_uri
+    uri = sys.argv[1]
+    t = Table(uri, storage_options=json.loads(sys.argv[2]), wal_uri=remote_wal_uri(uri), writer_id="k",
+              options=TableOptions(durability="always"))
+    for i in range(3):
+        t.append([{"x": i}])  # acknowledged once its segment object is stored
+    print("ready", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_verify_reads_an_object_store_wal_and_finds_a_damaged_segment(s3: Any, s3_bucket: str,
+                                                                      s3_options: dict[str, str]) -> None:
     uri = f"s3://{s3_bucket}/t.lance"
     with Table(uri, storage_options=s3_options, wal_uri=remote_wal_uri(uri), writer_id="w",
                options=TableOptions(durability="always")) as t:
@@ -89,8 +116,28 @@ def test_verify_a_remote_table_with_its_wal_on_the_object_store(s3_bucket: str, 
         t.flush()
         t.append([{"x": 2}])  # acknowledged: a segment object, not committed to the dataset
         report = verify(uri, storage_options=s3_options)
-        assert report.healthy and report.tables == 1 and report.rows == 1
-        assert any("object-store WAL (1 object" in w.message for w in report.warnings), report.to_json()
+        assert report.healthy and report.tables == 1 and report.rows == 1 and report.wal_frames == 1, report.to_json()
+        assert not any("WAL" in w.message for w in report.warnings), report.to_json()
+    # a writer killed before its table's first commit: only its object-store WAL exists
+    other = f"s3://{s3_bucket}/unborn.lance"
+    child = subprocess.Popen([sys.executable, "-c", _KILLED, other, json.dumps(s3_options)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready", child.stderr
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    report = verify(f"s3://{s3_bucket}", storage_options=s3_options)
+    assert report.healthy and report.tables == 2 and report.wal_frames == 3, report.to_json()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="unborn.lance/_persisting/wal/k/")["Contents"]]
+    segment = sorted(k for k in keys if not k.endswith("LEASE"))[-1]
+    body = bytearray(s3.get_object(Bucket=s3_bucket, Key=segment)["Body"].read())
+    body[-3] ^= 0xFF  # inside the last frame's payload
+    s3.put_object(Bucket=s3_bucket, Key=segment, Body=bytes(body))
+    damaged = verify(f"s3://{s3_bucket}", storage_options=s3_options)
+    assert not damaged.healthy
+    assert any("object-store WAL" in p.message and segment.split("/", 1)[1] in p.path + p.message
+               for p in damaged.problems), damaged.to_json()
 
 
 def test_verify_a_remote_param_store_checks_manifests_not_the_head(s3_bucket: str, s3_options: dict[str, str],
