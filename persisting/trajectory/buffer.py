@@ -94,16 +94,34 @@ class StepBuffer:
         # version ``layout_version`` and until the columns grow
         self._layout: dict[str, tuple[type, np.dtype | None, Any, Any, np.ndarray]] = {}
         self.layout_version = -1
-        # the last fully accepted step's exact layout, compiled (see layout.py), and its columns
-        self._exact: tuple[StoreFn, tuple[Any, ...]] | None = None
+        # the last fully accepted step's exact layout, compiled (see layout.py), its columns'
+        # values arrays and their valid arrays; the newest ``_unsealed`` rows were stored by it
+        # and are not yet marked valid (:meth:`_seal` does, before anything reads or changes
+        # the columns)
+        self._exact: tuple[StoreFn, tuple[Any, ...], tuple[np.ndarray, ...]] | None = None
+        self._unsealed = 0
 
     def __len__(self) -> int:
         return self.n
 
+    def _seal(self) -> None:
+        """Mark the rows the compiled store function added valid in every field it stored."""
+        k = self._unsealed
+        if k:
+            n = self.n
+            for valid in self._exact[2]:  # type: ignore[index]
+                valid[n - k:n] = True
+            self._unsealed = 0
+
+    def _forget(self) -> None:
+        """Drop the remembered layouts (after sealing the rows stored through them)."""
+        self._seal()
+        self._layout, self.layout_version, self._exact = {}, -1, None
+
     def _reserve(self, rows: int) -> None:
         if rows > self.capacity:
             self.capacity = max(rows, 2 * self.capacity)
-            self._layout, self.layout_version, self._exact = {}, -1, None  # it holds the columns' old arrays
+            self._forget()  # it holds the columns' old arrays
             for col in self.columns.values():
                 col.grow(self.capacity)
 
@@ -114,9 +132,12 @@ class StepBuffer:
         if version != self.layout_version or i >= self.capacity:
             return False
         exact = self._exact
-        if exact is not None and exact[0](step, i, exact[1]):
-            self.n = i + 1
-            return True
+        if exact is not None:
+            if exact[0](step, i, exact[1]):
+                self.n = i + 1
+                self._unsealed += 1
+                return True
+            self._seal()
         layout = self._layout
         for name, value in step.items():
             entry = layout.get(name)
@@ -161,11 +182,13 @@ class StepBuffer:
                 return False
             if sigs.get(name) != sig:
                 return False
+        self._seal()
         i = self.n
         self._reserve(i + 1)
         columns = self.columns
         if version != self.layout_version:
-            self._layout, self.layout_version, self._exact = {}, version, None
+            self._forget()
+            self.layout_version = version
         layout = self._layout
         for name, value in step.items():
             col = columns.get(name)
@@ -186,13 +209,14 @@ class StepBuffer:
         entries = [(name, layout.get(name)) for name in step]
         if all(e is not None for _, e in entries):
             key = tuple((name, e[0], e[1], e[2]) for name, e in entries)  # type: ignore[index]
-            self._exact = compiled(key), tuple(a for _, e in entries for a in e[3:])  # type: ignore[index]
+            self._exact = (compiled(key), tuple(e[3] for _, e in entries),  # type: ignore[index]
+                           tuple(e[4] for _, e in entries))  # type: ignore[index]
         return True
 
     def add_rows(self, rows: Sequence[Mapping[str, Any]], specs: Mapping[str, FieldSpec]) -> None:
         """Store rows that passed the store's checks (values normalized, specs registered)."""
         self._reserve(self.n + len(rows))
-        self._layout, self.layout_version, self._exact = {}, -1, None  # columns may widen: check the next step in full
+        self._forget()  # columns may widen: check the next step in full
         for row in rows:
             i = self.n
             for name, value in row.items():
@@ -204,6 +228,7 @@ class StepBuffer:
 
     def last(self, name: str) -> Any:
         """The newest buffered row's value of field ``name`` (None if it has none)."""
+        self._seal()
         col, i = self.columns.get(name), self.n - 1
         if col is None or i < 0 or not col.valid[i]:
             return None
@@ -213,6 +238,7 @@ class StepBuffer:
         """``start`` plus every buffered scalar value of field ``name``, added in row order as
         ``float`` (as a per-step ``total += float(value)`` would); ``start`` if there is none.
         Logging keeps an episode's return this way, once per hand-off instead of per step."""
+        self._seal()
         col, n = self.columns.get(name), self.n
         if col is None or n == 0:
             return start
@@ -232,6 +258,7 @@ class StepBuffer:
     def take(self, specs: Mapping[str, FieldSpec]) -> tuple[list[pa.Field], list[pa.Array]]:
         """Arrow fields and arrays of every buffered row (fields no row holds are left out),
         and empty the buffer."""
+        self._seal()
         n = self.n
         fields: list[pa.Field] = []
         arrays: list[pa.Array] = []

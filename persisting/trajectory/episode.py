@@ -140,18 +140,20 @@ class Episode:
         self._flush(announce=True)
 
     def _flush(self, *, announce: bool) -> None:
-        with self._writer.lock:
-            n = len(self._buffer)
+        writer = self._writer
+        with writer.lock:
+            buffer = self._buffer
+            n = buffer.n
             if n:
+                ret = buffer.running_sum("reward", self._return)  # once: the open row needs it too
                 if announce and not self._announced:
-                    self._writer.append_episode_row(self, rev=0, end=None)
+                    writer.append_episode_row(self, rev=0, end=None, ret=ret)
                     self._announced = True
-                buffer = self._buffer
-                self._return = buffer.running_sum("reward", self._return)
+                self._return = ret
                 self._last_truncated = bool(buffer.last("truncated") or False)
                 self._last_terminated = bool(buffer.last("terminated") or False)
-                fields, arrays = buffer.take(self._writer.fields.specs)
-                self._writer.append_steps(self.id, self.length - n, n, fields, arrays)
+                fields, arrays = buffer.take(writer.fields.specs)
+                writer.append_steps(self.id, self.length - n, n, fields, arrays)
 
     def end(self, status: str | None = None, **metadata: Any) -> None:
         """Finish the episode. ``status`` defaults to ``"truncated"`` when the last step was

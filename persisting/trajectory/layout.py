@@ -6,7 +6,9 @@ here for a function specialised to that layout (field names, value types, array 
 shapes): it fetches every value, tests each with one ``type(...) is`` (plus dtype identity and
 shape equality for arrays, the int64 range for Python ints) and, only when all pass, stores them
 into the buffer's numpy columns. No loop, no per-field tuple unpacking, no dict of layouts:
-about half the Python of the generic check. A step that differs in any way (a field more or
+about half the Python of the generic check. It stores values only: every field of the layout is
+present in such a row, so the buffer marks the rows valid in bulk (one slice store per field
+when it next reads or changes its columns) instead of one store per field and step. A step that differs in any way (a field more or
 less, another type or shape) gets False and goes through the generic checks.
 
 The generated source names nothing from the caller: field names, types, dtypes and shapes are
@@ -33,7 +35,8 @@ _CACHE_MAX = 512
 
 def compiled(key: LayoutKey) -> StoreFn:
     """``fn(step, i, columns) -> bool``: store ``step`` as row ``i`` if it has exactly layout
-    ``key``; ``columns`` holds each field's ``(values, valid)`` arrays in ``key`` order, flat."""
+    ``key``; ``columns`` holds each field's values array in ``key`` order (validity is the
+    caller's to mark)."""
     fn = _CACHE.get(key)
     if fn is None:
         if len(_CACHE) >= _CACHE_MAX:
@@ -57,10 +60,8 @@ def _build(key: LayoutKey) -> StoreFn:
         elif shape:  # a Python int: must fit the int64 column
             test += f" or not LO <= v{j} < HI"
         src += [f"    if {test}:", "        return False"]
-    cols = [f"a{j}, m{j}" for j in range(len(key))]
-    src.append(f"    {', '.join(cols)}, = columns")
-    for j in range(len(key)):
-        src += [f"    a{j}[i] = v{j}", f"    m{j}[i] = True"]
+    src.append(f"    {', '.join(f'a{j}' for j in range(len(key)))}, = columns")
+    src += [f"    a{j}[i] = v{j}" for j in range(len(key))]
     src.append("    return True")
     exec("\n".join(src), ns)  # noqa: S102 - source built above from fixed templates only
     return ns["store"]

@@ -38,8 +38,48 @@ _NULL_TIME = pa.nulls(1, _TIME)
 _STATUS = {s: pa.array([s], pa.string()) for s in STATUSES}
 
 
+_REV = (pa.array(np.array([0], np.int64)), pa.array(np.array([1], np.int64)))
+_META_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError)
+_INT64 = (-(1 << 63), 1 << 63)
+
+
 def _int64(v: int) -> pa.Array:
     return pa.array(np.array([v], np.int64))
+
+
+class _MetadataColumns:
+    """One-row Arrow columns of episode metadata, typed the way ``records_to_batch`` types
+    them against the episodes table's schema.
+
+    Inferring types costs ~50 us per episode; episodes of one run repeat the same keys with
+    the same value types, so the types found for a layout (keys, Python types, schema) are
+    reused while that schema object stands. Only ``str``/``int``/``float``/``bool`` values are
+    cached (their one-row type depends on the stored column's type alone, except ints outside
+    int64, which are never cached); a value the cached type cannot hold goes back to inference.
+    """
+
+    _PLAIN = frozenset({str, int, float, bool})
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[tuple[str, ...], tuple[type, ...]], tuple[pa.Schema, list[pa.Field]]] = {}
+
+    def build(self, meta: Mapping[str, Any], types: tuple[type, ...], schema: pa.Schema | None) -> tuple[list[pa.Array], list[pa.Field]]:
+        """Columns and fields of ``meta`` (whose value types are ``types``)."""
+        key = (tuple(meta), types)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] is schema:
+            try:
+                return [pa.array([v], type=f.type) for v, f in zip(meta.values(), hit[1])], hit[1]
+            except _META_ERRORS:
+                pass  # e.g. a negative int for a stored uint64 column: infer as records_to_batch does
+        extra = records_to_batch([meta], schema)
+        columns, fields = list(extra.columns), list(extra.schema)
+        if (schema is not None and len(fields) == len(meta) and self._PLAIN.issuperset(types)
+                and all(type(v) is not int or _INT64[0] <= v < _INT64[1] for v in meta.values())):
+            if len(self._cache) >= 64:
+                self._cache.clear()
+            self._cache[key] = (schema, fields)
+        return columns, fields
 
 
 @functools.lru_cache(maxsize=256)
@@ -63,28 +103,30 @@ class EpisodeWriter:
         self.check_metadata = check_metadata
         self.ended = ended
         self._closed = closed
+        self._metadata = _MetadataColumns()
 
     @property
     def closed(self) -> bool:
         return self._closed()
 
     def append_episode_row(self, ep: Episode, *, rev: int, end: datetime | None, status: str = "open",
-                           metadata: Mapping[str, Any] | None = None) -> None:
-        """A revision of ``ep``'s row: its metadata, counters and status as of now."""
+                           metadata: Mapping[str, Any] | None = None, ret: float | None = None) -> None:
+        """A revision of ``ep``'s row: its metadata, counters and status as of now (``ret``:
+        its return when the caller has it at hand, else read from the episode)."""
         meta = ep.metadata if metadata is None else metadata
         types = tuple(type(v) for v in meta.values())
         parts = ep._row_parts
         if parts is None or parts[1] != types or parts[0] != meta:
             # per episode, once (twice if the end adds metadata): its id, start and metadata
             # columns; metadata keeps the engine's type inference and widening
-            extra = records_to_batch([meta], self._episodes.schema) if meta else None
-            more = list(extra.columns) if extra is not None else []
-            schema = pa.schema([*EPISODE_SCHEMA, *(extra.schema if extra is not None else [])])
+            more, extra = self._metadata.build(meta, types, self._episodes.schema) if meta else ([], [])
+            schema = pa.schema([*EPISODE_SCHEMA, *extra])
             parts = ep._row_parts = (dict(meta), types, _int64(ep.id), pa.array([ep.start_time], _TIME), more, schema)
-        ret = ep.return_
+        if ret is None:
+            ret = ep.return_
         # the store's own columns have fixed types: built directly, not inferred (inferring a
         # one-row dict cost ~150 us, twice per episode)
-        arrays = [parts[2], _int64(rev), _STATUS.get(status) or pa.array([status], pa.string()), _int64(ep.length),
+        arrays = [parts[2], _REV[rev] if rev in (0, 1) else _int64(rev), _STATUS.get(status) or pa.array([status], pa.string()), _int64(ep.length),
                   _NULL_FLOAT if ret is None else pa.array(np.array([ret], np.float64)), parts[3],
                   _NULL_TIME if end is None else pa.array([end], _TIME), *parts[4]]
         self._episodes.append(pa.RecordBatch.from_arrays(arrays, schema=parts[5]))
