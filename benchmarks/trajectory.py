@@ -271,7 +271,7 @@ def big_section(tmp: str) -> None:
     row(f"episode(id) p50, {per:,}-step episode, 1 field", p50_ms(lambda i: store.read_episode(int(ids[i % len(ids)]), fields=["action"]), 50), "ms")
     row(f"episode(id) p50, {per:,}-step episode, all fields", p50_ms(lambda i: store.episode(int(ids[i % len(ids)])), 50), "ms")
     store.close()
-    if rb is not None:
+    if rb is not None and ARGS.adapter_steps > 0:
         del rb
         adapter_section(tmp, obs, act, rew, per, anchor_write)
 

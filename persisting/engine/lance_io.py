@@ -26,6 +26,7 @@ __all__ = [
     "is_panic",
     "lance_errors",
     "is_blob",
+    "storage_version",
     "logical_schema",
     "open_dataset",
     "read_blob",
@@ -154,6 +155,17 @@ def variable_width(t: pa.DataType) -> bool:
         pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
         or pa.types.is_large_binary(t) or pa.types.is_list(t) or pa.types.is_large_list(t)
     )
+
+
+def storage_version(schema: pa.Schema) -> str:
+    """The Lance file format a new dataset of ``schema`` is created with.
+
+    2.2 when it has a blob column: the payload path reads Lance 2.2's blob files directly and
+    hashes them while writing. Otherwise 2.1, which writes small fixed-width columns about 2x
+    faster here (3 x 1M rows of (int64, int64, float32[4], int64, float64): 24 vs 13 M rows/s,
+    same size on disk, the same take/scan speed). A blob column added later to a 2.1 dataset
+    is stored inline (Lance's first blob layout) and read through Lance's blob reader."""
+    return "2.2" if any(is_blob(f) for f in schema) else "2.1"
 
 
 def is_blob(f: pa.Field) -> bool:

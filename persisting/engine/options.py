@@ -29,8 +29,11 @@ class TableOptions:
     compact_fragments: compact the dataset once it has this many fragments (0 = never).
     recovery: ``"point_in_time"`` cuts a torn tail and refuses mid-log corruption;
         ``"salvage"`` skips corrupt frames and reports what was lost.
-    background_flush: commit a full buffer on a background thread while appends continue
-        (appends wait only if it falls ``4 x flush_rows`` behind); ``flush()`` still waits.
+    background_flush: commit a full buffer on a background thread while appends continue;
+        rows that arrive during a commit go into the next one, so a writer that outpaces the
+        committer gets fewer, larger commits. Appends wait only once ``64 x flush_rows`` rows
+        or ``4 x flush_bytes`` bytes are waiting (not counting the batch just appended);
+        ``flush()`` still waits.
     wal_lease_seconds: with a WAL on object storage (``Table(wal_uri=...)``), how long a
         writer's lease lasts without renewal: a dead writer's identity is taken over this long
         after its last renewal (renewed every third of it).

@@ -32,6 +32,7 @@ class Pending:
         self.inflight_rows = 0
         self.inflight_lsn = 0
         self._table: pa.Table | None = None
+        self._inflight_table: pa.Table | None = None
         self._dataset: lance.LanceDataset | None = None
         self._run = 0  # trailing small batches of one schema in ``buffer``
 
@@ -66,7 +67,7 @@ class Pending:
     def committed(self) -> None:
         """The inflight batches are in Lance now."""
         self.inflight, self.inflight_rows, self.inflight_lsn = [], 0, 0
-        self._table = self._dataset = None
+        self._table = self._dataset = self._inflight_table = None
 
     def clear(self) -> None:
         self.committed()
@@ -81,6 +82,16 @@ class Pending:
                 conform_many(batches, schema) if batches else schema.empty_table()
             )
         return self._table
+
+    def inflight_table(self, schema: pa.Schema) -> pa.Table:
+        """The rows in flight, conformed to ``schema``, for a commit: only them (the buffer
+        filling meanwhile is not copied), and large batches are not concatenated (Lance
+        writes a chunked column piece by piece, so a copy would only cost a memcpy)."""
+        t = self._inflight_table
+        if t is None or not t.schema.equals(schema):
+            t = conform_many(self.inflight, schema, copy=False) if self.inflight else schema.empty_table()
+            self._inflight_table = t
+        return t
 
     def dataset(self, schema: pa.Schema) -> lance.LanceDataset:
         """Everything pending as an in-memory Lance dataset, so SQL filters apply to it too."""

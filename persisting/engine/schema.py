@@ -312,12 +312,14 @@ def conform(batch: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def conform_many(batches: Sequence[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
+def conform_many(batches: Sequence[pa.RecordBatch], schema: pa.Schema, *, copy: bool = True) -> pa.Table:
     """:func:`conform` of every batch, concatenated into one chunk per column.
 
     Works per column rather than per batch: the batches missing a column in a row become one
     run of nulls, so many narrow batches of a wide table (each adding a field) cost what their
     values cost, not batches x columns small arrays (2,000 x 2,000 took minutes to commit).
+    With ``copy=False`` a column whose pieces are large (on average >= 64Ki rows, or MiB-sized
+    binary payloads) stays a chunked array of them: a writer gains nothing from one chunk.
     """
     if len(batches) == 1 or not all(isinstance(b, pa.RecordBatch) for b in batches):
         return pa.concat_tables([conform(b, schema) for b in batches])
@@ -340,7 +342,7 @@ def conform_many(batches: Sequence[pa.RecordBatch], schema: pa.Schema) -> pa.Tab
             pieces.append(pa.nulls(starts[-1] - row, type=f.type))
         if len(pieces) == 1:
             columns.append(pieces[0])
-        elif _payload_sized(pieces):
+        elif _payload_sized(pieces) or not copy and starts[-1] >= _LARGE_PIECE_ROWS * len(pieces):
             columns.append(pa.chunked_array(pieces, type=f.type))  # no copy: Lance writes each piece as is
         else:
             columns.append(pa.concat_arrays(pieces))
@@ -348,6 +350,7 @@ def conform_many(batches: Sequence[pa.RecordBatch], schema: pa.Schema) -> pa.Tab
 
 
 _PAYLOAD_PIECE = 1 << 20
+_LARGE_PIECE_ROWS = 1 << 16
 
 
 def _payload_sized(pieces: Sequence[pa.Array]) -> bool:

@@ -47,6 +47,7 @@ from persisting.engine.commits import (
     writer_applied_lsn,
 )
 from persisting.engine.lance_io import (
+    storage_version,
     default_wal_dir,
     lance_errors,
     logical_schema,
@@ -87,7 +88,10 @@ from persisting.errors import (
 __all__ = ["LSN_KEY", "WRITER_KEY", "Table", "applied_lsn", "writer_applied_lsn"]
 
 Rows: TypeAlias = "pa.RecordBatch | pa.Table | Sequence[Mapping[str, Any]]"
-_BACKPRESSURE = 4  # appends wait once the buffer holds this many flush_rows/flush_bytes
+# appends wait once the buffer holds this many flush_rows / flush_bytes while a commit runs: a
+# high row limit lets a fast writer's rows gather into larger commits (a commit has a fixed
+# cost of ~10 ms in fsyncs and manifests), the byte limit bounds memory
+_BACKPRESSURE_ROWS, _BACKPRESSURE_BYTES = 64, 4
 
 
 class Table(TableReads):
@@ -418,7 +422,7 @@ class Table(TableReads):
             self._update_wal_metric()
             if self._buffer_full(1):
                 if self.options.background_flush:
-                    self._schedule_commit()
+                    self._schedule_commit(batch)
                 else:
                     self.flush()
             wait = isinstance(self._wal, RemoteWAL) and self.options.wal_sync == "always"
@@ -435,12 +439,22 @@ class Table(TableReads):
         p, o = self._pending, self.options
         return p.buffer_rows >= times * o.flush_rows or p.buffer_bytes >= times * o.flush_bytes
 
-    def _schedule_commit(self) -> None:
-        """Hand the buffer to the background committer; wait only if it falls far behind."""
+    def _backlogged(self, last: pa.RecordBatch) -> bool:
+        """Whether the buffer, without the batch ``last`` just appended, is over the limits."""
+        p, o = self._pending, self.options
+        rows, size = p.buffer_rows - last.num_rows, p.buffer_bytes - last.get_total_buffer_size()
+        return rows >= _BACKPRESSURE_ROWS * o.flush_rows or size >= _BACKPRESSURE_BYTES * o.flush_bytes
+
+    def _schedule_commit(self, batch: pa.RecordBatch) -> None:
+        """Hand the buffer to the background committer; wait only if it falls far behind.
+
+        The backlog that makes an append wait does not count the batch it just added, so a
+        bulk writer whose batches are larger than the limit still prepares its next batch
+        while one is committed; memory stays bounded by the limits plus one batch."""
         if self._flusher is None:
             self._flusher = threading.Thread(target=self._flush_loop, name=f"persisting-flush-{self.name}", daemon=True)
             self._flusher.start()
-        while self._pending.inflight and self._buffer_full(_BACKPRESSURE) and self._flush_error is None:
+        while self._pending.inflight and self._backlogged(batch) and self._flush_error is None:
             self._changed.wait()
         if self._flush_error is not None:
             self.flush()
@@ -487,7 +501,7 @@ class Table(TableReads):
                     return
                 schema = self._schema
                 assert schema is not None
-                data = self._pending.table(schema).slice(0, self._pending.inflight_rows)
+                data = self._pending.inflight_table(schema)
                 last_lsn = self._pending.inflight_lsn
                 ds = self._ds
             start = time.perf_counter()
@@ -563,7 +577,7 @@ class Table(TableReads):
                     if owner_check is not None:
                         owner_check()
                     ds = lance.write_dataset(
-                        data, self.uri, schema=schema, mode="create", data_storage_version="2.2",
+                        data, self.uri, schema=schema, mode="create", data_storage_version=storage_version(schema),
                         storage_options=self.storage_options, transaction_properties=props,
                     )
                     created = True
