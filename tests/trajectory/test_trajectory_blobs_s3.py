@@ -4,6 +4,7 @@ a damaged blob object is a typed error naming the field, and ``verify`` finds it
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -22,15 +23,14 @@ from persisting.ops.verify import verify
 from persisting.trajectory import TrajectoryStore
 
 SHAPE = (160, 160, 3)  # 75 KiB: Lance keeps payloads this size in .blob files (27 KiB ones inline)
-_COMMON = textwrap.dedent(
-    """
-    import numpy as np
 
-    def frame(episode, t):
-        return np.random.default_rng(episode * 1000 + t).integers(0, 255, (160, 160, 3), dtype=np.uint8)
-    """
-)
-exec(_COMMON)  # frame(episode, t): the same content in every process
+
+def frame(episode: int, t: int) -> np.ndarray:
+    """Step ``t`` of ``episode``: the same content in every process."""
+    return np.random.default_rng(episode * 1000 + t).integers(0, 255, (160, 160, 3), dtype=np.uint8)
+
+
+_COMMON = "import numpy as np\n" + inspect.getsource(frame)  # the children define the same frame()
 
 
 def _log(store: TrajectoryStore, episodes: int, steps: int) -> list[int]:
