@@ -82,6 +82,11 @@ class _Column:
         self.valid[i] = True
 
 
+def _refuse(step: Mapping[str, Any], version: int) -> bool:
+    """The store function of a buffer with no compiled layout: every step takes the checks."""
+    return False
+
+
 class StepBuffer:
     """Columns of buffered steps (see the module docstring)."""
 
@@ -94,29 +99,30 @@ class StepBuffer:
         # version ``layout_version`` and until the columns grow
         self._layout: dict[str, tuple[type, np.dtype | None, Any, Any, np.ndarray]] = {}
         self.layout_version = -1
-        # the last fully accepted step's exact layout, compiled (see layout.py), its columns'
-        # values arrays and their valid arrays; the newest ``_unsealed`` rows were stored by it
-        # and are not yet marked valid (:meth:`_seal` does, before anything reads or changes
-        # the columns)
-        self._exact: tuple[StoreFn, tuple[Any, ...], tuple[np.ndarray, ...]] | None = None
-        self._unsealed = 0
+        # store(step, version): the last fully accepted step's exact layout compiled and bound
+        # to these columns (see layout.py), else a function that refuses; ``_exact_valid`` holds
+        # its columns' valid arrays. The newest ``unsealed`` rows were stored by it and are not
+        # yet marked valid (:meth:`_seal` does, before anything reads or changes the columns).
+        self.store: StoreFn = _refuse
+        self._exact_valid: tuple[np.ndarray, ...] = ()
+        self.unsealed = 0
 
     def __len__(self) -> int:
         return self.n
 
     def _seal(self) -> None:
         """Mark the rows the compiled store function added valid in every field it stored."""
-        k = self._unsealed
+        k = self.unsealed
         if k:
             n = self.n
-            for valid in self._exact[2]:  # type: ignore[index]
+            for valid in self._exact_valid:
                 valid[n - k:n] = True
-            self._unsealed = 0
+            self.unsealed = 0
 
     def _forget(self) -> None:
         """Drop the remembered layouts (after sealing the rows stored through them)."""
         self._seal()
-        self._layout, self.layout_version, self._exact = {}, -1, None
+        self._layout, self.layout_version, self.store, self._exact_valid = {}, -1, _refuse, ()
 
     def _reserve(self, rows: int) -> None:
         if rows > self.capacity:
@@ -131,13 +137,7 @@ class StepBuffer:
         i = self.n
         if version != self.layout_version or i >= self.capacity:
             return False
-        exact = self._exact
-        if exact is not None:
-            if exact[0](step, i, exact[1]):
-                self.n = i + 1
-                self._unsealed += 1
-                return True
-            self._seal()
+        self._seal()
         layout = self._layout
         for name, value in step.items():
             entry = layout.get(name)
@@ -209,8 +209,8 @@ class StepBuffer:
         entries = [(name, layout.get(name)) for name in step]
         if all(e is not None for _, e in entries):
             key = tuple((name, e[0], e[1], e[2]) for name, e in entries)  # type: ignore[index]
-            self._exact = (compiled(key), tuple(e[3] for _, e in entries),  # type: ignore[index]
-                           tuple(e[4] for _, e in entries))  # type: ignore[index]
+            self.store = compiled(key)(self, version, self.capacity, tuple(e[3] for _, e in entries))  # type: ignore[index]
+            self._exact_valid = tuple(e[4] for _, e in entries)  # type: ignore[index]
         return True
 
     def add_rows(self, rows: Sequence[Mapping[str, Any]], specs: Mapping[str, FieldSpec]) -> None:
@@ -272,5 +272,5 @@ class StepBuffer:
             arrays += a
         self.columns = {}
         self.n = 0
-        self._layout, self.layout_version, self._exact = {}, -1, None
+        self._layout, self.layout_version, self.store, self._exact_valid = {}, -1, _refuse, ()
         return fields, arrays

@@ -81,9 +81,9 @@ class Episode:
             if self.status != "open":
                 self._check_open()
             fields_ = writer.fields
-            if not buffer.add_fast(step, fields_.version) and not buffer.add_known(
-                    step, fields_.sigs, fields_.specs, blob_threshold=fields_.blob_threshold, ragged=fields_.ragged,
-                    version=fields_.version):
+            if not buffer.store(step, fields_.version) and not buffer.add_fast(step, fields_.version) \
+                    and not buffer.add_known(step, fields_.sigs, fields_.specs, blob_threshold=fields_.blob_threshold,
+                                             ragged=fields_.ragged, version=fields_.version):
                 self._add_checked([step])
                 return
             self.length += 1  # the return and last flags are read from the buffer at hand-off

@@ -6,10 +6,12 @@ here for a function specialised to that layout (field names, value types, array 
 shapes): it fetches every value, tests each with one ``type(...) is`` (plus dtype identity and
 shape equality for arrays, the int64 range for Python ints) and, only when all pass, stores them
 into the buffer's numpy columns. No loop, no per-field tuple unpacking, no dict of layouts:
-about half the Python of the generic check. It stores values only: every field of the layout is
-present in such a row, so the buffer marks the rows valid in bulk (one slice store per field
-when it next reads or changes its columns) instead of one store per field and step. A step that differs in any way (a field more or
-less, another type or shape) gets False and goes through the generic checks.
+about half the Python of the generic check. The function is bound to one buffer's columns, so a
+logged step costs one call: the capacity and registry-version checks and the row count are in it.
+It stores values only: every field of the layout is present in such a row, so the buffer marks
+the rows valid in bulk (one slice store per field when it next reads or changes its columns)
+instead of one store per field and step. A step that differs in any way (a field more or less,
+another type or shape) gets False and goes through the generic checks.
 
 The generated source names nothing from the caller: field names, types, dtypes and shapes are
 bound as constants in the function's namespace, never pasted into the source text.
@@ -26,17 +28,22 @@ __all__ = ["LayoutKey", "compiled"]
 
 # one entry per field: (name, value type, array dtype or None, array shape or "is a Python int")
 LayoutKey = tuple[tuple[str, type, np.dtype | None, Any], ...]
-StoreFn = Callable[[Mapping[str, Any], int, tuple[Any, ...]], bool]
+# store(step, version) -> bool: the step stored as the buffer's next row, or False (nothing stored)
+StoreFn = Callable[[Mapping[str, Any], int], bool]
+# bind(buffer, version, capacity, columns) -> StoreFn for that buffer's columns
+BindFn = Callable[[Any, int, int, tuple[Any, ...]], StoreFn]
 
 _INT64 = (-(1 << 63), 1 << 63)
-_CACHE: dict[LayoutKey, StoreFn] = {}
+_CACHE: dict[LayoutKey, BindFn] = {}
 _CACHE_MAX = 512
 
 
-def compiled(key: LayoutKey) -> StoreFn:
-    """``fn(step, i, columns) -> bool``: store ``step`` as row ``i`` if it has exactly layout
-    ``key``; ``columns`` holds each field's values array in ``key`` order (validity is the
-    caller's to mark)."""
+def compiled(key: LayoutKey) -> BindFn:
+    """``bind(buffer, version, capacity, columns)``: a store function for ``buffer`` whose
+    ``columns`` hold each field's values array in ``key`` order. ``store(step, version)`` stores
+    ``step`` as row ``buffer.n`` (then adds one to ``buffer.n`` and ``buffer.unsealed``) if it
+    has exactly layout ``key``, the field registry is still at ``version`` and the row fits
+    ``capacity``; else it returns False and stores nothing. Validity is the buffer's to mark."""
     fn = _CACHE.get(key)
     if fn is None:
         if len(_CACHE) >= _CACHE_MAX:
@@ -45,12 +52,20 @@ def compiled(key: LayoutKey) -> StoreFn:
     return fn
 
 
-def _build(key: LayoutKey) -> StoreFn:
+def _build(key: LayoutKey) -> BindFn:
     ns: dict[str, Any] = {"LO": _INT64[0], "HI": _INT64[1]}
-    vs = [f"v{j}" for j in range(len(key))]
-    src = ["def store(step, i, columns):", f"    if len(step) != {len(key)}:", "        return False", "    try:"]
-    src.append(f"        {', '.join(vs)}, = " + ", ".join(f"step[N{j}]" for j in range(len(key))) + ",")
-    src += ["    except KeyError:", "        return False"]
+    k = len(key)
+    vs = ", ".join(f"v{j}" for j in range(k))
+    src = ["def bind(buf, version, capacity, columns):",
+           f"    {', '.join(f'a{j}' for j in range(k))}, = columns",
+           "    def store(step, current):",
+           "        i = buf.n",
+           f"        if current != version or i >= capacity or len(step) != {k}:",
+           "            return False",
+           "        try:",
+           f"            {vs}, = " + ", ".join(f"step[N{j}]" for j in range(k)) + ",",
+           "        except KeyError:",
+           "            return False"]
     for j, (name, t, dtype, shape) in enumerate(key):
         ns[f"N{j}"], ns[f"T{j}"] = name, t
         test = f"type(v{j}) is not T{j}"
@@ -59,9 +74,8 @@ def _build(key: LayoutKey) -> StoreFn:
             test += f" or v{j}.dtype is not D{j} or v{j}.shape != S{j}"
         elif shape:  # a Python int: must fit the int64 column
             test += f" or not LO <= v{j} < HI"
-        src += [f"    if {test}:", "        return False"]
-    src.append(f"    {', '.join(f'a{j}' for j in range(len(key)))}, = columns")
-    src += [f"    a{j}[i] = v{j}" for j in range(len(key))]
-    src.append("    return True")
+        src += [f"        if {test}:", "            return False"]
+    src += [f"        a{j}[i] = v{j}" for j in range(k)]
+    src += ["        buf.n = i + 1", "        buf.unsealed += 1", "        return True", "    return store"]
     exec("\n".join(src), ns)  # noqa: S102 - source built above from fixed templates only
-    return ns["store"]
+    return ns["bind"]
