@@ -110,14 +110,16 @@ _LOAD = textwrap.dedent(
 )
 
 
-def test_refused_save_on_s3_leaves_nothing_a_later_save_reuses(relay: _Relay, s3_bucket: str, s3_options: dict[str, str],
-                                                                tmp_path: Path) -> None:
+@pytest.mark.parametrize("refused", ["data/", "_versions/"])
+def test_refused_save_on_s3_leaves_nothing_a_later_save_reuses(refused: str, relay: _Relay, s3_bucket: str,
+                                                                s3_options: dict[str, str], tmp_path: Path) -> None:
+    """``refused``: the chunk data files, or (after they were stored) the commit's manifest."""
     uri = f"s3://{s3_bucket}/ckpt"
     via_relay = dict(s3_options, aws_endpoint=f"http://127.0.0.1:{relay.server_address[1]}")
     with ParamStore(uri, storage_options=via_relay, wal_dir=str(tmp_path / "locks")) as store:
         store.save({"w": torch.ones(8)}, step=1)
         state = torch.zeros(1 << 20)  # 4 MiB of zeros, e.g. a fresh optimizer moment
-        relay.refuse, relay.refused = f"/{s3_bucket}/ckpt/chunks.lance/data/", 0
+        relay.refuse, relay.refused = f"/{s3_bucket}/ckpt/chunks.lance/{refused}", 0
         try:
             with pytest.raises(StorageError) as info:
                 store.save({"opt": state}, step=2)
