@@ -100,29 +100,35 @@ class StepBuffer:
         self._layout: dict[str, tuple[type, np.dtype | None, Any, Any, np.ndarray]] = {}
         self.layout_version = -1
         # store(step, version): the last fully accepted step's exact layout compiled and bound
-        # to these columns (see layout.py), else a function that refuses; ``_exact_valid`` holds
-        # its columns' valid arrays. The newest ``unsealed`` rows were stored by it and are not
-        # yet marked valid (:meth:`_seal` does, before anything reads or changes the columns).
+        # to this buffer (see layout.py), else a function that refuses. It appends the newest
+        # ``unsealed`` rows' values to ``_pending`` lists (per field: values array, valid array,
+        # list, array dtype or None for scalars); :meth:`_seal` moves them into the columns
+        # before anything reads or changes the columns.
         self.store: StoreFn = _refuse
-        self._exact_valid: tuple[np.ndarray, ...] = ()
+        self._pending: tuple[tuple[np.ndarray, np.ndarray, list[Any], np.dtype | None], ...] = ()
         self.unsealed = 0
 
     def __len__(self) -> int:
         return self.n
 
     def _seal(self) -> None:
-        """Mark the rows the compiled store function added valid in every field it stored."""
+        """Move the rows the compiled store function added into the columns, valid."""
         k = self.unsealed
         if k:
             n = self.n
-            for valid in self._exact_valid:
+            for values, valid, pending, dtype in self._pending:
+                if dtype is not None:
+                    values[n - k:n] = np.frombuffer(b"".join(pending), dtype).reshape(k, *values.shape[1:])
+                else:
+                    values[n - k:n] = np.fromiter(pending, values.dtype, k)
+                pending.clear()
                 valid[n - k:n] = True
             self.unsealed = 0
 
     def _forget(self) -> None:
         """Drop the remembered layouts (after sealing the rows stored through them)."""
         self._seal()
-        self._layout, self.layout_version, self.store, self._exact_valid = {}, -1, _refuse, ()
+        self._layout, self.layout_version, self.store, self._pending = {}, -1, _refuse, ()
 
     def _reserve(self, rows: int) -> None:
         if rows > self.capacity:
@@ -209,8 +215,8 @@ class StepBuffer:
         entries = [(name, layout.get(name)) for name in step]
         if all(e is not None for _, e in entries):
             key = tuple((name, e[0], e[1], e[2]) for name, e in entries)  # type: ignore[index]
-            self.store = compiled(key)(self, version, self.capacity, tuple(e[3] for _, e in entries))  # type: ignore[index]
-            self._exact_valid = tuple(e[4] for _, e in entries)  # type: ignore[index]
+            self._pending = tuple((e[3], e[4], [], e[1]) for _, e in entries)  # type: ignore[index]
+            self.store = compiled(key)(self, version, self.capacity, tuple(p[2].append for p in self._pending))
         return True
 
     def add_rows(self, rows: Sequence[Mapping[str, Any]], specs: Mapping[str, FieldSpec]) -> None:
@@ -272,5 +278,5 @@ class StepBuffer:
             arrays += a
         self.columns = {}
         self.n = 0
-        self._layout, self.layout_version, self.store, self._exact_valid = {}, -1, _refuse, ()
+        self._layout, self.layout_version, self.store, self._pending = {}, -1, _refuse, ()
         return fields, arrays
