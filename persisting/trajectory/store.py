@@ -163,7 +163,8 @@ class TrajectoryStore:
                     root = os.path.join(wal_root or local_path(self.path), "sessions")
                     self._sessions = Sessions(root, self.path)
                 with self._sessions.locked():  # one opener at a time adopts and recovers dead writers
-                    self._ids = table("ids", TableOptions(durability="always", compact_fragments=16), IDS_SCHEMA)
+                    self._ids = table("ids", TableOptions(durability="always", compact_fragments=16,
+                                                          wal_lease_seconds=opts.wal_lease_seconds), IDS_SCHEMA)
                     # episodes before steps: the writer hands steps to their table before the
                     # episode row that counts them, so a reader that pins episodes first sees them
                     self._episodes = table("episodes", opts, EPISODE_SCHEMA)
@@ -200,12 +201,17 @@ class TrajectoryStore:
         return self._id_source.new_id()
 
     def _recover(self) -> int:
-        """Recover every dead writer session (under the store lock, after this open adopted
-        dead writers' WALs); return the lowest id no episode uses yet."""
+        """Recover every dead writer session (after this open adopted dead writers' WALs; under
+        the store lock, or, with ``wal="object"``, with each dead session claimed by its lease);
+        return the lowest id no episode uses yet."""
         assert self._sessions is not None
         sessions = self._sessions
         dead: dict[str, Any] = {d.session_id: d for d in sessions.dead(open_sessions(self._ids))}
         self._ids.refresh()  # after claiming: a session another opener just recovered is ended now
+        if dead:  # and the WALs another opener adopted after these tables opened are committed now
+            self._episodes.refresh()
+            self._steps.refresh()
+            self._fields.follow(self._steps.schema)
         waiting = sessions.unadopted(list(dead.values()), {"steps": self._steps, "episodes": self._episodes})
         recovered: list[int] = []
         try:
