@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import ray
@@ -78,7 +78,7 @@ class SharedStore:
 
     @classmethod
     def create(cls, path: str, *, wal_dir: str | None = None, storage_options: Mapping[str, str] | None = None,
-               wal: str = "local", **store_options: Any) -> SharedStore:
+               wal: Literal["local", "object"] = "local", **store_options: Any) -> SharedStore:
         """Describe a store for the actors: pinned to this process's Ray node with
         ``wal="local"``, placed anywhere with ``wal="object"``."""
         check_choice("wal", wal, ("local", "object"), store=f"SharedStore {path}")

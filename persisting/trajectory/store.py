@@ -39,7 +39,7 @@ import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import pyarrow as pa
@@ -109,7 +109,7 @@ class TrajectoryStore:
         blob_threshold: int = 64 * 1024,
         ragged: Iterable[str] = (),
         options: TableOptions | None = None,
-        wal: str = "local",
+        wal: Literal["local", "object"] = "local",
     ) -> None:
         check_choice("wal", wal, ("local", "object"), store=f"TrajectoryStore {path}")
         remote_wal = wal == "object"
