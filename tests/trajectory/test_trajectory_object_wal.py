@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
+from persisting.engine.objstore import ObjectStore
 from persisting.errors import ConfigError
 from persisting.trajectory import TrajectoryStore
 
@@ -89,6 +90,10 @@ def test_writers_on_three_nodes(node: Spawn, s3_bucket: str, s3_options: dict[st
             assert rows[eid]["status"] == "complete" and rows[eid]["length"] == length
             _check_steps(store, eid, length)
         assert store.num_steps() == sum(written.values())
+    # clean closes leave no session or WAL lease behind (opens would list and read each one)
+    s3 = ObjectStore(uri, s3_options)
+    leases = [k for k in s3.list() if k.endswith("/LEASE") and "/_persisting/create/" not in "/" + k]
+    assert leases == [] and "_persisting/sessions/NEXT_ID" in s3.list()
 
 
 def test_sigkilled_node_is_recovered_once_elsewhere(node: Spawn, s3_bucket: str, s3_options: dict[str, str]) -> None:
