@@ -24,6 +24,7 @@ import os
 import signal
 import threading
 import time
+from contextlib import nullcontext
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeAlias
@@ -62,6 +63,7 @@ from persisting.engine.schema import conform, evolve, fit_vectors, records_to_ba
 from persisting.engine.wal import FRAME_BATCH, WAL, Frame, ReplayReport, read_frames
 from persisting.engine import remote_log
 from persisting.engine.dedup import Dedup, last_seen
+from persisting.engine.remote_create import creation_lease
 from persisting.engine.remote_wal import RemoteWAL
 from persisting.engine.writers import (
     Orphan,
@@ -571,7 +573,10 @@ class Table(TableReads):
             # Lance turns concurrent creates into overwrites (measured: 4 processes creating one
             # dataset kept one's rows), so creation is serialised by a lock every local writer
             # shares, and whoever comes second appends to what the first created
-            with creation_lock(self.uri, self.wal_dir or remote_log.scratch_dir(self.uri)):
+            with creation_lock(self.uri, self.wal_dir or remote_log.scratch_dir(self.uri)), (
+                creation_lease(self.uri, self.storage_options, self.options.wal_lease_seconds)
+                if self._remote is not None else nullcontext()  # writers on other hosts create it too
+            ):
                 ds = open_dataset(self.uri, self.storage_options)
                 if ds is None:
                     if owner_check is not None:

@@ -2,8 +2,10 @@
 
 Each writer session reserves ids in blocks of :data:`ID_BLOCK`: under the store-wide lock
 (:class:`~persisting.trajectory.sessions.Sessions`) it reads the high-water mark (the largest
-``next_id`` any row records), appends ``{session, block_start, next_id}`` and commits it
-(durability ``always``) before handing out any id of the block. So ids never collide across
+``next_id`` any row records) -- or, with the WAL on object storage, moves a counter object by
+compare-and-swap (:class:`~persisting.trajectory.remote_sessions.RemoteSessions`) -- then
+appends ``{session, block_start, next_id}`` and commits it (durability ``always``) before
+handing out any id of the block. So ids never collide across
 processes, stay ``int`` (and grow over time, though ids of concurrent writers interleave by
 block), and cost one commit per block, not a round trip per episode. An id is never handed out
 twice, even when a crash lost the episode that had it.
@@ -21,15 +23,16 @@ start at ``session_start``. That legacy session is recovered once, like any othe
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from persisting.engine.table import Table
-from persisting.trajectory.sessions import Sessions
 
-__all__ = ["IDS_SCHEMA", "ID_BLOCK", "LEGACY", "EpisodeIds", "SessionRanges", "high_water", "mark_recovered", "open_sessions"]
+__all__ = ["IDS_SCHEMA", "ID_BLOCK", "LEGACY", "BlockSource", "EpisodeIds", "SessionRanges", "high_water", "mark_recovered", "open_sessions"]
 
 ID_BLOCK = 1024
 LEGACY = "legacy"  # the session id given to a single-writer-era writer that died
@@ -119,10 +122,18 @@ def _legacy_session(ids: Table, names: list[str]) -> SessionRanges | None:
     return SessionRanges(LEGACY, ((int(last["session_start"] or 0), max(top, int(last["next_id"]))),))
 
 
+class BlockSource(Protocol):
+    """Where id blocks come from: the local store lock, or a counter on object storage."""
+
+    def locked(self) -> AbstractContextManager[None]: ...
+    def next_block(self, ids: Table, floor: int, size: int) -> int: ...
+    def give_back(self, used: int, stop: int) -> None: ...
+
+
 class EpisodeIds:
     """Hands out this session's episode ids, reserving a new block when one runs out."""
 
-    def __init__(self, ids: Table, sessions: Sessions, session_id: str, floor: int = 0) -> None:
+    def __init__(self, ids: Table, sessions: BlockSource, session_id: str, floor: int = 0) -> None:
         self._ids = ids
         self._sessions = sessions
         self.session_id = session_id
@@ -144,7 +155,7 @@ class EpisodeIds:
     def reserve_locked(self) -> None:
         """Reserve the next block (the caller holds the store lock)."""
         self._ids.refresh()  # every other session's reservations, committed before their lock was released
-        start = max(high_water(self._ids), self._floor)
+        start = self._sessions.next_block(self._ids, self._floor, ID_BLOCK)
         stop = start + ID_BLOCK
         self._ids.append([{"session": self.session_id, "event": "reserve", "block_start": start, "next_id": stop}])
         self._ids.flush()  # durable and visible to every process before any id is used
@@ -156,6 +167,7 @@ class EpisodeIds:
         it used: the rest of its newest block goes back to the next reservation."""
         self._ids.append([{"session": self.session_id, "event": "closed", "next_id": self._next}])
         self._ids.flush()
+        self._sessions.give_back(self._next, self._stop)  # after the row: a dead-looking session keeps them
 
 
 def mark_recovered(ids: Table, session_id: str) -> None:

@@ -1,14 +1,21 @@
 """Ray: many actors log episodes into one TrajectoryStore; ``ray.data`` reads its steps.
 
 Writing. Every actor is a writer session of its own (:mod:`persisting.trajectory.sessions`):
-it opens ``TrajectoryStore(path, storage_options=..., wal_dir=...)`` once, in the actor, and
-logs episodes as a single process would. The writers of one store find each other, reserve
-episode ids and recover dead writers through the store's ``wal_dir``, a *local* directory,
-so every writer of one store must run on the node that holds it. :class:`SharedStore` carries
-the path, the storage options and the WAL directory to the actors (it pickles; a store does
-not) and pins them to that node (:meth:`SharedStore.actor_options`). An actor that dies
-(``ray.kill``, a crash, its node's OOM killer) loses only steps it had not acknowledged: the
-next writer that opens the store replays its WAL and marks its open episodes ``incomplete``.
+it opens the store once, in the actor, and logs episodes as a single process would.
+:class:`SharedStore` carries the path, the storage options and the WAL placement to the actors
+(it pickles; a store does not). Two placements:
+
+- ``wal="object"`` (an ``s3://`` store): the WALs, writer sessions and episode-id counter live
+  on the object store (:mod:`persisting.trajectory.remote_sessions`), so actors run on any node
+  and :meth:`SharedStore.actor_options` pins nothing. An actor that dies -- or its whole node --
+  loses only steps it had not acknowledged: once its leases expire
+  (``TableOptions.wal_lease_seconds``, 10 s by default) the next writer that opens the store,
+  on any node, replays its WAL and marks its open episodes ``incomplete``.
+- ``wal="local"`` (default): the writers find each other, reserve episode ids and recover dead
+  writers through the store's ``wal_dir``, a *local* directory, so every writer must run on
+  the node that holds it: :meth:`SharedStore.actor_options` pins the actors there. An actor
+  that dies (``ray.kill``, a crash, the OOM killer) is recovered by the next writer that opens
+  the store; steps it acknowledged stay on that node's disk if the node itself dies.
 
 Reading. :func:`read_steps` and :func:`read_episodes` return ``ray.data.Dataset`` objects
 over the store's Lance tables (``steps.lance``, and the newest revision of each episode), so
@@ -24,12 +31,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import ray
 import ray.data
 
+from persisting.engine.shell import check_choice
 from persisting.errors import ConfigError, NotFoundError
 from persisting.trajectory.fields import CHECKSUM_SUFFIX, FieldSpec
 from persisting.trajectory.reading import STATUSES, STEP_KEYS
@@ -54,9 +62,11 @@ class SharedStore:
     path: the store (local directory or ``s3://...``); storage_options: Lance's options for it
     (endpoint, credentials), handed to every actor and read task as they are.
     wal_dir: the local directory for the writers' WALs and locks, shared by every writer; it
-    must be on ``node_id``'s disk. Required for a remote ``path``.
-    node_id: the Ray node holding ``wal_dir`` (by default the node that made this object).
+    must be on ``node_id``'s disk. Required for a remote ``path`` with ``wal="local"``.
+    node_id: the Ray node holding ``wal_dir`` (by default the node that made this object;
+        None with ``wal="object"``: writers run anywhere).
     store_options: keyword arguments for ``TrajectoryStore`` (``durability``, ``step_buffer``...).
+    wal: ``"local"`` or ``"object"`` (see the module docstring and ``TrajectoryStore``).
     """
 
     path: str
@@ -64,25 +74,35 @@ class SharedStore:
     storage_options: Mapping[str, str] | None = None
     node_id: str | None = None
     store_options: Mapping[str, Any] = field(default_factory=dict)
+    wal: str = "local"
 
     @classmethod
     def create(cls, path: str, *, wal_dir: str | None = None, storage_options: Mapping[str, str] | None = None,
-               **store_options: Any) -> SharedStore:
-        """Describe a store for the actors, pinned to this process's Ray node."""
-        if wal_dir is not None:
+               wal: Literal["local", "object"] = "local", **store_options: Any) -> SharedStore:
+        """Describe a store for the actors: pinned to this process's Ray node with
+        ``wal="local"``, placed anywhere with ``wal="object"``."""
+        check_choice("wal", wal, ("local", "object"), store=f"SharedStore {path}")
+        if wal == "object":
+            if wal_dir is not None:
+                raise ConfigError(f"SharedStore {path}: wal='object' keeps the WALs on the object store; "
+                                  "drop wal_dir (or use wal='local')", argument="wal_dir")
+        elif wal_dir is not None:
             wal_dir = os.path.abspath(wal_dir)
         elif "://" in str(path) and not str(path).startswith("file://"):
-            raise ConfigError(f"trajectory store {path} is remote: pass wal_dir=, a local directory on this node "
-                              "that every writer actor shares for its WALs and locks", path=str(path))
+            raise ConfigError(f"trajectory store {path} is remote: pass wal='object' (WALs on the object store, "
+                              "actors on any node) or wal_dir=, a local directory on this node that every writer "
+                              "actor shares for its WALs and locks", path=str(path))
         for key in ("read_only", "wal_dir", "storage_options"):
             if key in store_options:
                 raise ConfigError(f"SharedStore.create: {key!r} is not a store option here; "
                                   "pass wal_dir/storage_options as keywords and open readers with open(read_only=True)")
-        return cls(str(path), wal_dir, dict(storage_options) if storage_options else None, _current_node(),
-                   dict(store_options))
+        node = _current_node() if wal == "local" else None
+        return cls(str(path), wal_dir, dict(storage_options) if storage_options else None, node,
+                   dict(store_options), wal)
 
     def actor_options(self) -> dict[str, Any]:
-        """Options for ``Actor.options(...)`` that place a writer on the node holding ``wal_dir``."""
+        """Options for ``Actor.options(...)`` that place a writer on the node holding ``wal_dir``
+        (``{}`` with ``wal="object"``: any node will do)."""
         if self.node_id is None:
             return {}
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -102,7 +122,7 @@ class SharedStore:
                     "**shared.actor_options() so it runs there", path=self.path)
         opts = dict(self.store_options) if not read_only else {}
         return TrajectoryStore(self.path, storage_options=_opts(self.storage_options), wal_dir=self.wal_dir,
-                               read_only=read_only, **opts)
+                               read_only=read_only, wal=self.wal, **opts)
 
     def read_steps(self, **kwargs: Any) -> ray.data.Dataset:
         """:func:`read_steps` on this store."""

@@ -11,6 +11,9 @@ Every writer (a ``TrajectoryStore`` opened without ``read_only``, in any process
 
 A session file whose lock can be taken belongs to a dead process (flocks die with it). Only a
 holder of ``LOCK`` looks, so two processes never recover the same dead session.
+
+:class:`~persisting.trajectory.remote_sessions.RemoteSessions` offers the same interface on
+object storage (``wal="object"``: leases and a compare-and-swap id counter, no local directory).
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import fcntl
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from persisting.engine import fsync_path, try_flock, unlock
+from persisting.engine import Table, fsync_path, try_flock, unlock
+from persisting.engine.writers import live_writer_ids
 from persisting.errors import StorageError
+from persisting.trajectory.ids import high_water
 
 __all__ = ["DeadSession", "Sessions", "new_session_id"]
 
@@ -113,9 +118,11 @@ class Sessions:
         """Ids of every session file present (live, or dead and not yet recovered)."""
         return {n for n in os.listdir(self.root) if n != "LOCK" and not n.startswith(".")}
 
-    def dead(self) -> list[DeadSession]:
-        """Lock every session file whose process is gone (call under :meth:`locked`)."""
-        found = []
+    def dead(self, candidates: Collection[str] = ()) -> list[DeadSession]:
+        """Lock every session file whose process is gone (call under :meth:`locked`); a
+        session of ``candidates`` (open in the ids table) with no file at all is dead too."""
+        files = self.live()
+        found = [DeadSession(sid, {}, "", -1) for sid in sorted(set(candidates) - files)]
         for name in sorted(os.listdir(self.root)):
             path = os.path.join(self.root, name)
             if name == "LOCK":
@@ -138,10 +145,26 @@ class Sessions:
             found.append(DeadSession(name, writers if isinstance(writers, dict) else {}, path, fd))
         return found
 
+    def unadopted(self, dead: Collection[DeadSession], tables: Mapping[str, Table]) -> set[str]:
+        """Sessions of ``dead`` whose WAL directory in one of ``tables`` is still there: they
+        died after those tables opened (and adopted dead writers), so the next open recovers them."""
+        live = {name: live_writer_ids(t.wal_dir) if t.wal_dir else set() for name, t in tables.items()}
+        return {d.session_id for d in dead if any(d.writers.get(n) in ids for n, ids in live.items())}
+
     def forget(self, dead: DeadSession) -> None:
         """Remove a recovered dead session's file."""
         try:
-            os.unlink(dead.path)
-            fsync_path(self.root)
+            if dead.path:
+                os.unlink(dead.path)
+                fsync_path(self.root)
         finally:
             dead.release()
+
+    # -- episode ids (the caller holds :meth:`locked`) ----------------------------------------
+    def next_block(self, ids: Table, floor: int, size: int) -> int:
+        """The first id of the next block: above every id a session may have handed out
+        (the ids table, refreshed under the lock) and ``floor``."""
+        return max(high_water(ids), floor)
+
+    def give_back(self, used: int, stop: int) -> None:
+        """Nothing to do: the ``closed`` row already returns ids ``[used, stop)``."""

@@ -25,6 +25,12 @@ makes them durable now. When a writer dies, the next writer that opens the store
 WALs and marks its episodes still ``open`` (and its steps whose episode row was lost)
 ``incomplete`` with every step that survived -- exactly once, and only that writer's episodes;
 the other writers go on meanwhile. ``recovered`` lists the episodes this open recovered.
+
+Where the WALs live (``wal``): ``"local"`` (default) -- a local directory (``wal_dir``, or
+inside a local store) shared by every writer, with flocks for sessions, so all writers run on
+one host; ``"object"`` -- an ``s3://`` store keeps its WALs, sessions and id counter on the
+object store too (:mod:`persisting.trajectory.remote_sessions`), so writers may run on any
+host and what a writer acknowledged survives its host's death.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import pyarrow as pa
@@ -43,8 +49,8 @@ from persisting.engine.durable import is_local, local_path
 from persisting.engine.options import Durability, TableOptions
 from persisting.engine.shell import StoreShell, check_choice, check_int
 from persisting.engine.table import Table
-from persisting.engine.writers import live_writer_ids
-from persisting.errors import InvalidRecordError, NotFoundError, SchemaError
+from persisting.engine.remote_wal import remote_wal_uri
+from persisting.errors import ConfigError, InvalidRecordError, NotFoundError, SchemaError
 from persisting.trajectory.episode import Episode, rows_of
 from persisting.trajectory.fields import FieldSpec, arrow_category, check_column, value_category
 from persisting.trajectory.ids import IDS_SCHEMA, EpisodeIds, SessionRanges, high_water, mark_recovered, open_sessions
@@ -53,6 +59,7 @@ from persisting.trajectory.viewfile import view_dir
 from persisting.trajectory.writing import EpisodeWriter
 from persisting.trajectory.reading import EpisodeReads
 from persisting.trajectory.schema import EPISODE_COLUMNS, EPISODE_SCHEMA, STATUSES
+from persisting.trajectory.remote_sessions import RemoteSessions, writer_id
 from persisting.trajectory.sessions import Sessions, new_session_id
 
 __all__ = ["TrajectoryStore"]
@@ -79,9 +86,15 @@ class TrajectoryStore:
     step_buffer: steps an episode holds before handing them to the table.
     blob_threshold: arrays of at least this many bytes are stored as tensor blobs.
     ragged: fields whose array values vary in length (stored as list columns).
-    wal_dir: a local directory for the WALs and locks; required when ``path`` is remote.
-        Every writer of one store must use the same ``wal_dir`` (the default, for a local
-        ``path``, is inside it): that is where writers find each other and dead writers.
+    wal_dir: a local directory for the WALs and locks; required when ``path`` is remote
+        and ``wal="local"``. Every writer of one store must use the same ``wal_dir`` (the
+        default, for a local ``path``, is inside it): that is where writers find each other.
+    wal: ``"local"`` (default) or ``"object"``: an ``s3://`` store whose WALs, writer sessions
+        and episode-id counter live on the object store beside it (no ``wal_dir``; writers on
+        any host; a dead writer's acknowledged steps are adopted by the next opener anywhere).
+        Costs an object PUT per group commit (``wal_sync_interval``) and per table and ~a dozen
+        requests per open; a dead writer is noticed once its lease expires
+        (``TableOptions.wal_lease_seconds``). Every writer of one store uses the same ``wal``.
     """
 
     def __init__(
@@ -96,8 +109,17 @@ class TrajectoryStore:
         blob_threshold: int = 64 * 1024,
         ragged: Iterable[str] = (),
         options: TableOptions | None = None,
+        wal: Literal["local", "object"] = "local",
     ) -> None:
-        self._shell = StoreShell("TrajectoryStore", path, read_only=read_only, wal_dir=wal_dir)
+        check_choice("wal", wal, ("local", "object"), store=f"TrajectoryStore {path}")
+        remote_wal = wal == "object"
+        if remote_wal and (wal_dir is not None or not str(path).startswith(("s3://", "s3a://"))):
+            raise ConfigError(
+                f"TrajectoryStore {path}: wal='object' keeps the WALs on the object store beside an s3:// "
+                f"store; got path {path!r} and wal_dir {wal_dir!r} (use an s3:// path and no wal_dir, or "
+                "wal='local')", argument="wal",
+            )
+        self._shell = StoreShell("TrajectoryStore", path, read_only=read_only, wal_dir=wal_dir, object_wal=remote_wal)
         self.step_buffer = check_int("step_buffer", step_buffer, store=str(self._shell), minimum=1)
         self.blob_threshold = check_int("blob_threshold", blob_threshold, store=str(self._shell), minimum=0)
         check_choice("durability", durability, ("none", "batch", "always"), store=str(self._shell))
@@ -109,17 +131,20 @@ class TrajectoryStore:
         self._meta_kinds: dict[str, str | None] = {}
         self._fields = FieldRegistry(ragged=self.ragged, blob_threshold=blob_threshold)
         self.recovered: list[int] = []
-        self._sessions: Sessions | None = None
+        self._sessions: Sessions | RemoteSessions | None = None
         self._session_id = new_session_id()
         opts = options or TableOptions()
         opts = TableOptions(**{**opts.__dict__, "durability": durability})
         tables: list[Table] = []
 
         def table(name: str, topts: TableOptions, schema: pa.Schema | None = None) -> Table:
+            uri = self._shell.table_uri(name)
             t = Table(
-                self._shell.table_uri(name), options=topts, schema=schema, storage_options=storage_options,
+                uri, options=topts, schema=schema, storage_options=storage_options,
                 read_only=read_only, wal_dir=self._shell.table_wal_dir(name),
                 store="trajectory", name=name, follow=False,
+                wal_uri=remote_wal_uri(uri) if remote_wal else None,
+                writer_id=writer_id(self._session_id) if remote_wal and not read_only else None,
             )
             tables.append(t)
             return t
@@ -130,11 +155,16 @@ class TrajectoryStore:
                 self._steps = table("steps", opts)
                 self._load_specs()
             else:
-                wal = self._shell.wal_dir  # a remote store without one was refused by the shell
-                root = os.path.join(wal, "sessions") if wal is not None else os.path.join(local_path(self.path), "sessions")
-                self._sessions = Sessions(root, self.path)
+                if remote_wal:
+                    uris = {n: self._shell.table_uri(n) for n in ("ids", "episodes", "steps")}
+                    self._sessions = RemoteSessions(self.path, storage_options, uris, opts.wal_lease_seconds)
+                else:
+                    wal_root = self._shell.wal_dir  # a remote store without one was refused by the shell
+                    root = os.path.join(wal_root or local_path(self.path), "sessions")
+                    self._sessions = Sessions(root, self.path)
                 with self._sessions.locked():  # one opener at a time adopts and recovers dead writers
-                    self._ids = table("ids", TableOptions(durability="always", compact_fragments=16), IDS_SCHEMA)
+                    self._ids = table("ids", TableOptions(durability="always", compact_fragments=16,
+                                                          wal_lease_seconds=opts.wal_lease_seconds), IDS_SCHEMA)
                     # episodes before steps: the writer hands steps to their table before the
                     # episode row that counts them, so a reader that pins episodes first sees them
                     self._episodes = table("episodes", opts, EPISODE_SCHEMA)
@@ -171,26 +201,31 @@ class TrajectoryStore:
         return self._id_source.new_id()
 
     def _recover(self) -> int:
-        """Recover every dead writer session (under the store lock, after this open adopted
-        dead writers' WALs); return the lowest id no episode uses yet."""
+        """Recover every dead writer session (after this open adopted dead writers' WALs; under
+        the store lock, or, with ``wal="object"``, with each dead session claimed by its lease);
+        return the lowest id no episode uses yet."""
         assert self._sessions is not None
-        dead = {d.session_id: d for d in self._sessions.dead()}
-        files = self._sessions.live()
-        unadopted = {n: live_writer_ids(t.wal_dir) if t.wal_dir else set()
-                     for n, t in (("steps", self._steps), ("episodes", self._episodes))}
+        sessions = self._sessions
+        dead: dict[str, Any] = {d.session_id: d for d in sessions.dead(open_sessions(self._ids))}
+        self._ids.refresh()  # after claiming: a session another opener just recovered is ended now
+        if dead:  # and the WALs another opener adopted after these tables opened are committed now
+            self._episodes.refresh()
+            self._steps.refresh()
+            self._fields.follow(self._steps.schema)
+        waiting = sessions.unadopted(list(dead.values()), {"steps": self._steps, "episodes": self._episodes})
         recovered: list[int] = []
         try:
             for sid, ranges in sorted(open_sessions(self._ids).items()):
                 d = dead.get(sid)
-                if d is None and sid in files:
-                    continue  # alive
-                if d is not None and any(d.writers.get(n) in ids for n, ids in unadopted.items()):
+                if d is None:
+                    continue  # alive (or claimed by another opener, which recovers it)
+                if sid in waiting:
                     dead.pop(sid).release()  # died after this open adopted WALs: the next open recovers it
                     continue
                 recovered += self._recover_session(ranges)
                 mark_recovered(self._ids, sid)
             for d in dead.values():
-                self._sessions.forget(d)
+                sessions.forget(d)
         finally:
             for d in dead.values():
                 d.release()
@@ -443,6 +478,7 @@ class TrajectoryStore:
                         if not errors:  # only once steps and episodes are committed
                             if self._id_source.reserved:
                                 self._id_source.close()
+                            self._ids.close()
                             self._sessions.finish()
                     finally:
                         self._sessions.release()  # after an error: the next writer open recovers us
