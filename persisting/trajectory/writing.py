@@ -61,24 +61,33 @@ class _MetadataColumns:
     _PLAIN = frozenset({str, int, float, bool})
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[tuple[str, ...], tuple[type, ...]], tuple[pa.Schema, list[pa.Field]]] = {}
+        # (keys, value types) -> (schema, fields, the last values and their columns)
+        self._cache: dict[tuple[tuple[str, ...], tuple[type, ...]],
+                          tuple[pa.Schema, list[pa.Field], list[Any], list[pa.Array]]] = {}
 
     def build(self, meta: Mapping[str, Any], types: tuple[type, ...], schema: pa.Schema | None) -> tuple[list[pa.Array], list[pa.Field]]:
         """Columns and fields of ``meta`` (whose value types are ``types``)."""
         key = (tuple(meta), types)
         hit = self._cache.get(key)
         if hit is not None and hit[0] is schema:
+            _, fields, last, arrays = hit
             try:
-                return [pa.array([v], type=f.type) for v, f in zip(meta.values(), hit[1])], hit[1]
-            except _META_ERRORS:
-                pass  # e.g. a negative int for a stored uint64 column: infer as records_to_batch does
+                for j, v in enumerate(meta.values()):
+                    # a value repeated from the last episode (the env id...) reuses its column;
+                    # floats only when identical (-0.0 == 0.0)
+                    if v is not last[j] and (type(v) is float or v != last[j]):
+                        arrays[j] = pa.array([v], type=fields[j].type)
+                        last[j] = v
+                return list(arrays), fields
+            except _META_ERRORS:  # e.g. a negative int for a stored uint64 column: infer as records_to_batch does
+                del self._cache[key]
         extra = records_to_batch([meta], schema)
         columns, fields = list(extra.columns), list(extra.schema)
         if (schema is not None and len(fields) == len(meta) and self._PLAIN.issuperset(types)
                 and all(type(v) is not int or _INT64[0] <= v < _INT64[1] for v in meta.values())):
             if len(self._cache) >= 64:
                 self._cache.clear()
-            self._cache[key] = (schema, fields)
+            self._cache[key] = (schema, fields, list(meta.values()), list(columns))
         return columns, fields
 
 

@@ -94,3 +94,17 @@ def test_metadata_values_the_cached_types_cannot_hold(tmp_path):
     assert [rows[i]["temperature"] for i in ids] == [0.5] * 5 + [1.0]
     assert [rows[i]["greedy"] for i in ids] == [False] * 5 + [True]
     assert {rows[i]["env"] for i in ids} == {"CartPole-v1"}
+
+
+def test_repeated_metadata_values_reuse_columns_but_keep_every_value(tmp_path):
+    values = [0.0, -0.0, -0.0, float("nan"), 2.5, 2.5]
+    with TrajectoryStore(str(tmp_path / "s")) as store:
+        ids = []
+        for i, x in enumerate(values):
+            with store.episode(env="Hopper-v5", temperature=x, run=i // 2) as ep:
+                ep.add_step(reward=1.0)
+            ids.append(ep.id)
+        rows = {r["episode_id"]: r for r in store.episodes().to_pylist()}
+    got = [rows[i]["temperature"] for i in ids]
+    assert [str(v) for v in got] == [str(v) for v in values]  # the sign of -0.0 and the NaN kept
+    assert [rows[i]["run"] for i in ids] == [0, 0, 1, 1, 2, 2]
