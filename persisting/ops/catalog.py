@@ -33,7 +33,10 @@ from persisting.engine.wal import ReplayReport, list_segments, read_frames
 from persisting.kvcache.namespaces import namespace_of
 from persisting.queue.topics import read_topic
 
-__all__ = ["KINDS", "StoreInfo", "TableInfo", "discover", "find_tables", "group_stores", "table_info", "wal_pending_rows"]
+__all__ = [
+    "KINDS", "StoreInfo", "TableInfo", "discover", "find_tables", "group_stores", "open_table", "table_info",
+    "wal_pending_rows", "wal_size",
+]
 
 KINDS = ("params", "trajectory", "kvcache", "queue", "table")
 _KV_COLUMNS = {"key", "parent", "depth", "checksum", "payload"}
@@ -163,6 +166,33 @@ def _tree_size(path: str) -> tuple[int, float | None]:
     return total, newest
 
 
+def wal_size(wal_dir: str | None) -> tuple[int, float | None]:
+    """Bytes of every writer's WAL segments under a table's ``wal_dir``, and the newest one's time."""
+    total, newest = 0, None
+    for _, d in writer_wal_dirs(wal_dir) if wal_dir is not None and os.path.isdir(wal_dir) else ():
+        for _, seg in list_segments(d):
+            try:
+                st = os.stat(seg)
+            except FileNotFoundError:
+                continue  # dropped by a live writer's commit
+            total += st.st_size
+            newest = st.st_mtime if newest is None else max(newest, st.st_mtime)
+    return total, newest
+
+
+def open_table(t: TableInfo, storage_options: dict[str, str] | None = None) -> Any:
+    """``t`` opened read-only (no lock, nothing written): committed rows, and rows still only in
+    a writer's WAL replayed in memory -- its local WAL (``t.wal_dir``) and, on ``s3://``, the
+    object-store WAL beside the dataset. Returns a :class:`persisting.engine.Table`."""
+    from persisting.engine.remote_wal import remote_wal_uri
+    from persisting.engine.table import Table
+
+    remote = "://" in t.path and not t.path.startswith("file://")
+    both = remote and t.wal_dir is not None and t.path.startswith(("s3://", "s3a://"))
+    return Table(t.path, read_only=True, storage_options=storage_options if remote else None, wal_dir=t.wal_dir,
+                 wal_uri=remote_wal_uri(t.path) if both else None)
+
+
 def wal_pending_rows(wal_dir: str, after_lsn: int) -> int:
     """Rows in WAL frames above ``after_lsn`` (point-in-time, read-only)."""
     rows = 0
@@ -178,16 +208,9 @@ def table_info(path: str, *, wal_rows: bool = True) -> TableInfo:
     wal_dir = default_wal_dir(path)
     wal_dir_or_none = wal_dir if os.path.isdir(wal_dir) else None
     size, mtime = _tree_size(path)
-    wal_bytes = 0
     wals = writer_wal_dirs(wal_dir) if wal_dir_or_none is not None else []
-    for _, d in wals:
-        for _, seg in list_segments(d):
-            try:
-                st = os.stat(seg)
-            except FileNotFoundError:
-                continue
-            wal_bytes += st.st_size
-            mtime = st.st_mtime if mtime is None else max(mtime, st.st_mtime)
+    wal_bytes, wal_mtime = wal_size(wal_dir_or_none)
+    mtime = wal_mtime if mtime is None else max(mtime, wal_mtime or mtime)
     committed = pending = versions = version = lsn = 0
     columns: tuple[str, ...] = ()
     error = None

@@ -58,17 +58,43 @@ def _stores(path: str, *, wal_rows: bool = True) -> list[Any]:
     return stores
 
 
-def _one_store(path: str) -> Any:
-    """The store at ``path`` (a store directory, or a table inside one)."""
-    stores = _stores(path)
-    here = os.path.abspath(path)
-    exact = [s for s in stores if s.path == here or any(t.path == here for t in s.tables)]
+def _is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _located(args: argparse.Namespace, *, wal_rows: bool = True) -> tuple[str, dict[str, str] | None, list[Any]]:
+    """``(root, storage options, stores)`` of PATH: a local directory, or an object-store URI
+    (``s3://bucket/prefix``) read with ``--storage-option`` flags and ``--wal-dir``."""
+    if not _is_remote(args.path):
+        if args.storage_option or args.wal_dir is not None:
+            raise UsageError(f"--storage-option and --wal-dir are for an s3:// PATH; {args.path} is a local path "
+                             "(its WALs are found beside its tables)")
+        return os.path.abspath(args.path), None, _stores(args.path, wal_rows=wal_rows)
+    from persisting.ops.remote_catalog import discover_remote
+
+    root, options = args.path.rstrip("/"), _storage_options(args.storage_option)
+    try:
+        return root, options, discover_remote(root, options, args.wal_dir, wal_rows=wal_rows)
+    except NotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _one_store(args: argparse.Namespace) -> tuple[Any, dict[str, str] | None]:
+    """The store at PATH (a store directory or prefix, or a table inside one) and its storage options."""
+    root, options, stores = _located(args)
+    exact = [s for s in stores if s.path == root or any(t.path == root for t in s.tables)]
     if len(exact) == 1:
-        return exact[0]
+        return exact[0], options
     if len(stores) == 1:
-        return stores[0]
+        return stores[0], options
     listing = ", ".join(f"{s.path} ({s.kind})" for s in stores)
-    raise UsageError(f"{path} holds {len(stores)} stores; pass one of them: {listing}")
+    raise UsageError(f"{args.path} holds {len(stores)} stores; pass one of them: {listing}")
+
+
+def _relative(path: str, root: str) -> str:
+    if path == root:
+        return "."
+    return path[len(root) + 1:] if _is_remote(root) else os.path.relpath(path, root)
 
 
 def _print_json(obj: Any) -> None:
@@ -78,14 +104,13 @@ def _print_json(obj: Any) -> None:
 
 # -- ls -----------------------------------------------------------------------------------------
 def cmd_ls(args: argparse.Namespace) -> int:
-    stores = _stores(args.path)
+    root, _, stores = _located(args)
     if args.json:
-        _print_json({"path": os.path.abspath(args.path), "stores": [s.to_json() for s in stores]})
+        _print_json({"path": root, "stores": [s.to_json() for s in stores]})
         return EXIT_OK
-    root = os.path.abspath(args.path)
     rows = []
     for s in stores:
-        rel = os.path.relpath(s.path, root) if s.path != root else "."
+        rel = _relative(s.path, root)
         if s.kind == "queue":
             rel = f"{rel} (topic {s.topic})"
         rows.append([s.kind, rel, "", s.rows, _human_bytes(s.bytes_on_disk), sum(t.versions for t in s.tables),
@@ -115,7 +140,8 @@ def _when(ts: float | None) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from persisting.ops.inspect import inspect_store
 
-    doc = inspect_store(_one_store(args.path))
+    store, options = _one_store(args)
+    doc = inspect_store(store, storage_options=options, wal_dir=args.wal_dir)
     if args.json:
         _print_json(doc)
         return EXIT_OK
@@ -179,17 +205,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from persisting.ops.progress import Progress
     from persisting.ops.verify import verify
 
-    if "://" in args.path and not args.path.startswith("file://"):  # an object store: s3://bucket/prefix
-        from persisting.ops.remote_catalog import discover_remote
-
-        root, options = args.path, _storage_options(args.storage_option)
-        try:
-            stores = discover_remote(root, options, args.wal_dir)
-        except NotFoundError as exc:
-            raise UsageError(str(exc)) from exc
-    else:
-        root, options = os.path.abspath(args.path), None
-        stores = _stores(args.path, wal_rows=False)
+    root, options, stores = _located(args, wal_rows=False)
     rows = sum(t.committed_rows for s in stores for t in s.tables)
     with Progress(rows, "verify", unit="rows") as bar:  # on stderr: stdout stays the report
         report = verify(root, progress=bar.advance, stores=stores, storage_options=options, wal_dir=args.wal_dir)
@@ -243,7 +259,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from persisting.ops.progress import Progress
 
-    store = _one_store(args.path)
+    store, options = _one_store(args)
+    where = {"storage_options": options, "wal_dir": args.wal_dir}
     out = os.path.abspath(args.out)
     if os.path.isdir(out):
         raise UsageError(f"--out {out} is a directory; name the file to write")
@@ -252,7 +269,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if store.kind == "params":
         if not out.endswith(".safetensors"):
             raise UsageError("a checkpoint exports to a .safetensors file: --out FILE.safetensors")
-        result = export_checkpoint(store, args.step, args.tag, out)
+        result = export_checkpoint(store, args.step, args.tag, out, **where)
         print(f"exported checkpoint step {result['step']} to {out} ({_human_bytes(os.path.getsize(out))})")
         return EXIT_OK
     if store.kind == "kvcache":
@@ -262,7 +279,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not out.endswith(".parquet"):
         raise UsageError(f"a {store.kind} store exports to Parquet: --out FILE.parquet")
     with Progress(store.rows, "export", unit="rows") as bar:
-        result = export_parquet(store, out, what=args.what, progress=bar.advance)
+        result = export_parquet(store, out, what=args.what, progress=bar.advance, **where)
     print(f"exported {result['rows']} rows of {store.path} to {out} ({_human_bytes(os.path.getsize(out))})")
     return EXIT_OK
 
@@ -304,18 +321,28 @@ def _guarded(func: Any) -> Any:
     return run
 
 
+def _remote_flags(p: argparse.ArgumentParser, wal_use: str) -> None:
+    p.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                   help="a Lance storage option for an s3:// PATH (repeatable), e.g. aws_endpoint=http://host:9000")
+    p.add_argument("--wal-dir", default=None, metavar="DIR",
+                   help=f"for an s3:// PATH: the local WAL directory its stores were opened with ({wal_use} if given)")
+
+
 def add_commands(sub: Any) -> None:
     """Add the operator subcommands to ``persisting``'s subparsers."""
     p = sub.add_parser("ls", help="list the stores and tables under PATH: kind, rows, bytes, versions, last write",
-                       description="List the stores and tables under PATH. Exit 2 if PATH holds none.")
-    p.add_argument("path", metavar="PATH")
+                       description="List the stores and tables under PATH (a directory, or s3://bucket/prefix). "
+                                   "Exit 2 if PATH holds none.")
+    p.add_argument("path", metavar="PATH", help="a directory, or an object-store URI such as s3://bucket/prefix")
+    _remote_flags(p, "its rows counted")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_guarded(cmd_ls))
 
     p = sub.add_parser("inspect", help="show one store in detail",
                        description="Show one store in detail: checkpoints, episodes, queue buckets, KV namespaces, "
                                    "and every table's schema, versions, tags, applied LSN and WAL size.")
-    p.add_argument("path", metavar="PATH", help="a store directory (or a table inside it)")
+    p.add_argument("path", metavar="PATH", help="a store directory or s3:// prefix (or a table inside it)")
+    _remote_flags(p, "its rows shown")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_guarded(cmd_inspect))
 
@@ -324,10 +351,7 @@ def add_commands(sub: Any) -> None:
                                    "changing nothing. Exit 0 when healthy, 1 when problems were found, 2 on "
                                    "usage errors. A torn WAL tail (what a crash leaves) is a warning.")
     p.add_argument("path", metavar="PATH", help="a directory, or an object-store URI such as s3://bucket/prefix")
-    p.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
-                   help="a Lance storage option for an s3:// PATH (repeatable), e.g. aws_endpoint=http://host:9000")
-    p.add_argument("--wal-dir", default=None, metavar="DIR",
-                   help="for an s3:// PATH: the local WAL directory its stores were opened with (checked if given)")
+    _remote_flags(p, "checked")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_guarded(cmd_verify))
 
@@ -355,7 +379,8 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("export", help="a checkpoint to safetensors; episodes or a queue topic to Parquet",
                        description="Export a checkpoint (--step N or --tag T, default the latest) to "
                                    "FILE.safetensors, or a trajectory store, queue topic or table to FILE.parquet.")
-    p.add_argument("path", metavar="PATH", help="the store to export")
+    p.add_argument("path", metavar="PATH", help="the store to export: a directory or an s3:// prefix")
+    _remote_flags(p, "its rows exported")
     p.add_argument("--out", required=True, metavar="FILE", help="FILE.safetensors or FILE.parquet")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (checkpoint stores)")
     p.add_argument("--tag", default=None, help="checkpoint tag (checkpoint stores)")

@@ -4,7 +4,9 @@ Everything is read through read-only opens, so rows still in a WAL (acknowledged
 committed, or never committed because the writer died first) are exported too, and nothing in
 the store changes. Tables are streamed to Parquet batch by batch (bounded memory, progress per
 batch) into ``FILE.partial``, renamed over ``FILE`` only when complete: an interrupted export
-never leaves a truncated file under the name asked for.
+never leaves a truncated file under the name asked for. A store on ``s3://`` (found by
+:func:`persisting.ops.remote_catalog.discover_remote`) is read with ``storage_options``; rows in
+its object-store WAL, or in the local ``wal_dir`` its writers were given, are exported too.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from persisting.engine.schema import conform, evolve
-from persisting.engine.table import Table
 from persisting.errors import ConfigError
-from persisting.ops.catalog import StoreInfo
+from persisting.ops.catalog import StoreInfo, TableInfo, open_table
 
 __all__ = ["export_checkpoint", "export_parquet"]
 
 Progressed = Callable[[int, str], None]
+Options = dict[str, str] | None
 _BATCH_ROWS = 65536
 
 
@@ -30,10 +32,21 @@ def _noop(rows: int, label: str) -> None:
     pass
 
 
-def export_checkpoint(store: StoreInfo, step: int | None, tag: str | None, out: str) -> dict[str, object]:
+def _remote_options(store: StoreInfo, storage_options: Options, wal_dir: str | None) -> tuple[Options, str | None]:
+    """The options a store is opened with: none for a local store (its WALs are beside it)."""
+    if "://" in store.path and not store.path.startswith("file://"):
+        return storage_options, wal_dir
+    return None, None
+
+
+def export_checkpoint(store: StoreInfo, step: int | None, tag: str | None, out: str, *,
+                      storage_options: Options = None, wal_dir: str | None = None) -> dict[str, object]:
+    """Write checkpoint ``step`` (or ``tag``; default the latest) of a params store to ``out``
+    (safetensors), through ``out.partial``."""
     from persisting.params.store import ParamStore
 
-    with ParamStore(store.path, read_only=True) as ps:
+    opts, wal_dir = _remote_options(store, storage_options, wal_dir)
+    with ParamStore(store.path, read_only=True, storage_options=opts, wal_dir=wal_dir) as ps:
         info = ps.info(step, tag=tag) if (step is not None or tag is not None) else ps.latest()
         if info is None:
             raise ConfigError(f"checkpoint store {store.path} holds no checkpoint to export")
@@ -43,55 +56,57 @@ def export_checkpoint(store: StoreInfo, step: int | None, tag: str | None, out: 
     return {"step": info.step, "out": out, "bytes": os.path.getsize(out)}
 
 
-def export_parquet(store: StoreInfo, out: str, *, what: str = "episodes",
-                   progress: Progressed | None = None) -> dict[str, object]:
+def export_parquet(store: StoreInfo, out: str, *, what: str = "episodes", progress: Progressed | None = None,
+                   storage_options: Options = None, wal_dir: str | None = None) -> dict[str, object]:
     """Write ``store`` to ``out``: trajectory ``episodes`` (one row per episode) or ``steps``;
     a queue topic (every bucket, with ``topic`` and ``bucket`` columns); a plain table as it is.
     ``progress(rows, label)`` is called per batch written."""
     report = progress or _noop
+    opts, wal_dir = _remote_options(store, storage_options, wal_dir)
     if store.kind == "trajectory":
         if what not in ("episodes", "steps"):
             raise ConfigError(f"--what must be 'episodes' or 'steps' for a trajectory store, got {what!r}")
         if what == "steps":
-            return _stream([os.path.join(store.path, "steps.lance")], out, report)
-        return _write_whole(_episodes(store), out, report)
+            return _stream([t for t in store.tables if t.name == "steps"], out, report, opts)
+        return _write_whole(_episodes(store, opts, wal_dir), out, report)
     if store.kind == "queue":
-        topic = store.topic or os.path.basename(store.path)
+        topic = store.topic or store.path.rstrip("/").rsplit("/", 1)[-1]
         extra = {t.path: {"topic": topic, "bucket": t.name.removeprefix("bucket_")} for t in store.tables}
-        return _stream([t.path for t in store.tables], out, report, extra, queue=True)
+        return _stream(list(store.tables), out, report, opts, extra, queue=True)
     if store.kind == "table":
-        return _stream([store.tables[0].path], out, report)
+        return _stream([store.tables[0]], out, report, opts)
     raise ConfigError(
         f"{store.path} is a {store.kind} store: Parquet export takes episodes, a queue topic or a plain "
         "table (checkpoints export with --step N to .safetensors)")
 
 
-def _stream(paths: list[str], out: str, report: Progressed,
+def _stream(tables: list[TableInfo], out: str, report: Progressed, opts: Options,
             extra: dict[str, dict[str, str]] | None = None, *, queue: bool = False) -> dict[str, object]:
-    """Every row of ``paths`` (one schema: theirs merged by the evolution rules) into ``out``;
+    """Every row of ``tables`` (one schema: theirs merged by the evolution rules) into ``out``;
     ``queue``: bucket tables, whose widened columns are read back as one column each."""
     from persisting.queue.widening import Layout
 
     schema: pa.Schema | None = None
     layouts: dict[str, Layout] = {}
-    for path in paths:
-        with Table(path, read_only=True) as t:
-            layouts[path] = Layout(t.schema if queue else None)
-            logical = layouts[path].logical if queue else t.schema
+    for info in tables:
+        with open_table(info, opts) as t:
+            layouts[info.path] = Layout(t.schema if queue else None)
+            logical = layouts[info.path].logical if queue else t.schema
             if logical is not None:
                 schema = evolve(schema, logical).schema
     if schema is None:
         schema = pa.schema([])
-    names = list(extra[paths[0]]) if extra else []
+    names = list(extra[tables[0].path]) if extra else []
     full = pa.schema([pa.field(f.name, f.type, f.nullable) for f in schema]
                      + [pa.field(n, pa.string()) for n in names if n not in schema.names])
     rows = 0
     partial = out + ".partial"
     try:
         with pq.ParquetWriter(partial, full) as writer:
-            for path in paths:
+            for info in tables:
+                path = info.path
                 report(0, path)
-                for batch in _batches(path):
+                for batch in _batches(info, opts):
                     table = conform(layouts[path].to_logical(pa.Table.from_batches([batch])), schema)
                     for name, value in (extra or {}).get(path, {}).items():
                         if name not in schema.names:
@@ -106,8 +121,8 @@ def _stream(paths: list[str], out: str, report: Progressed,
     return {"rows": rows, "out": out, "bytes": os.path.getsize(out)}
 
 
-def _batches(path: str) -> Iterator[pa.RecordBatch]:
-    with Table(path, read_only=True) as t:
+def _batches(info: TableInfo, opts: Options) -> Iterator[pa.RecordBatch]:
+    with open_table(info, opts) as t:
         yield from t.iter_batches(batch_rows=_BATCH_ROWS)
 
 
@@ -123,8 +138,8 @@ def _write_whole(table: pa.Table, out: str, report: Progressed) -> dict[str, obj
     return {"rows": table.num_rows, "out": out, "bytes": os.path.getsize(out)}
 
 
-def _episodes(store: StoreInfo) -> pa.Table:
+def _episodes(store: StoreInfo, opts: Options, wal_dir: str | None) -> pa.Table:
     from persisting.trajectory.store import TrajectoryStore
 
-    with TrajectoryStore(store.path, read_only=True) as ts:
+    with TrajectoryStore(store.path, read_only=True, storage_options=opts, wal_dir=wal_dir) as ts:
         return ts.episodes()

@@ -5,7 +5,8 @@ rows covered and not yet covered); each kind adds what
 its users ask about: checkpoints (steps, tags, sizes, dedup ratio), episodes (count, status,
 lengths, returns), queue buckets (records, committed, pending in the WAL, next offset) and KV
 namespaces (entries, bytes, layout). KV hit/miss counts live in the serving process (its
-``stats()`` and metrics), not on disk.
+``stats()`` and metrics), not on disk. A store on ``s3://`` is read with the storage options
+it was found with; its WAL rows (object-store WAL, or a given local ``wal_dir``) are shown too.
 """
 
 from __future__ import annotations
@@ -17,23 +18,25 @@ import lance
 import pyarrow.compute as pc
 
 from persisting.engine.indexes import describe as describe_indexes
-from persisting.engine.table import Table
-from persisting.ops.catalog import StoreInfo, TableInfo
+from persisting.ops.catalog import StoreInfo, TableInfo, open_table
 
 __all__ = ["inspect_store"]
 
 
-def _table_detail(t: TableInfo) -> dict[str, Any]:
+Options = dict[str, str] | None
+
+
+def _table_detail(t: TableInfo, opts: Options) -> dict[str, Any]:
     out = t.to_json()
     if t.error is not None:
         return out
     if not t.has_dataset:  # only WAL rows: replay them in memory for the schema, change nothing
-        with Table(t.path, read_only=True) as table:
+        with open_table(t, opts) as table:
             schema = table.schema
         out["schema"] = {f.name: str(f.type) for f in schema} if schema is not None else {}
         out.update(tags={}, fragments=0, version_history=[], indexes=[])
         return out
-    ds = lance.dataset(t.path)
+    ds = lance.dataset(t.path, storage_options=opts)
     out["schema"] = {f.name: str(f.type) for f in ds.schema}
     out["tags"] = {k: v["version"] for k, v in ds.tags.list().items()}
     out["fragments"] = len(ds.get_fragments())
@@ -44,10 +47,10 @@ def _table_detail(t: TableInfo) -> dict[str, Any]:
     return out
 
 
-def _params(store: StoreInfo) -> dict[str, Any]:
+def _params(store: StoreInfo, opts: Options, wal_dir: str | None) -> dict[str, Any]:
     from persisting.params.store import ParamStore
 
-    with ParamStore(store.path, read_only=True) as ps:
+    with ParamStore(store.path, read_only=True, storage_options=opts, wal_dir=wal_dir) as ps:
         infos = ps.list()
         stats = ps.stats()
     logical = sum(i.nbytes for i in infos)
@@ -65,10 +68,10 @@ def _params(store: StoreInfo) -> dict[str, Any]:
     }
 
 
-def _trajectory(store: StoreInfo) -> dict[str, Any]:
+def _trajectory(store: StoreInfo, opts: Options, wal_dir: str | None) -> dict[str, Any]:
     from persisting.trajectory.store import TrajectoryStore
 
-    with TrajectoryStore(store.path, read_only=True) as ts:
+    with TrajectoryStore(store.path, read_only=True, storage_options=opts, wal_dir=wal_dir) as ts:
         eps = ts.episodes()
         steps = ts.num_steps()
         fields = {name: _signature(spec.signature) for name, spec in ts.fields.items()}
@@ -90,7 +93,7 @@ def _signature(sig: Any) -> str:
     return str(sig)
 
 
-def _queue(store: StoreInfo) -> dict[str, Any]:
+def _queue(store: StoreInfo, opts: Options, wal_dir: str | None) -> dict[str, Any]:
     buckets = []
     for t in sorted(store.tables, key=lambda t: _bucket_order(t.name)):
         buckets.append({
@@ -105,13 +108,13 @@ def _bucket_order(name: str) -> tuple[int, str]:
     return (int(rest), "") if rest.isdigit() else (1 << 62, rest)
 
 
-def _kvcache(store: StoreInfo) -> dict[str, Any]:
+def _kvcache(store: StoreInfo, opts: Options, wal_dir: str | None) -> dict[str, Any]:
     namespaces = []
     for t in store.tables:
         ns: dict[str, Any] = {"namespace": t.name, "entries": t.rows}
         if t.error is None and t.committed_rows:
             try:
-                ns.update(_namespace_detail(t.path))
+                ns.update(_namespace_detail(t.path, opts))
             except (KeyError, ValueError, TypeError, IndexError, OSError) as exc:
                 ns["error"] = f"layout not understood by this version of persisting: {exc}"
         namespaces.append(ns)
@@ -121,10 +124,10 @@ def _kvcache(store: StoreInfo) -> dict[str, Any]:
     }
 
 
-def _namespace_detail(path: str) -> dict[str, Any]:
+def _namespace_detail(path: str, opts: Options) -> dict[str, Any]:
     """Sizes and layout of one KV namespace from its small columns (payloads are not read)."""
     ns: dict[str, Any] = {}
-    m = lance.dataset(path).to_table(columns=["nbytes", "raw_nbytes", "dtype", "shape", "token_axis", "depth"])
+    m = lance.dataset(path, storage_options=opts).to_table(columns=["nbytes", "raw_nbytes", "dtype", "shape", "token_axis", "depth"])
     ns["bytes"] = pc.sum(m.column("nbytes")).as_py()
     ns["raw_bytes"] = pc.sum(m.column("raw_nbytes")).as_py()
     ns["dtypes"] = sorted(set(m.column("dtype").to_pylist()))
@@ -138,11 +141,15 @@ def _namespace_detail(path: str) -> dict[str, Any]:
 _BY_KIND = {"params": _params, "trajectory": _trajectory, "queue": _queue, "kvcache": _kvcache}
 
 
-def inspect_store(store: StoreInfo) -> dict[str, Any]:
-    """A JSON-ready description of ``store``."""
+def inspect_store(store: StoreInfo, *, storage_options: dict[str, str] | None = None,
+                  wal_dir: str | None = None) -> dict[str, Any]:
+    """A JSON-ready description of ``store``. A store on an object store (found by
+    :func:`persisting.ops.remote_catalog.discover_remote`) is read with ``storage_options``,
+    and ``wal_dir`` (the local WAL directory its writers were given) adds its WAL rows."""
+    opts = storage_options if "://" in store.path and not store.path.startswith("file://") else None
     out = store.to_json()
-    out["tables"] = [_table_detail(t) for t in store.tables]
+    out["tables"] = [_table_detail(t, opts) for t in store.tables]
     detail = _BY_KIND.get(store.kind)
     if detail is not None:
-        out[store.kind] = detail(store)
+        out[store.kind] = detail(store, opts, wal_dir if opts is not None else None)
     return out
