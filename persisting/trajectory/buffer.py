@@ -6,12 +6,16 @@ copied straight into preallocated numpy columns: one type check and one array st
 field, no per-step dict of normalized values, no stacking at hand-off. Once a step passed
 those checks, the buffer remembers its layout (per field: the value's type, and an array's
 dtype and shape), so the next step of that layout -- nearly every step of an RL loop -- goes to
-a function compiled for exactly that layout (:mod:`~persisting.trajectory.layout`), or else one
-dict lookup, an identity test and two stores per field (:meth:`StepBuffer.add_fast`); layouts
-are forgotten at every hand-off and whenever the store's field specs change. Anything else (a new
-field, a widened type, strings, lists, tensors, blobs) goes through the store's checks first
-(:func:`~persisting.trajectory.fields.normalize`, spec merging) and is then stored the same
-way, in an object column where no numpy column fits. Order is kept: there is one buffer.
+a function compiled for exactly that layout and bound to this buffer (:attr:`StepBuffer.store`,
+see :mod:`~persisting.trajectory.layout`): it appends the values to per-field lists (arrays as
+their bytes), which :meth:`StepBuffer._seal` moves into the numpy columns, marked valid, in one
+slice store per field before anything reads or changes the columns. A step of another known
+layout takes one dict lookup, an identity test and two stores per field
+(:meth:`StepBuffer.add_fast`); layouts are forgotten at every hand-off and whenever the store's
+field specs change. Anything else (a new field, a widened type, strings, lists, tensors, blobs)
+goes through the store's checks first (:func:`~persisting.trajectory.fields.normalize`, spec
+merging) and is then stored the same way, in an object column where no numpy column fits.
+Order is kept: there is one buffer.
 """
 
 from __future__ import annotations
@@ -139,7 +143,8 @@ class StepBuffer:
 
     def add_fast(self, step: Mapping[str, Any], version: int) -> bool:
         """Store ``step`` if every value has the layout of a step :meth:`add_known` accepted
-        since the last hand-off, under registry ``version``; False, storing nothing, if not."""
+        since the last hand-off, under registry ``version``; False, storing nothing, if not.
+        (Try :attr:`store` first: it takes a step of the last accepted layout in one call.)"""
         i = self.n
         if version != self.layout_version or i >= self.capacity:
             return False
