@@ -142,9 +142,10 @@ def _wal_only(root: str, tables: set[str], wal_dir: str | None) -> list[TableInf
     if wal_dir is None or root.endswith(".lance") or not os.path.isdir(wal_dir):
         return []
     out = []
+    names = {_name(t) for t in tables}  # a WAL of a table found anywhere under root is that table's
     for entry in sorted(os.listdir(wal_dir)):
         uri, d = f"{root}/{entry.removesuffix('.wal')}.lance", os.path.join(wal_dir, entry)
-        if entry.endswith(".wal") and uri not in tables and has_wal_rows(d):
+        if entry.endswith(".wal") and entry.removesuffix(".wal") not in names and has_wal_rows(d):
             out.append(_unborn(uri, d, _Listed(0, *wal_size(d))))
     return out
 

@@ -11,6 +11,10 @@ Records put through Pulsing carry plain lists of floats, which are searched exac
 needed, one pass over the column). A bucket whose column was declared as fixed-size vectors can
 be indexed (``persisting index PATH --column C``) while no writer holds it, and is then
 searched through the index.
+
+Buckets kept on object storage (the backend's ``uri='s3://...'``: bucket ``N`` of a topic is
+``<uri>/<topic>/bucket_<N>.lance``) are searched with ``storage_path`` set to that ``uri`` and
+``storage_options`` to its options; rows still only in an object-store WAL are searched too.
 """
 
 from __future__ import annotations
@@ -23,15 +27,45 @@ import numpy as np
 import pyarrow as pa
 
 from persisting.engine import Table
+from persisting.engine.names import check_name
 from persisting.errors import NotFoundError
 from persisting.queue.topics import topic_storage_path
 
 __all__ = ["bucket_paths", "search_topic"]
 
 
-def bucket_paths(storage_path: str, topic: str) -> dict[int, str]:
-    """Bucket number -> the ``.lance`` path of every bucket of ``topic`` (written or only logged)."""
-    root = topic_storage_path(os.fspath(storage_path), topic)
+def _remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _remote_buckets(root: str, topic: str, storage_options: dict[str, str] | None) -> dict[int, str]:
+    """Bucket number -> URI of every bucket table under the object-store prefix ``root``."""
+    from persisting.ops.remote_catalog import discover_remote
+
+    try:
+        stores = discover_remote(root, storage_options, wal_rows=False)
+    except NotFoundError as exc:
+        raise NotFoundError(f"queue topic {topic!r} has no buckets under {root}; check storage_path (the "
+                            "backend's uri), the topic name and storage_options", topic=topic, path=root) from exc
+    out: dict[int, str] = {}
+    for store in stores:
+        for t in store.tables:
+            number = t.name.removeprefix("bucket_")
+            if store.kind == "queue" and store.path == root and number.isdigit():
+                out[int(number)] = t.path
+    if not out:
+        raise NotFoundError(f"{root} holds no bucket_<N>.lance tables of queue topic {topic!r}", topic=topic, path=root)
+    return dict(sorted(out.items()))
+
+
+def bucket_paths(storage_path: str, topic: str, *, storage_options: dict[str, str] | None = None) -> dict[int, str]:
+    """Bucket number -> the ``.lance`` path of every bucket of ``topic`` (written or only logged).
+    An object-store ``storage_path`` (``s3://...``) is listed with ``storage_options``."""
+    storage_path = os.fspath(storage_path)
+    if _remote(storage_path):
+        check_name(topic, what="topic")
+        return _remote_buckets(storage_path.rstrip("/") + "/" + topic, topic, storage_options)
+    root = topic_storage_path(storage_path, topic)
     assert root is not None
     if not os.path.isdir(root):
         raise NotFoundError(f"queue topic {topic!r} has no directory {root}; check storage_path and the topic name",
@@ -58,18 +92,22 @@ def search_topic(
     filter: str | None = None,
     columns: list[str] | None = None,
     metric: str | None = None,
+    storage_options: dict[str, str] | None = None,
 ) -> pa.Table:
     """The ``k`` records of ``topic`` whose ``column`` vector is nearest ``query`` (matching the
     SQL ``filter`` if given), nearest first, with ``_distance`` and ``bucket`` columns.
 
     Buckets that have no ``column`` yet are skipped; NotFoundError if none has it. Bad input
     (wrong dimension, a column that is not a vector, an unknown metric) raises ConfigError
-    naming the column, as :meth:`Table.search` does.
+    naming the column, as :meth:`Table.search` does. ``storage_path`` may be the ``s3://``
+    ``uri`` the buckets were written under, read with ``storage_options``.
     """
     parts: list[pa.Table] = []
     seen = False
-    for number, path in bucket_paths(storage_path, topic).items():
-        with Table(path, read_only=True, store="queue") as table:
+    remote = _remote(os.fspath(storage_path))
+    opts = storage_options if remote else None
+    for number, path in bucket_paths(storage_path, topic, storage_options=opts).items():
+        with Table(path, read_only=True, store="queue", storage_options=opts) as table:
             schema = table.schema
             if schema is None or column not in schema.names:
                 continue
