@@ -27,6 +27,7 @@ import lance
 
 from persisting.engine.batches import decode_batch
 from persisting.engine.commits import applied_lsn, writer_applied_lsn
+from persisting.engine.durable import is_local
 from persisting.engine.lance_io import default_wal_dir
 from persisting.engine.writers import read_base, writer_wal_dirs
 from persisting.engine.wal import ReplayReport, list_segments, read_frames
@@ -187,7 +188,7 @@ def open_table(t: TableInfo, storage_options: dict[str, str] | None = None) -> A
     from persisting.engine.remote_wal import remote_wal_uri
     from persisting.engine.table import Table
 
-    remote = "://" in t.path and not t.path.startswith("file://")
+    remote = not is_local(t.path)
     both = remote and t.wal_dir is not None and t.path.startswith(("s3://", "s3a://"))
     return Table(t.path, read_only=True, storage_options=storage_options if remote else None, wal_dir=t.wal_dir,
                  wal_uri=remote_wal_uri(t.path) if both else None)

@@ -16,6 +16,7 @@ import threading
 from datetime import timedelta
 from typing import Any
 
+from persisting.engine.durable import is_local
 from persisting.errors import NotFoundError, PersistingError
 
 __all__ = ["EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "add_commands"]
@@ -58,14 +59,10 @@ def _stores(path: str, *, wal_rows: bool = True) -> list[Any]:
     return stores
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
 def _located(args: argparse.Namespace, *, wal_rows: bool = True) -> tuple[str, dict[str, str] | None, list[Any]]:
     """``(root, storage options, stores)`` of PATH: a local directory, or an object-store URI
     (``s3://bucket/prefix``) read with ``--storage-option`` flags and ``--wal-dir``."""
-    if not _is_remote(args.path):
+    if is_local(args.path):
         if args.storage_option or args.wal_dir is not None:
             raise UsageError(f"--storage-option and --wal-dir are for an s3:// PATH; {args.path} is a local path "
                              "(its WALs are found beside its tables)")
@@ -94,7 +91,7 @@ def _one_store(args: argparse.Namespace) -> tuple[Any, dict[str, str] | None]:
 def _relative(path: str, root: str) -> str:
     if path == root:
         return "."
-    return path[len(root) + 1:] if _is_remote(root) else os.path.relpath(path, root)
+    return path[len(root) + 1:] if not is_local(root) else os.path.relpath(path, root)
 
 
 def _print_json(obj: Any) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from persisting.engine.durable import is_local
 from persisting.engine.schema import conform, evolve
 from persisting.errors import ConfigError
 from persisting.ops.catalog import StoreInfo, TableInfo, open_table
@@ -34,9 +35,7 @@ def _noop(rows: int, label: str) -> None:
 
 def _remote_options(store: StoreInfo, storage_options: Options, wal_dir: str | None) -> tuple[Options, str | None]:
     """The options a store is opened with: none for a local store (its WALs are beside it)."""
-    if "://" in store.path and not store.path.startswith("file://"):
-        return storage_options, wal_dir
-    return None, None
+    return (None, None) if is_local(store.path) else (storage_options, wal_dir)
 
 
 def export_checkpoint(store: StoreInfo, step: int | None, tag: str | None, out: str, *,

@@ -17,6 +17,7 @@ from typing import Any
 import lance
 import pyarrow.compute as pc
 
+from persisting.engine.durable import is_local
 from persisting.engine.indexes import describe as describe_indexes
 from persisting.ops.catalog import StoreInfo, TableInfo, open_table
 
@@ -146,7 +147,7 @@ def inspect_store(store: StoreInfo, *, storage_options: dict[str, str] | None = 
     """A JSON-ready description of ``store``. A store on an object store (found by
     :func:`persisting.ops.remote_catalog.discover_remote`) is read with ``storage_options``,
     and ``wal_dir`` (the local WAL directory its writers were given) adds its WAL rows."""
-    opts = storage_options if "://" in store.path and not store.path.startswith("file://") else None
+    opts = None if is_local(store.path) else storage_options
     out = store.to_json()
     out["tables"] = [_table_detail(t, opts) for t in store.tables]
     detail = _BY_KIND.get(store.kind)

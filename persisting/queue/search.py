@@ -27,15 +27,12 @@ import numpy as np
 import pyarrow as pa
 
 from persisting.engine import Table
+from persisting.engine.durable import is_local
 from persisting.engine.names import check_name
 from persisting.errors import NotFoundError
 from persisting.queue.topics import topic_storage_path
 
 __all__ = ["bucket_paths", "search_topic"]
-
-
-def _remote(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
 
 
 def _remote_buckets(root: str, topic: str, storage_options: dict[str, str] | None) -> dict[int, str]:
@@ -62,7 +59,7 @@ def bucket_paths(storage_path: str, topic: str, *, storage_options: dict[str, st
     """Bucket number -> the ``.lance`` path of every bucket of ``topic`` (written or only logged).
     An object-store ``storage_path`` (``s3://...``) is listed with ``storage_options``."""
     storage_path = os.fspath(storage_path)
-    if _remote(storage_path):
+    if not is_local(storage_path):
         check_name(topic, what="topic")
         return _remote_buckets(storage_path.rstrip("/") + "/" + topic, topic, storage_options)
     root = topic_storage_path(storage_path, topic)
@@ -104,8 +101,7 @@ def search_topic(
     """
     parts: list[pa.Table] = []
     seen = False
-    remote = _remote(os.fspath(storage_path))
-    opts = storage_options if remote else None
+    opts = None if is_local(os.fspath(storage_path)) else storage_options
     for number, path in bucket_paths(storage_path, topic, storage_options=opts).items():
         with Table(path, read_only=True, store="queue", storage_options=opts) as table:
             schema = table.schema
