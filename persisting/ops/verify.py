@@ -122,7 +122,7 @@ def verify(root: str, *, progress: Progressed | None = None, stores: list[StoreI
         else:
             from persisting.ops.remote_catalog import discover_remote
 
-            stores = discover_remote(root, storage_options, wal_dir)
+            stores = discover_remote(root, storage_options, wal_dir, wal_rows=False)  # verify reads the WALs itself
     report.stores = len(stores)
     for store in stores:
         chunk_keys: set[str] | None = None
