@@ -324,6 +324,14 @@ def column_to_arrow(spec: FieldSpec, values: Sequence[Any] | np.ndarray,
     """Arrow field(s) and array(s) for one step field's values (a list with None for missing
     values, or a numpy column with a validity mask); blob fields add their checksum column."""
     name = spec.name
+    if valid is None and isinstance(values, np.ndarray) and spec.kind in ("scalar", "fixed"):
+        plan = _numpy_plan(spec)  # every row holds a value: the common hand-off, kept short
+        if plan is not None:
+            dtype, width, field = plan
+            flat = pa.array(values.astype(dtype, copy=False).reshape(-1))
+            arr = flat if width is None else pa.FixedSizeListArray.from_arrays(flat, width)
+            if arr.type is field.type or arr.type == field.type:
+                return [field], [arr]
     if isinstance(values, np.ndarray) and spec.kind in ("scalar", "fixed"):
         if spec.kind == "scalar":
             arr = pa.array(values.astype(_CATEGORY_DTYPE[spec.dtype], copy=False), type=_SCALAR_TYPES[spec.dtype],
@@ -351,6 +359,24 @@ def column_to_arrow(spec: FieldSpec, values: Sequence[Any] | np.ndarray,
         return ([pa.field(name, pa.large_binary(), metadata=spec.metadata()),
                  pa.field(name + CHECKSUM_SUFFIX, pa.binary(16), metadata=spec.metadata(blob=False))], [data, sums])
     return [pa.field(name, arr.type, metadata=spec.metadata())], [arr]
+
+
+@functools.lru_cache(maxsize=4096)
+def _numpy_plan(spec: FieldSpec) -> tuple[np.dtype, int | None, pa.Field] | None:
+    """How a full numpy column of a numeric scalar or fixed field becomes Arrow: the numpy
+    dtype, the list width (None for scalars) and the field, whose type is found by converting
+    a one-row column the same way (so the two cannot disagree)."""
+    if spec.kind == "scalar":
+        if spec.dtype not in _CATEGORY_DTYPE:
+            return None
+        dtype, width = np.dtype(_CATEGORY_DTYPE[spec.dtype]), None
+    else:
+        dtype, width = np.dtype(spec.dtype), math.prod(spec.shape)
+    one = pa.array(np.zeros(width or 1, dtype))
+    type_ = (one if width is None else pa.FixedSizeListArray.from_arrays(one, width)).type
+    if width is None and type_ != _SCALAR_TYPES[spec.dtype]:
+        return None
+    return dtype, width, _arrow_field(spec, type_)
 
 
 @functools.lru_cache(maxsize=4096)

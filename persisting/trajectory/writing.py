@@ -113,6 +113,7 @@ class EpisodeWriter:
         self.ended = ended
         self._closed = closed
         self._metadata = _MetadataColumns()
+        self._schemas: dict[tuple[int, ...], tuple[tuple[pa.Field, ...], pa.Schema]] = {}
 
     @property
     def closed(self) -> bool:
@@ -143,9 +144,23 @@ class EpisodeWriter:
     def append_steps(self, episode_id: int, first_step: int, n: int, fields: list[pa.Field], arrays: list[pa.Array]) -> None:
         """Hand ``n`` steps (their columns) to the steps table: from now on they are acknowledged."""
         keys = [pa.array(np.full(n, episode_id, np.int64)), pa.array(np.arange(first_step, first_step + n, dtype=np.int64))]
+        self._steps.append(pa.RecordBatch.from_arrays(keys + arrays, schema=self._schema_of(fields)))
+
+    def _schema_of(self, fields: list[pa.Field]) -> pa.Schema:
+        """The hand-off schema for these step columns. Hand-offs of one layout get the very same
+        (cached) Field objects, so the last few schemas are found by the fields' identity, without
+        hashing Arrow types or reading field metadata (both cost more than the rest of a hand-off
+        on a cache-cold path)."""
+        ident = tuple(map(id, fields))
+        hit = self._schemas.get(ident)
+        if hit is not None and all(a is b for a, b in zip(hit[0], fields)):
+            return hit[1]
         # pa.Field equality ignores metadata (which holds the spec): key on it explicitly
-        key = tuple((f, tuple(f.metadata.items()) if f.metadata else ()) for f in fields)
-        self._steps.append(pa.RecordBatch.from_arrays(keys + arrays, schema=_steps_schema(key)))
+        schema = _steps_schema(tuple((f, tuple(f.metadata.items()) if f.metadata else ()) for f in fields))
+        if len(self._schemas) >= 32:
+            self._schemas.clear()
+        self._schemas[ident] = (tuple(fields), schema)  # holds the fields: their ids stay theirs
+        return schema
 
     def write_stacked(self, episode_id: int, first_step: int, n: int, batch: Mapping[str, Any]) -> None:
         """Hand over columns accepted by :meth:`FieldRegistry.check_stacked`."""
