@@ -12,6 +12,12 @@ stamped with ``_producer`` (this producer's id) and ``_seq`` (1, 2, ...), and a 
 with ``backend_options={"dedup": True}`` stores a record only if its ``_seq`` is above the
 highest it has from that producer -- so the retry is stored once. Puts of one producer must
 be sequential (await each before the next) for that rule to hold.
+
+:meth:`Producer.put_many` sends many records at once: it stamps them in order, groups them by
+bucket and sends each group with the bucket actor's ``put_batch`` -- one WAL append (one PUT
+with ``wal="object"``) per group, all or none -- the buckets concurrently, each group retried
+like ``put``. A bucket's chunks go one after another: Pulsing's bucket actor runs messages
+concurrently and may start a later one first, which would make the dedup rule drop the earlier.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import secrets
 import time
 from typing import Any
 
-from persisting.errors import ConfigError
+from persisting.errors import ConfigError, InvalidRecordError
 from persisting.queue.options import DEDUP_FIELDS
 
 __all__ = ["Producer"]
@@ -44,6 +50,7 @@ class Producer:
         self.retry_interval = retry_interval
         self.seq = 0
         self.retries = 0
+        self._many = asyncio.Lock()  # put_many calls run one at a time (sequence order per bucket)
 
     async def put(self, record: dict[str, Any]) -> dict[str, Any]:
         """Put one record (a stamped copy; the caller's dict is not changed), retrying on the
@@ -66,3 +73,61 @@ class Producer:
                 self.retries += 1
                 self.queue._bucket_refs.pop(bucket_id, None)  # resolve the bucket afresh next time
                 await asyncio.sleep(self.retry_interval)
+
+    async def put_many(self, records: list[dict[str, Any]], *, max_batch: int | None = None) -> list[dict[str, Any]]:
+        """Put records (stamped copies) with one ``put_batch`` per bucket -- at most
+        ``max_batch`` records per call -- buckets concurrently, order kept within a bucket.
+
+        Returns ``{"bucket_id", "status"}`` per record in input order, as Pulsing's
+        ``Queue.put(list)`` does. Bad input raises before anything is sent. A group failing past
+        the deadline raises its last error once every bucket is done; the other buckets' groups
+        (and this bucket's earlier chunks) are stored.
+        """
+        if not isinstance(records, list):
+            raise ConfigError(f"records must be a list of dict records, got {type(records).__name__}", argument="records")
+        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+            raise ConfigError(f"max_batch must be an int >= 1 or None, got {max_batch!r}", argument="max_batch")
+        column = self.queue.bucket_column
+        for i, record in enumerate(records):
+            if not isinstance(record, dict):
+                raise InvalidRecordError(
+                    f"record {i} of put_many is a {type(record).__name__}, not a dict; nothing was sent", index=i
+                )
+            if column not in record:
+                raise InvalidRecordError(
+                    f"record {i} of put_many has no bucket column {column!r}; nothing was sent", index=i, field=column
+                )
+        async with self._many:
+            groups: dict[int, list[dict[str, Any]]] = {}
+            placed: list[int] = []
+            for record in records:
+                self.seq += 1
+                stamped = {**record, DEDUP_FIELDS[0]: self.producer_id, DEDUP_FIELDS[1]: self.seq}
+                bucket_id = self.queue._hash_partition(stamped[column])
+                groups.setdefault(bucket_id, []).append(stamped)
+                placed.append(bucket_id)
+            give_up = time.monotonic() + self.deadline
+            step = max_batch or max(1, max(map(len, groups.values()), default=1))
+            outcomes = await asyncio.gather(
+                *(self._send_group(b, group, step, give_up) for b, group in groups.items()), return_exceptions=True
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        return [{"bucket_id": b, "status": "ok"} for b in placed]
+
+    async def _send_group(self, bucket_id: int, group: list[dict[str, Any]], step: int, give_up: float) -> None:
+        """One bucket's records, ``step`` at a time in order, each chunk retried until ``give_up``."""
+        for start in range(0, len(group), step):
+            chunk = group[start : start + step]
+            while True:
+                try:
+                    bucket = await self.queue._ensure_bucket(bucket_id)
+                    await bucket.put_batch(chunk)
+                    break
+                except Exception:  # noqa: BLE001 - a dead or moving bucket owner: retry on the next one
+                    if time.monotonic() >= give_up:
+                        raise
+                    self.retries += 1
+                    self.queue._bucket_refs.pop(bucket_id, None)  # resolve the bucket afresh next time
+                    await asyncio.sleep(self.retry_interval)
