@@ -11,7 +11,9 @@ fresh directory. Targets (issue 3): through Pulsing, PersistingBackend with WAL 
 MemoryBackend for single puts; called directly, put_batch with WAL (1 s) >= 500,000 records/s.
 
 ``--object-wal`` runs benchmarks/queue_object_wal.py instead: the WAL on S3 (moto) at
-group-commit windows 0/5/10/50 ms against the local WAL, and node-death recovery time.
+group-commit windows 0/5/10/50 ms against the local WAL, and node-death recovery time; then
+benchmarks/queue_put_many.py: one producer's ``put`` vs ``put_many`` in batches of 1/10/100,
+local WAL and WAL on S3 (``--put-many`` runs only that, taking its own options).
 """
 
 from __future__ import annotations
@@ -116,7 +118,10 @@ async def best_of(fn: Callable[..., Any], repeats: int, *args: Any) -> tuple[flo
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--object-wal", action="store_true",
-                        help="instead: the WAL on S3 (moto) vs the local WAL, and node-death recovery (queue_object_wal.py)")
+                        help="instead: the WAL on S3 (moto) vs the local WAL, and node-death recovery (queue_object_wal.py), "
+                        "then put vs put_many (queue_put_many.py)")
+    parser.add_argument("--put-many", action="store_true",
+                        help="instead: one producer's put vs put_many(1/10/100), local WAL and on S3 (queue_put_many.py)")
     parser.add_argument("--single", type=int, default=2000, help="single puts per run through Pulsing, 3x that direct (default 2000)")
     parser.add_argument("--batches", type=int, default=40, help="put_batch calls of 1,000 records per run (default 40)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell, best kept (default 3)")
@@ -154,10 +159,17 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    if "--object-wal" in sys.argv[1:]:
+    if "--put-many" in sys.argv[1:]:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from queue_put_many import main as put_many_main
+
+        put_many_main([a for a in sys.argv[1:] if a != "--put-many"])
+    elif "--object-wal" in sys.argv[1:]:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from queue_object_wal import main as object_wal_main
+        from queue_put_many import main as put_many_main
 
         object_wal_main([a for a in sys.argv[1:] if a != "--object-wal"])
+        put_many_main([])
     else:
         asyncio.run(main())
