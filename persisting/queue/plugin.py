@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from persisting.queue.backend import LanceBackend, PersistingBackend
+from persisting.queue.pulsing_fixes import install as install_fixes
 
 __all__ = ["backend_class", "register"]
 
@@ -29,9 +30,11 @@ def register(backend: type | None = None, *, lance: str = "lance", persisting: s
     Pulsing turns a backend passed by class into its ``__name__`` before the owning node looks
     it up, so the class names are registered too: ``write_queue(..., backend=PersistingBackend)``
     works. Every node of a Pulsing cluster must call this (buckets are created on the node that
-    owns them, which looks the backend up by name).
+    owns them, which looks the backend up by name). It also installs
+    :mod:`persisting.queue.pulsing_fixes` (a bucket whose actor died is created again).
     """
     streaming = _streaming()
+    install_fixes(streaming)  # a bucket whose actor died is created again (see pulsing_fixes)
     streaming.register_backend(lance, LanceBackend)
     streaming.register_backend(persisting, PersistingBackend)
     for cls in (LanceBackend, PersistingBackend) if backend is None else (LanceBackend, PersistingBackend, backend):

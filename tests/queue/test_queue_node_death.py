@@ -43,11 +43,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def spawn(addr: str, seed: str) -> subprocess.Popen[str]:
+def spawn(addr: str, seed: str, log: Path) -> subprocess.Popen[str]:
+    """A cluster node process; its stderr goes to ``log`` (printed if the test fails)."""
     return subprocess.Popen(
         [sys.executable, str(CHILD), addr, seed, "3"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(sys.path)},
+        stderr=open(log, "a"), text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(sys.path)},
     )
+
+
+def _tails(tmp_path: Path) -> str:
+    return "\n".join(f"--- {p.name} ---\n" + p.read_text(errors="replace")[-4000:] for p in sorted(tmp_path.glob("node-*.log")))
 
 
 async def ready(child: subprocess.Popen[str], timeout: float = 60) -> None:
@@ -84,7 +89,7 @@ def test_node_death_loses_no_acknowledged_record(tmp_path: Path, s3_bucket: str,
 
     async def go() -> None:
         system = await pul.actor_system(addr=seed)
-        b, c = spawn(b_addr, seed), spawn(c_addr, seed)
+        b, c = spawn(b_addr, seed, tmp_path / "node-b.log"), spawn(c_addr, seed, tmp_path / "node-c.log")
         restarted: subprocess.Popen[str] | None = None
         try:
             await ready(b)
@@ -111,7 +116,7 @@ def test_node_death_loses_no_acknowledged_record(tmp_path: Path, s3_bucket: str,
             assert set(acked) <= set(seqs), sorted(set(acked) - set(seqs))[:20]
             assert max(seqs.values()) == 1, [s for s, n in seqs.items() if n > 1][:20]
 
-            restarted = spawn(b_addr, seed)  # the dead node comes back
+            restarted = spawn(b_addr, seed, tmp_path / "node-b2.log")  # the dead node comes back
             await ready(restarted)
             await asyncio.sleep(2)
             again = await read_all(system, options, storage)
@@ -125,4 +130,8 @@ def test_node_death_loses_no_acknowledged_record(tmp_path: Path, s3_bucket: str,
             await asyncio.sleep(0.3)
             gc.collect()
 
-    asyncio.run(go())
+    try:
+        asyncio.run(go())
+    except BaseException:
+        print(_tails(tmp_path))  # the nodes' own errors (a bucket backend that failed to open...)
+        raise
