@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from persisting.errors import ConfigError, InvalidRecordError
@@ -57,22 +58,11 @@ class Producer:
         bucket's next owner until the deadline; re-raises the last error after it."""
         if not isinstance(record, dict):
             raise ConfigError(f"record must be a dict, got {type(record).__name__}", argument="record")
-        self.seq += 1
-        stamped = {**record, DEDUP_FIELDS[0]: self.producer_id, DEDUP_FIELDS[1]: self.seq}
-        column = self.queue.bucket_column
-        bucket_id = self.queue._hash_partition(stamped.get(column))
+        stamped = self._stamp(record)
+        bucket_id = self.queue._hash_partition(stamped.get(self.queue.bucket_column))
         give_up = time.monotonic() + self.deadline
-        while True:
-            try:
-                return await self.queue.put(stamped)  # type: ignore[no-any-return]
-            except (ValueError, TypeError):
-                raise  # the record itself is bad: retrying cannot help
-            except Exception:  # noqa: BLE001 - a dead or moving bucket owner: retry on the next one
-                if time.monotonic() >= give_up:
-                    raise
-                self.retries += 1
-                self.queue._bucket_refs.pop(bucket_id, None)  # resolve the bucket afresh next time
-                await asyncio.sleep(self.retry_interval)
+        # a ValueError/TypeError is the record itself: retrying cannot help
+        return await self._retrying(bucket_id, lambda: self.queue.put(stamped), give_up, fatal=(ValueError, TypeError))
 
     async def put_many(self, records: list[dict[str, Any]], *, max_batch: int | None = None) -> list[dict[str, Any]]:
         """Put records (stamped copies) with one ``put_batch`` per bucket -- at most
@@ -101,8 +91,7 @@ class Producer:
             groups: dict[int, list[dict[str, Any]]] = {}
             placed: list[int] = []
             for record in records:
-                self.seq += 1
-                stamped = {**record, DEDUP_FIELDS[0]: self.producer_id, DEDUP_FIELDS[1]: self.seq}
+                stamped = self._stamp(record)
                 bucket_id = self.queue._hash_partition(stamped[column])
                 groups.setdefault(bucket_id, []).append(stamped)
                 placed.append(bucket_id)
@@ -120,14 +109,33 @@ class Producer:
         """One bucket's records, ``step`` at a time in order, each chunk retried until ``give_up``."""
         for start in range(0, len(group), step):
             chunk = group[start : start + step]
-            while True:
-                try:
-                    bucket = await self.queue._ensure_bucket(bucket_id)
-                    await bucket.put_batch(chunk)
-                    break
-                except Exception:  # noqa: BLE001 - a dead or moving bucket owner: retry on the next one
-                    if time.monotonic() >= give_up:
-                        raise
-                    self.retries += 1
-                    self.queue._bucket_refs.pop(bucket_id, None)  # resolve the bucket afresh next time
-                    await asyncio.sleep(self.retry_interval)
+
+            async def send(chunk: list[dict[str, Any]] = chunk) -> None:
+                bucket = await self.queue._ensure_bucket(bucket_id)
+                await bucket.put_batch(chunk)
+
+            await self._retrying(bucket_id, send, give_up)
+
+    def _stamp(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A copy of ``record`` with this producer's id and its next sequence number."""
+        self.seq += 1
+        return {**record, DEDUP_FIELDS[0]: self.producer_id, DEDUP_FIELDS[1]: self.seq}
+
+    async def _retrying(
+        self, bucket_id: int, send: Callable[[], Awaitable[Any]], give_up: float,
+        fatal: tuple[type[BaseException], ...] = (),
+    ) -> Any:
+        """``send()`` until it succeeds; after a failure (other than ``fatal``) drop the cached
+        proxy of ``bucket_id`` so the bucket is resolved afresh on its next owner, until
+        ``give_up`` (then the last error is raised)."""
+        while True:
+            try:
+                return await send()
+            except fatal:
+                raise
+            except Exception:  # noqa: BLE001 - a dead or moving bucket owner: retry on the next one
+                if time.monotonic() >= give_up:
+                    raise
+                self.retries += 1
+                self.queue._bucket_refs.pop(bucket_id, None)
+                await asyncio.sleep(self.retry_interval)

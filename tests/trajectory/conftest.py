@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+from collections.abc import Iterator
+
 import pytest
 
 CHILD = os.path.join(os.path.dirname(__file__), "trajectory_child.py")
@@ -25,3 +27,21 @@ def spawn_child():
         if p.poll() is None:
             p.kill()
         p.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(request: pytest.FixtureRequest) -> Iterator[None]:
+    """One local Ray cluster per test module; the actors import that module by value."""
+    ray = pytest.importorskip("ray")
+    import ray.data
+
+    module = request.module
+    ray.cloudpickle.register_pickle_by_value(module)
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024 * 1024, log_to_driver=False,
+             configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        ray.cloudpickle.unregister_pickle_by_value(module)

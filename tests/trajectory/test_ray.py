@@ -7,9 +7,7 @@ its own writer session; one is killed with ``ray.kill`` in the middle of an epis
 from __future__ import annotations
 
 import os
-import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -25,20 +23,6 @@ ACTORS = 4
 EPISODES = 4  # per actor
 STEPS = 25  # per episode
 FLUSH_EVERY = 2  # episodes
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    """One local Ray cluster for every test here; the actors import this module by value."""
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024 * 1024, log_to_driver=False,
-             configure_logging=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def wait_gone(pid: int, timeout: float = 30.0) -> None:
