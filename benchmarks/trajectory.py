@@ -132,10 +132,10 @@ def logging_section(tmp: str) -> None:
     print(f"== logging {episodes} episodes x {ARGS.steps} steps of {ENV_ID}, random policy ==")
     steps = episodes * ARGS.steps
     store_path = os.path.join(tmp, "persisting")
-    contenders: dict[str, Callable[[], Any]] = {}
+    contenders: dict[str, Callable[[int], Any]] = {}  # run r of each writes to its own place
 
-    def persisting() -> None:
-        store = TrajectoryStore(store_path)
+    def persisting(r: int) -> None:
+        store = TrajectoryStore(store_path + (f"-{r}" if r else ""))
         env = RecordEpisodes(make_env(), store)
         run_loop(env, episodes)
         env.close()
@@ -148,29 +148,38 @@ def logging_section(tmp: str) -> None:
         from minari import DataCollector
 
         for fmt in ("hdf5", "arrow"):
-            def minari_run(fmt: str = fmt) -> None:
+            def minari_run(r: int, fmt: str = fmt) -> None:
                 env = DataCollector(make_env(), data_format=fmt)
                 run_loop(env, episodes)
-                env.create_dataset(dataset_id=f"bench/pendulum-{fmt}-v0", algorithm_name="random")
+                env.create_dataset(dataset_id=f"bench/pendulum-{fmt}{r or ''}-v0", algorithm_name="random")
                 env.close()
 
             contenders[f"minari DataCollector ({fmt})"] = minari_run
     except ImportError:
         minari = None
         print("  minari not installed: pip install minari[create,hdf5,arrow] pillow")
-    contenders["parquet file per episode"] = lambda: run_loop(ParquetPerEpisode(make_env(), os.path.join(tmp, "parquet")), episodes)
+    contenders["parquet file per episode"] = lambda r: run_loop(
+        ParquetPerEpisode(make_env(), os.path.join(tmp, "parquet" + (f"-{r}" if r else ""))), episodes)
 
-    # each contender right after its own bare run, so both see the same machine load
-    overhead: dict[str, tuple[float, float]] = {}
-    for name, fn in contenders.items():
-        bw, bc = measured(lambda: run_loop(make_env(), episodes))
-        try:
-            w, c = measured(fn)
-        except Exception as exc:  # noqa: BLE001 - an anchor that fails is reported, not fatal
-            print(f"  {name}: skipped ({type(exc).__name__}: {exc})")
-            continue
-        overhead[name] = ((w - bw) / steps * 1e6, (c - bc) / steps * 1e6)
-        print(f"  {name:<34} bare {bw / steps * 1e6:7.1f} us/step wall, {bc / steps * 1e6:7.1f} cpu")
+    # each contender right after its own bare run, so both see the same machine load; with
+    # --log-repeats the rounds alternate contenders and the table shows each one's median
+    runs: dict[str, list[tuple[float, float]]] = {}
+    for r in range(ARGS.log_repeats):
+        for name, fn in contenders.items():
+            bw, bc = measured(lambda: run_loop(make_env(), episodes))
+            try:
+                w, c = measured(lambda: fn(r))
+            except Exception as exc:  # noqa: BLE001 - an anchor that fails is reported, not fatal
+                print(f"  {name}: skipped ({type(exc).__name__}: {exc})")
+                continue
+            runs.setdefault(name, []).append(((w - bw) / steps * 1e6, (c - bc) / steps * 1e6))
+            print(f"  {name:<34} bare {bw / steps * 1e6:7.1f} us/step wall, {bc / steps * 1e6:7.1f} cpu"
+                  + (f"  (round {r + 1})" if ARGS.log_repeats > 1 else ""))
+    overhead = {name: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for name, v in runs.items()}
+    if ARGS.log_repeats > 1:
+        print(f"  median of {ARGS.log_repeats} rounds; persisting's ratio to Minari hdf5 per round (wall, cpu): "
+              + ", ".join(f"{a[0] / b[0]:.2f}/{a[1] / b[1]:.2f}" for a, b in
+                          zip(runs.get("persisting RecordEpisodes", []), runs.get("minari DataCollector (hdf5)", []))))
     print(f"  {'logging overhead per step':<34} {'wall us':>9} {'cpu us':>9} {'wall ratio':>11} {'cpu ratio':>10}")
     ours = overhead.get("persisting RecordEpisodes")
     for name, (w, c) in overhead.items():
@@ -371,6 +380,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--log-repeats", type=int, default=1, help="rounds of the logging section (medians reported)")
     parser.add_argument("--big-steps", type=int, default=10_000_000)
     parser.add_argument("--adapter-steps", type=int, default=2_000_000, help="steps through the TorchRL adapter section")
     parser.add_argument("--writers", default="1,3", help="writer process counts for section 4 ('' skips it)")

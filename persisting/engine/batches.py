@@ -7,36 +7,64 @@ carries its own schema, so a frame can be read on its own even after the schema 
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pyarrow as pa
 
 from persisting.errors import CorruptionError
 
-__all__ = ["decode_batch", "encode_batch"]
+__all__ = ["KnownSchemas", "decode_batch", "encode_batch", "serialized_schema"]
 
 _LEN = struct.Struct("<I")
 
 
-class _SchemaCache:
-    """Serialised schema of the last batch schema seen (schemas rarely change)."""
+class KnownSchemas:
+    """Batch schemas that were merged into a table's schema, each with its IPC serialisation.
 
-    def __init__(self) -> None:
-        self.schema: pa.Schema | None = None
-        self.data = b""
+    Evolution only grows and widens, so a batch schema that merged once merges again and changes
+    nothing: appends of a known layout skip the vector fitting, the evolution checks and the
+    schema serialisation of their WAL frame (together about half an append of a few hundred
+    rows). A table sees a few layouts in turn (steps with and without a final observation,
+    episode rows with more metadata at the end), so it keeps several, most recent first.
+    """
 
-    def get(self, schema: pa.Schema) -> bytes:
-        if self.schema is None or not schema.equals(self.schema, check_metadata=True):
-            self.schema = schema
-            self.data = schema.serialize().to_pybytes()
-        return self.data
+    def __init__(self, size: int = 8) -> None:
+        self._size = size
+        self._entries: list[list[Any]] = []  # [schema, serialised schema or None]
+
+    def find(self, schema: pa.Schema) -> list[Any] | None:
+        """The entry of ``schema`` (metadata compared too), moved to the front; or None."""
+        entries = self._entries
+        for i, entry in enumerate(entries):
+            if schema.equals(entry[0], check_metadata=True):
+                if i:
+                    entries.insert(0, entries.pop(i))
+                return entry
+        return None
+
+    def add(self, schema: pa.Schema) -> list[Any]:
+        entry = [schema, None]
+        self._entries.insert(0, entry)
+        del self._entries[self._size:]
+        return entry
+
+    def clear(self) -> None:
+        """Forget every layout (the table's schema was reloaded and may be narrower)."""
+        self._entries.clear()
 
 
-_cache = _SchemaCache()
+def serialized_schema(entry: list[Any]) -> bytes:
+    """The IPC schema message of a :class:`KnownSchemas` entry, made once."""
+    if entry[1] is None:
+        entry[1] = entry[0].serialize().to_pybytes()
+    return entry[1]  # type: ignore[no-any-return]
 
 
-def encode_batch(batch: pa.RecordBatch) -> list[bytes | pa.Buffer]:
-    """The payload of one batch, as pieces for a vectored write."""
-    schema = _cache.get(batch.schema)
+def encode_batch(batch: pa.RecordBatch, schema: bytes | None = None) -> list[bytes | pa.Buffer]:
+    """The payload of one batch, as pieces for a vectored write (``schema``: the batch schema's
+    IPC message when the caller has it, see :class:`KnownSchemas`)."""
+    if schema is None:
+        schema = batch.schema.serialize().to_pybytes()
     return [_LEN.pack(len(schema)), schema, batch.serialize()]
 
 

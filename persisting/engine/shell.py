@@ -118,7 +118,8 @@ class StoreShell:
             raise ClosedError(f"{self} is closed; {self._reopen} to use it", path=self.path)
 
     def check_writable(self, action: str = "write") -> None:
-        self.check_open()
+        if self._closed:  # check_open, inline: a logging loop calls this once per step
+            self.check_open()
         if self.read_only:
             raise ReadOnlyError(f"{self} is open read-only; open it without read_only=True to {action}", path=self.path)
 

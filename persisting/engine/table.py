@@ -32,7 +32,7 @@ from typing import Any, TypeAlias
 import lance
 import pyarrow as pa
 
-from persisting.engine.batches import decode_batch, encode_batch
+from persisting.engine.batches import KnownSchemas, decode_batch, encode_batch, serialized_schema
 from persisting.engine import indexes, integrity
 from persisting.engine.durable import DirectorySnapshot, is_local, local_path
 from persisting.engine.blob_digests import blob_file_digests
@@ -59,7 +59,7 @@ from persisting.engine.metrics import TableMetrics
 from persisting.engine.options import TableOptions
 from persisting.engine.pending import Pending
 from persisting.engine.reads import TableReads
-from persisting.engine.schema import conform, evolve, fit_vectors, records_to_batch, screen_replayed
+from persisting.engine.schema import Evolution, conform, evolve, fit_vectors, records_to_batch, screen_replayed
 from persisting.engine.wal import FRAME_BATCH, WAL, Frame, ReplayReport, read_frames
 from persisting.engine import remote_log
 from persisting.engine.dedup import Dedup, last_seen
@@ -159,7 +159,7 @@ class Table(TableReads):
         self._pending = Pending()
         self._flush_error: BaseException | None = None
         self._flusher: threading.Thread | None = None
-        self._merged: pa.Schema | None = None  # the last batch schema merged into _schema
+        self._known = KnownSchemas()  # batch schemas merged into _schema (append skips evolve for them)
         self.recovery_report = ReplayReport()
         local = is_local(self.uri)
         self.wal_dir = default_wal_dir(self.uri) if wal_dir is None and local else wal_dir
@@ -186,7 +186,7 @@ class Table(TableReads):
 
     # -- opening -----------------------------------------------------------------------------
     def _load_state(self) -> None:
-        self._merged = None
+        self._known.clear()
         self._schema: pa.Schema | None = logical_schema(self._ds.schema) if self._ds is not None else None
         if self._declared is not None:
             self._schema = evolve(self._schema, self._declared).schema
@@ -369,19 +369,15 @@ class Table(TableReads):
             return rows
         return records_to_batch(rows, self._schema)
 
-    def _fits(self, schema: pa.Schema) -> bool:
-        """True if ``schema`` was merged before: evolution only grows and widens, so a schema
-        that fitted once still fits and changes nothing (skips evolve on the hot path)."""
-        return self._merged is not None and schema.equals(self._merged, check_metadata=True)
-
     def _evolve_schema(self, schema: pa.Schema) -> None:
         evolution = evolve(self._schema, schema)
         self._schema = self._with_compression(evolution.schema, evolution.added)
 
-    def _buffer_batch(self, batch: pa.RecordBatch, fits: bool = False) -> None:
-        if not fits and not self._fits(batch.schema):
-            self._evolve_schema(batch.schema)
-            self._merged = batch.schema
+    def _buffer_batch(self, batch: pa.RecordBatch, evolution: Evolution | None) -> None:
+        """Buffer an appended batch; ``evolution``: its schema's merge, when not a known layout."""
+        if evolution is not None:
+            self._schema = self._with_compression(evolution.schema, evolution.added)
+            self._known.add(batch.schema)
         self._pending.add(batch)
 
     def _with_compression(self, schema: pa.Schema, names: tuple[str, ...]) -> pa.Schema:
@@ -408,17 +404,24 @@ class Table(TableReads):
             self._check_writable()
             if self._flush_error is not None:
                 self.flush()  # retry the failed background commit; raises if it still fails
-            batch = fit_vectors(self._to_batch(rows), self._schema)
-            fits = self._fits(batch.schema)
-            if not fits:
-                evolve(self._schema, batch.schema)  # raises SchemaError before anything is written
+            batch = self._to_batch(rows)
+            known = self._known.find(batch.schema)
+            evolution = None
+            if known is None:
+                batch = fit_vectors(batch, self._schema)
+                known = self._known.find(batch.schema)
+                if known is None:  # raises SchemaError before anything is written
+                    evolution = evolve(self._schema, batch.schema)
             if self._dedup is not None and batch.num_rows:
                 batch = self._dedup.filter(batch)  # retries of rows already logged
             if batch.num_rows == 0:
                 return self._next_lsn - 1
-            lsn = self._wal.append(encode_batch(batch)) if self._wal is not None else self._next_lsn
+            if self._wal is not None:
+                lsn = self._wal.append(encode_batch(batch, serialized_schema(known) if known is not None else None))
+            else:
+                lsn = self._next_lsn
             self._next_lsn = lsn + 1
-            self._buffer_batch(batch, fits)
+            self._buffer_batch(batch, evolution)
             self.metrics.records.inc(batch.num_rows)
             self.metrics.buffer.set(self._pending.rows)
             self._update_wal_metric()
@@ -872,7 +875,7 @@ class Table(TableReads):
                     self._schema = evolve(stored, self._schema).schema
                 except PersistingError:
                     self._schema = stored
-            self._merged = None
+            self._known.clear()
             if self.read_only:
                 self._replay_for_reader()
 

@@ -191,7 +191,7 @@ class TrajectoryStore:
         )
         self._writer = EpisodeWriter(
             lock=self._lock, fields=self._fields, steps=self._steps, episodes=self._episodes,
-            step_buffer=self.step_buffer, check_writable=self._check_writable, check_metadata=self._check_metadata,
+            step_buffer=self.step_buffer, check_writable=self._shell.check_writable, check_metadata=self._check_metadata,
             ended=lambda ep: self._open.pop(ep.id, None), closed=lambda: self._shell.closed,
         )
 
