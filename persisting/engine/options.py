@@ -26,6 +26,10 @@ class TableOptions:
     wal_sync_bytes: also sync once this many WAL bytes are pending (None: time only).
     max_wal_size: a WAL segment rotates at this many bytes.
     flush_rows / flush_bytes: commit the buffer to Lance once it holds this much.
+    flush_interval: also commit once the oldest buffered row has waited this many seconds
+        (None: by size only). Bounds how late other processes see rows of a slow writer, and
+        lets a fast one use a large ``flush_rows`` (fewer, larger commits) without delaying
+        them. Needs ``background_flush`` for a timer; without it, appends check the age.
     compact_fragments: compact the dataset once it has this many fragments (0 = never).
     recovery: ``"point_in_time"`` cuts a torn tail and refuses mid-log corruption;
         ``"salvage"`` skips corrupt frames and reports what was lost.
@@ -53,6 +57,7 @@ class TableOptions:
     max_wal_size: int = 100 * 1024 * 1024
     flush_rows: int = 10_000
     flush_bytes: int = 64 * 1024 * 1024
+    flush_interval: float | None = None
     compact_fragments: int = 64
     recovery: Recovery = "point_in_time"
     background_flush: bool = True
@@ -79,6 +84,14 @@ class TableOptions:
                 option="wal_sync_interval",
             )
         object.__setattr__(self, "wal_sync_interval", float(interval))
+        if self.flush_interval is not None:
+            v = self.flush_interval
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v <= _MAX_INTERVAL:
+                raise ConfigError(
+                    f"flush_interval={v!r} must be None or a number of seconds above 0, at most {_MAX_INTERVAL}",
+                    option="flush_interval",
+                )
+            object.__setattr__(self, "flush_interval", float(v))
         for name, low in (("wal_lease_seconds", 0.1), ("wal_group_interval", 0.0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= _MAX_INTERVAL:

@@ -35,6 +35,7 @@ class Pending:
         self._inflight_table: pa.Table | None = None
         self._dataset: lance.LanceDataset | None = None
         self._run = 0  # trailing small batches of one schema in ``buffer``
+        self.buffer_since: float | None = None  # time.monotonic() of the buffer's oldest batch
 
     @property
     def rows(self) -> int:
@@ -44,6 +45,8 @@ class Pending:
         return bool(self.buffer or self.inflight)
 
     def add(self, batch: pa.RecordBatch) -> None:
+        if not self.buffer:
+            self.buffer_since = time.monotonic()
         small = batch.num_rows < _SMALL
         if small and self._run and self.buffer[-1].schema.equals(batch.schema, check_metadata=True):
             self._run += 1
@@ -62,6 +65,7 @@ class Pending:
         if not self.inflight and self.buffer:
             self.inflight, self.inflight_rows, self.inflight_lsn = self.buffer, self.buffer_rows, last_lsn
             self.buffer, self.buffer_rows, self.buffer_bytes, self._run = [], 0, 0, 0
+            self.buffer_since = None
         return bool(self.inflight)
 
     def committed(self) -> None:
@@ -72,6 +76,7 @@ class Pending:
     def clear(self) -> None:
         self.committed()
         self.buffer, self.buffer_rows, self.buffer_bytes, self._run = [], 0, 0, 0
+        self.buffer_since = None
 
     def table(self, schema: pa.Schema) -> pa.Table:
         """Everything pending, conformed to ``schema`` (cached until it changes)."""

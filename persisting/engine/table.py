@@ -430,6 +430,8 @@ class Table(TableReads):
                     self._schedule_commit(batch)
                 else:
                     self.flush()
+            elif self.options.flush_interval is not None:
+                self._commit_when_due(batch)
             wait = isinstance(self._wal, RemoteWAL) and self.options.wal_sync == "always"
         if wait:
             self._wal.wait(lsn)  # type: ignore[union-attr]  # outside the lock: appenders share PUTs
@@ -457,8 +459,7 @@ class Table(TableReads):
         bulk writer whose batches are larger than the limit still prepares its next batch
         while one is committed; memory stays bounded by the limits plus one batch."""
         if self._flusher is None:
-            self._flusher = threading.Thread(target=self._flush_loop, name=f"persisting-flush-{self.name}", daemon=True)
-            self._flusher.start()
+            self._start_flusher()
         while self._pending.inflight and self._backlogged(batch) and self._flush_error is None:
             self._changed.wait()
         if self._flush_error is not None:
@@ -466,11 +467,39 @@ class Table(TableReads):
         self._pending.seal(self._next_lsn - 1)
         self._changed.notify_all()
 
+    def _commit_when_due(self, batch: pa.RecordBatch) -> None:
+        """``flush_interval``: have the buffer committed once its oldest row is that old. The
+        background committer keeps the timer (woken when the buffer starts filling, so later
+        appends cost nothing); without one, this append commits if the time has come."""
+        if not self.options.background_flush:
+            since = self._pending.buffer_since
+            if since is not None and time.monotonic() - since >= self.options.flush_interval:  # type: ignore[operator]
+                self.flush()
+        elif self._flusher is None:
+            self._start_flusher()
+        elif self._pending.buffer_rows == batch.num_rows:  # the buffer was empty: a new deadline
+            self._changed.notify_all()
+
+    def _start_flusher(self) -> None:
+        self._flusher = threading.Thread(target=self._flush_loop, name=f"persisting-flush-{self.name}", daemon=True)
+        self._flusher.start()
+
     def _flush_loop(self) -> None:
+        interval = self.options.flush_interval
         while True:
             with self._lock:
-                while not self._closed and (not self._pending.inflight or self._flush_error is not None):
-                    self._changed.wait()
+                while not self._closed:
+                    p = self._pending
+                    if p.inflight and self._flush_error is None:
+                        break
+                    if interval is not None and p.buffer_since is not None and self._flush_error is None:
+                        due = p.buffer_since + interval - time.monotonic()
+                        if due <= 0:  # the oldest buffered row has waited long enough
+                            p.seal(self._next_lsn - 1)
+                            break
+                        self._changed.wait(due)
+                    else:
+                        self._changed.wait()
                 if self._closed:
                     return
             try:
