@@ -88,6 +88,24 @@ class Pending:
             )
         return self._table
 
+    def range_table(self, schema: pa.Schema, start: int, stop: int | None) -> pa.Table:
+        """Pending rows ``start..stop`` conformed to ``schema``: only the batches they are in
+        (a reader that catches up with a few new rows does not conform the whole buffer)."""
+        if self._table is not None or (start == 0 and stop is None):
+            t = self.table(schema)
+            return t.slice(start, None if stop is None else stop - start)
+        pieces, row = [], 0
+        for b in (*self.inflight, *self.buffer):
+            n = b.num_rows
+            if row + n > start and (stop is None or row < stop):
+                lo = max(0, start - row)
+                hi = n if stop is None else min(n, stop - row)
+                pieces.append(b.slice(lo, hi - lo))
+            row += n
+            if stop is not None and row >= stop:
+                break
+        return conform_many(pieces, schema) if pieces else schema.empty_table()
+
     def inflight_table(self, schema: pa.Schema) -> pa.Table:
         """The rows in flight, conformed to ``schema``, for a commit: only them (the buffer
         filling meanwhile is not copied), and large batches are not concatenated (Lance

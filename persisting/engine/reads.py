@@ -141,8 +141,7 @@ class TableReads:
             stop = None if end is None else max(0, end - self._flushed_rows)
             if stop is None or stop > start:
                 assert self._schema is not None
-                pending = self._pending.table(self._schema).select(target.names)
-                parts.append(pending.slice(start, None if stop is None else stop - start))
+                parts.append(self._pending.range_table(self._schema, start, stop).select(target.names))
         return pa.concat_tables([conform(p, target) for p in parts]) if parts else target.empty_table()
 
     def take(self, positions: Sequence[int], *, columns: list[str] | None = None) -> pa.Table:

@@ -13,8 +13,6 @@ every change), whenever it catches up with the steps table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from persisting.errors import NotFoundError
@@ -36,38 +34,129 @@ def _empty() -> np.ndarray:
     return np.empty(0, np.int64)
 
 
-@dataclass
-class StepIndex:
-    """Row positions of the steps table sorted by (episode_id, step)."""
+class _Columns:
+    """Equal-length int64 columns that grow at their end in amortised O(new rows): the rows
+    live at the front of buffers with spare capacity, so appending never copies what is there
+    (a pending hand-off re-indexed against 10M committed steps copied 160 MB per sample)."""
 
-    ckeys: np.ndarray = field(default_factory=_empty)  # committed rows only
-    cpositions: np.ndarray = field(default_factory=_empty)
-    keys: np.ndarray = field(default_factory=_empty)  # committed + this handle's pending rows
-    positions: np.ndarray = field(default_factory=_empty)
-    ids: np.ndarray = field(default_factory=_empty)
-    starts: np.ndarray = field(default_factory=_empty)
-    lengths: np.ndarray = field(default_factory=_empty)
+    def __init__(self, width: int) -> None:
+        self._bufs: list[np.ndarray] | None = None  # backing buffers; None: ``cols`` are not in them
+        self.cols: list[np.ndarray] = [_empty() for _ in range(width)]
+        self.n = 0
+
+    def adopt(self, cols: list[np.ndarray]) -> None:
+        """Hold these arrays as they are (copied into buffers only if something is appended)."""
+        self._bufs, self.cols, self.n = None, cols, len(cols[0])
+
+    def write(self, at: int, more: list[np.ndarray]) -> list[np.ndarray]:
+        """Rows ``0..at`` as they are plus ``more`` after them; return views of all of them.
+        Rows past ``at`` written earlier (a previous pending part) are overwritten."""
+        need = at + len(more[0])
+        bufs = self._bufs
+        if bufs is None or len(bufs[0]) < need:
+            cap = max(need, 2 * (len(bufs[0]) if bufs is not None else at), 1024)
+            fresh = [np.empty(cap, np.int64) for _ in more]
+            for f, c in zip(fresh, self.cols if bufs is None else [b[:at] for b in bufs]):
+                f[:at] = c[:at]
+            self._bufs = bufs = fresh
+        for b, m in zip(bufs, more):
+            b[at:need] = m
+        return [b[:need] for b in bufs]
+
+    def append(self, more: list[np.ndarray]) -> None:
+        self.cols = self.write(self.n, more)
+        self.n = len(self.cols[0])
+
+
+def _episode_table(keys: np.ndarray, base: int) -> list[np.ndarray]:
+    """``[ids, starts, lengths]`` of the episodes in a sorted key run starting at position ``base``."""
+    episode = keys >> STEP_BITS
+    if not len(episode):
+        return [_empty(), _empty(), _empty()]
+    starts = np.flatnonzero(np.r_[True, episode[1:] != episode[:-1]])
+    return [episode[starts], starts.astype(np.int64) + base, np.diff(np.r_[starts, len(episode)]).astype(np.int64)]
+
+
+class StepIndex:
+    """Row positions of the steps table sorted by (episode_id, step).
+
+    Committed rows are merged in as they come; this handle's pending rows are kept after them
+    and replaced on every change. When new keys sort after every key held (new episodes, or
+    more steps of the last one: the usual case) they are appended without touching the rows
+    before them, so keeping the index current costs O(new rows), not O(all rows).
+    """
+
+    def __init__(self) -> None:
+        self._committed = _Columns(2)  # keys, positions
+        self._cepisodes = _Columns(3)  # ids, starts, lengths of the committed rows
+        self.keys = self.positions = self.ids = self.starts = self.lengths = _empty()
+
+    @property
+    def ckeys(self) -> np.ndarray:
+        return self._committed.cols[0]
+
+    @property
+    def cpositions(self) -> np.ndarray:
+        return self._committed.cols[1]
 
     def reset(self) -> None:
-        self.ckeys, self.cpositions = _empty(), _empty()
+        self.adopt_committed(_empty(), _empty())
+
+    def adopt_committed(self, keys: np.ndarray, positions: np.ndarray) -> None:
+        """Use these sorted committed keys and positions (a saved view's, memory-mapped)."""
+        self._committed.adopt([keys, positions])
+        self._cepisodes.adopt(_episode_table(keys, 0))
+        self.set_pending(_empty(), 0)
 
     def add_committed(self, keys: np.ndarray, first_position: int) -> None:
         """Merge in the keys of committed rows at ``first_position`` onwards (in row order)."""
-        self.ckeys, self.cpositions = _merge(self.ckeys, self.cpositions, *_sorted(keys, first_position))
+        k, p = _sorted(keys, first_position)
+        if not len(k):
+            return
+        ck = self.ckeys
+        if not len(ck) or k[0] >= ck[-1]:
+            base = len(ck)
+            self._committed.append([k, p])
+            self._append_episodes(self._cepisodes, _episode_table(k, base))
+        else:
+            self.adopt_committed(*_merge(ck, self.cpositions, k, p))
 
     def set_pending(self, keys: np.ndarray, first_position: int) -> None:
         """Index the committed rows plus these pending ones; recompute the episode table."""
-        if len(keys):
-            self.keys, self.positions = _merge(self.ckeys, self.cpositions, *_sorted(keys, first_position))
+        ck = self.ckeys
+        if not len(keys):
+            self.keys, self.positions = ck, self.cpositions
+            self.ids, self.starts, self.lengths = self._cepisodes.cols
+            return
+        k, p = _sorted(keys, first_position)
+        if not len(ck) or k[0] >= ck[-1]:
+            self.keys, self.positions = self._committed.write(len(ck), [k, p])
+            table = _episode_table(k, len(ck))
+            self.ids, self.starts, self.lengths = self._joined_episodes(table)
         else:
-            self.keys, self.positions = self.ckeys, self.cpositions
-        episode = self.keys >> STEP_BITS
-        if len(episode):
-            starts = np.flatnonzero(np.r_[True, episode[1:] != episode[:-1]])
-            self.ids, self.starts = episode[starts], starts.astype(np.int64)
-            self.lengths = np.diff(np.r_[starts, len(episode)]).astype(np.int64)
+            self.keys, self.positions = _merge(ck, self.cpositions, k, p)
+            self.ids, self.starts, self.lengths = _episode_table(self.keys, 0)
+
+    @staticmethod
+    def _append_episodes(episodes: _Columns, more: list[np.ndarray]) -> None:
+        ids, starts, lengths = episodes.cols
+        if len(ids) and len(more[0]) and more[0][0] == ids[-1]:  # the last episode goes on
+            head = [ids[-1:], starts[-1:], lengths[-1:] + more[2][0]]
+            episodes.cols = episodes.write(episodes.n - 1, [np.concatenate([a, m[1:]]) for a, m in zip(head, more)])
+            episodes.n = len(episodes.cols[0])
         else:
-            self.ids, self.starts, self.lengths = _empty(), _empty(), _empty()
+            episodes.append(more)
+
+    def _joined_episodes(self, more: list[np.ndarray]) -> list[np.ndarray]:
+        """The committed episode table followed by ``more`` (pending rows' episodes, sorted
+        after every committed key): written after it in place, or, when the pending steps
+        continue the last committed episode, a copy (its committed row must stay as it is)."""
+        c = self._cepisodes
+        ids, starts, lengths = c.cols
+        if len(ids) and more[0][0] == ids[-1]:
+            return [np.concatenate([ids, more[0][1:]]), np.concatenate([starts, more[1][1:]]),
+                    np.concatenate([lengths[:-1], lengths[-1:] + more[2][0], more[2][1:]])]
+        return c.write(c.n, more)
 
     def split(self, sorted_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(episode_id, step)`` arrays of the steps at these sorted indices."""

@@ -90,6 +90,14 @@ class _Column:
         self.rows += n
 
 
+def _joined(a: tuple[np.ndarray, np.ndarray | None], b: tuple[np.ndarray, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Values and validity of rows ``a`` followed by rows ``b``."""
+    values = np.concatenate([a[0], b[0]])
+    if a[1] is None and b[1] is None:
+        return values, None
+    return values, np.concatenate([np.ones(len(v), np.bool_) if m is None else m for v, m in (a, b)])
+
+
 def _column_values(col: pa.ChunkedArray, spec: FieldSpec) -> tuple[np.ndarray, np.ndarray | None]:
     """Values and validity (None: all valid) of one scanned column of a cached field."""
     parts = [_arrow_values(chunk, spec) for chunk in col.chunks]
@@ -164,6 +172,7 @@ class StepView:
         self.cached: tuple[tuple[str, tuple[str, str, tuple[int, ...]]], ...] = ()
         self.columns: dict[str, _Column] = {}
         self.pending: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        self._pending_keys = np.empty(0, np.int64)  # keys of this handle's pending rows, in row order
         self.rebuilds = 0  # full reads of the table (tests and stats look at it)
         self._seen: tuple[object, list[FieldSpec]] = (None, [])  # schema and specs ``cached`` was computed for
 
@@ -195,7 +204,7 @@ class StepView:
             found = viewfile.load(self.saved, layout, cached) if self.saved is not None and self.layout is None else None
             if found is not None:
                 saved, keys, positions, columns = found
-                self.index.ckeys, self.index.cpositions = keys, positions
+                self.index.adopt_committed(keys, positions)
                 for name, (values, valid) in columns.items():
                     self.columns[name].adopt(values, valid)
                 kept = saved.rows
@@ -205,9 +214,16 @@ class StepView:
         if layout.rows > kept:
             keys = self._read(table, kept, layout.rows - kept, into_columns=True)
             self.index.add_committed(keys, kept)
-        self.pending = {}
-        pending_keys = self._read(table, layout.rows, total - layout.rows, into_columns=False) if total > layout.rows else np.empty(0, np.int64)
-        self.index.set_pending(pending_keys, layout.rows)
+        if (self.layout is not None and version == self.version and cached == self.cached
+                and layout.rows == self.layout.rows and kept == layout.rows and total > self.total):
+            # only more pending rows since the last read (they only grow until a commit): read those
+            more = self._read(table, self.total, total - self.total, into_columns=False)
+            self._pending_keys = np.concatenate([self._pending_keys, more])
+        else:
+            self.pending = {}
+            self._pending_keys = (self._read(table, layout.rows, total - layout.rows, into_columns=False)
+                                  if total > layout.rows else np.empty(0, np.int64))
+        self.index.set_pending(self._pending_keys, layout.rows)
         self.layout, self.version, self.total, self.cached = layout, version, total, cached
 
     def _read(self, table: Table, offset: int, n: int, *, into_columns: bool) -> np.ndarray:
@@ -217,6 +233,8 @@ class StepView:
             values, valid = _column_values(data.column(name), self.columns[name].spec)
             if into_columns:
                 self.columns[name].extend(values, valid)
+            elif name in self.pending:  # more pending rows after those read before
+                self.pending[name] = _joined(self.pending[name], (values, valid))
             else:
                 self.pending[name] = (values, valid)
         return step_keys(data.column("episode_id").to_numpy(), data.column("step").to_numpy())  # one copy each
