@@ -285,6 +285,58 @@ def big_section(tmp: str) -> None:
         adapter_section(tmp, obs, act, rew, per, anchor_write)
 
 
+def interleaved_section(tmp: str) -> None:
+    """A replay buffer's loop: write a little, sample, write, sample... on a store that already
+    holds many steps, against TorchRL's ``extend`` + ``sample`` on ``LazyMemmapStorage``."""
+    base, chunk, rounds = ARGS.interleave_base, 256, 200
+    print(f"== write {chunk} steps then sample_steps(256), {rounds} times, on {base:,} steps already stored ==")
+    rng = np.random.default_rng(3)
+    per = 100_000
+    obs, act, rew = rng.standard_normal((per, 4)).astype(np.float32), rng.integers(0, 2, per), rng.standard_normal(per)
+    store = TrajectoryStore(os.path.join(tmp, "interleaved"), durability="none")
+    for _ in range(base // per):
+        with store.episode() as ep:
+            ep.add_steps({"obs": obs, "action": act, "reward": rew})
+    store.flush()
+    store.sample_steps(256, seed=0)
+    both, alone = [], []
+    for i in range(rounds):
+        t0 = time.perf_counter()
+        with store.episode() as ep:
+            ep.add_steps({"obs": obs[:chunk], "action": act[:chunk], "reward": rew[:chunk]})
+        t1 = time.perf_counter()
+        store.sample_steps(256, seed=i)
+        t2 = time.perf_counter()
+        both.append(t2 - t0)
+        alone.append(t2 - t1)
+    store.close()
+    anchor_both = anchor_alone = None
+    try:
+        import torch
+        from tensordict import TensorDict
+        from torchrl.data import LazyMemmapStorage, ReplayBuffer
+
+        rb = ReplayBuffer(storage=LazyMemmapStorage(base + chunk * rounds, scratch_dir=os.path.join(tmp, "torchrl-il")), batch_size=256)
+        big = TensorDict({"obs": torch.from_numpy(obs), "action": torch.from_numpy(act), "reward": torch.from_numpy(rew)}, batch_size=[per])
+        for _ in range(base // per):
+            rb.extend(big)
+        small = big[:chunk]
+        tb, ta = [], []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            rb.extend(small)
+            t1 = time.perf_counter()
+            rb.sample()
+            t2 = time.perf_counter()
+            tb.append(t2 - t0)
+            ta.append(t2 - t1)
+        anchor_both, anchor_alone = statistics.median(tb) * 1e3, statistics.median(ta) * 1e3
+    except ImportError:
+        print("  torchrl not installed: no anchor")
+    row("write 256 + sample_steps(256) p50", statistics.median(both) * 1e3, "ms", anchor_both, "torchrl extend + sample")
+    row("sample_steps(256) right after a write, p50", statistics.median(alone) * 1e3, "ms", anchor_alone, "torchrl sample after extend")
+
+
 def adapter_section(tmp: str, obs: np.ndarray, act: np.ndarray, rew: np.ndarray, per: int, anchor_write: float | None) -> None:
     """persisting.trajectory.torchrl's TrajectoryStorage under a TensorDictReplayBuffer."""
     import torch
@@ -370,6 +422,8 @@ def main() -> None:
         if ARGS.writers:
             writers_section(tmp)
         logging_section(tmp)
+        if ARGS.interleave_base:
+            interleaved_section(tmp)
         if ARGS.big_steps:
             big_section(tmp)
     finally:
@@ -382,6 +436,8 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--log-repeats", type=int, default=1, help="rounds of the logging section (medians reported)")
     parser.add_argument("--big-steps", type=int, default=10_000_000)
+    parser.add_argument("--interleave-base", type=int, default=2_000_000,
+                        help="steps stored before the write-then-sample section (0 skips it)")
     parser.add_argument("--adapter-steps", type=int, default=2_000_000, help="steps through the TorchRL adapter section")
     parser.add_argument("--writers", default="1,3", help="writer process counts for section 4 ('' skips it)")
     parser.add_argument("--dir", default=None, help="where to put the temporary stores")
