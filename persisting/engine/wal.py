@@ -366,10 +366,25 @@ class WAL:
             self._synced_lsn = self._next_lsn - 1
 
     def sync(self) -> int:
-        """fdatasync what is pending; return the highest LSN known durable."""
+        """fdatasync what is pending; return the highest LSN known durable.
+
+        The fdatasync runs outside the lock, on a duplicate of the segment's descriptor, so
+        appends go on while the disk works (a slow fsync stalled every appender before); a
+        rotation meanwhile syncs the old segment itself, and the duplicate keeps it open."""
         with self._lock:
-            if not self._closed:
-                self._sync_locked()
+            if self._closed or not self._pending:
+                return self._synced_lsn
+            target, flushed, path = self._next_lsn - 1, self._pending, self._path
+            fd = os.dup(self._fd)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        with self._lock:
+            if target > self._synced_lsn:
+                self._synced_lsn = target
+            if self._path == path:  # still the same segment: those bytes are durable now
+                self._pending = max(0, self._pending - flushed)
             return self._synced_lsn
 
     def _sync_loop(self) -> None:
