@@ -33,6 +33,17 @@ class RowLayout:
             return self.rows
         return None
 
+    def prefix_rows(self, newer: RowLayout) -> int:
+        """Rows in the leading fragments both layouts share unchanged: they keep their
+        positions in ``newer`` even when later fragments were compacted, deleted from or moved
+        (a compaction that merged the small fragments at the end leaves the full ones before)."""
+        rows = 0
+        for mine, theirs in zip(self.fragments, newer.fragments):
+            if mine != theirs:
+                break
+            rows += mine[1] - mine[3]
+        return rows
+
 
 def row_layout(ds: Any) -> RowLayout:
     """The layout of a Lance dataset (None: an empty layout at version 0)."""

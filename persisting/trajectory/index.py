@@ -108,6 +108,12 @@ class StepIndex:
         self._cepisodes.adopt(_episode_table(keys, 0))
         self.set_pending(_empty(), 0)
 
+    def truncate_committed(self, rows: int) -> None:
+        """Forget committed rows at positions ``rows`` and after (they are read again)."""
+        keep = self.cpositions < rows
+        if not keep.all():
+            self.adopt_committed(self.ckeys[keep], self.cpositions[keep])
+
     def add_committed(self, keys: np.ndarray, first_position: int) -> None:
         """Merge in the keys of committed rows at ``first_position`` onwards (in row order)."""
         k, p = _sorted(keys, first_position)

@@ -70,6 +70,15 @@ class _Column:
         """Start from these (read-only, e.g. memory-mapped) rows; a later extend copies."""
         self.values, self.valid, self.rows = values, valid, len(values)
 
+    def truncate(self, rows: int) -> None:
+        """Keep the first ``rows`` rows; arrays not ours to write (adopted, read-only) are cut
+        to them, so the next extend copies instead of writing into them."""
+        self.rows = rows
+        if not self.values.flags.writeable:
+            self.values = self.values[:rows]
+        if self.valid is not None and not self.valid.flags.writeable:
+            self.valid = self.valid[:rows]
+
     def extend(self, values: np.ndarray, valid: np.ndarray | None) -> None:
         n = len(values)
         if self.rows == 0 and valid is None:  # a rebuild: adopt the array (a later extend copies)
@@ -174,6 +183,7 @@ class StepView:
         self.pending: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
         self._pending_keys = np.empty(0, np.int64)  # keys of this handle's pending rows, in row order
         self.rebuilds = 0  # full reads of the table (tests and stats look at it)
+        self.partial_rebuilds = 0  # re-reads of the rows after unchanged leading fragments
         self._seen: tuple[object, list[FieldSpec]] = (None, [])  # schema and specs ``cached`` was computed for
 
     @property
@@ -197,7 +207,17 @@ class StepView:
             return
         layout = table.row_layout()
         kept = self.layout.kept_rows(layout) if self.layout is not None and cached == self.cached else None
-        if kept is None:  # first read, rows moved or deleted, or the cached columns changed
+        if kept is None and self.layout is not None and cached == self.cached:
+            # rows moved (a compaction, a delete): those in the unchanged leading fragments kept
+            # their positions, so only the rows after them are read again
+            prefix = self.layout.prefix_rows(layout)
+            if prefix:
+                for col in self.columns.values():
+                    col.truncate(prefix)
+                self.index.truncate_committed(prefix)
+                kept = prefix
+                self.partial_rebuilds += 1
+        if kept is None:  # first read, no leading fragment kept, or the cached columns changed
             kept = 0
             self.index.reset()
             self.columns = {name: _Column(specs[name]) for name, _ in cached}
