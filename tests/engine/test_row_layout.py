@@ -30,3 +30,19 @@ def test_layout_tells_appends_from_moves(tmp_path: Path) -> None:
         a.compact()
         b.refresh()
         assert deleted.kept_rows(b.row_layout()) is None and b.row_layout().rows == 5
+
+
+def test_prefix_rows_counts_the_unchanged_leading_fragments(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t.lance")
+    with Table(uri) as t:
+        for start in (0, 10, 20):  # three fragments of 10 rows
+            t.append([{"k": i} for i in range(start, start + 10)])
+            t.flush()
+        three = t.row_layout()
+        t.delete("k = 25")  # a deletion file on the third fragment only
+        deleted = t.row_layout()
+        assert three.kept_rows(deleted) is None
+        assert three.prefix_rows(deleted) == 20  # the first two fragments kept their positions
+        t.delete("k = 3")
+        assert deleted.prefix_rows(t.row_layout()) == 0
+        assert three.prefix_rows(three) == three.rows == 30
