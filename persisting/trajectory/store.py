@@ -79,8 +79,9 @@ def _metadata_value(key: str, value: Any) -> Any:
 
 
 # Steps and episode rows are committed every 10,000 rows or once the oldest has waited 1 s:
-# other processes (samplers, readers) see a writer's steps within about a second however
-# slowly it writes (before, a writer of one step a second was seen after ~3 hours).
+# handles open in other processes (samplers, readers) see a writer's steps within about a
+# second however slowly it writes (before, an open handle saw a writer of one step a second
+# ~3 hours late; a handle opened later replays the WAL and saw them at once, as it still does).
 DEFAULT_OPTIONS = TableOptions(flush_interval=1.0)
 
 
