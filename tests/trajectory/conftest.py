@@ -11,22 +11,31 @@ import pytest
 CHILD = os.path.join(os.path.dirname(__file__), "trajectory_child.py")
 
 
+class Children:
+    """Child interpreters started by a test; :meth:`reap` kills the ones still running."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        p = subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, text=True, env=env)
+        self.procs.append(p)
+        return p
+
+    def reap(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+
+
 @pytest.fixture
 def spawn_child():
     """Start tests/trajectory/trajectory_child.py in a fresh interpreter; kill leftovers at teardown."""
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(mode: str, path: str, *args: str) -> subprocess.Popen[str]:
-        p = subprocess.Popen([sys.executable, CHILD, mode, path, *args], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-        procs.append(p)
-        return p
-
-    yield start
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait(timeout=30)
+    children = Children()
+    yield lambda mode, path, *args: children.start([CHILD, mode, path, *args])
+    children.reap()
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,8 @@ from persisting.engine.objstore import ObjectStore
 from persisting.errors import ConfigError
 from persisting.trajectory import TrajectoryStore
 
+from .conftest import Children
+
 _CHILD = Path(__file__).with_name("objwal_child.py")
 _spec = importlib.util.spec_from_file_location("_persisting_objwal_child", _CHILD)
 assert _spec is not None and _spec.loader is not None
@@ -35,23 +37,17 @@ Spawn = Callable[..., subprocess.Popen[str]]
 @pytest.fixture
 def node(tmp_path: Path, s3_options: dict[str, str]) -> Iterator[Spawn]:
     """Start objwal_child.py as a separate node: its own TMPDIR, the S3 options in its env."""
-    procs: list[subprocess.Popen[str]] = []
+    children = Children()
 
     def start(name: str, mode: str, *args: str) -> subprocess.Popen[str]:
         tmp = tmp_path / f"node-{name}"
         tmp.mkdir()
         env = {**os.environ, "TMPDIR": str(tmp), "PERSISTING_TEST_S3": json.dumps(s3_options),
                "PYTHONPATH": os.pathsep.join(sys.path)}
-        p = subprocess.Popen([sys.executable, str(_CHILD), mode, *args], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env)
-        procs.append(p)
-        return p
+        return children.start([str(_CHILD), mode, *args], env=env)
 
     yield start
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait(timeout=30)
+    children.reap()
 
 
 def _lines(p: subprocess.Popen[str], timeout: float = 120) -> list[list[str]]:
