@@ -99,25 +99,21 @@ class _Column:
         self.rows += n
 
 
-def _joined(a: tuple[np.ndarray, np.ndarray | None], b: tuple[np.ndarray, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Values and validity of rows ``a`` followed by rows ``b``."""
-    values = np.concatenate([a[0], b[0]])
-    if a[1] is None and b[1] is None:
-        return values, None
-    return values, np.concatenate([np.ones(len(v), np.bool_) if m is None else m for v, m in (a, b)])
-
-
-def _column_values(col: pa.ChunkedArray, spec: FieldSpec) -> tuple[np.ndarray, np.ndarray | None]:
-    """Values and validity (None: all valid) of one scanned column of a cached field."""
-    parts = [_arrow_values(chunk, spec) for chunk in col.chunks]
+def _concat(parts: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Values and validity (None: all valid) of row runs one after another."""
     if len(parts) == 1:
         return parts[0]
-    if not parts:
-        return _arrow_values(pa.array([], col.type), spec)
     values = np.concatenate([v for v, _ in parts])
     if all(m is None for _, m in parts):
         return values, None
     return values, np.concatenate([np.ones(len(v), np.bool_) if m is None else m for v, m in parts])
+
+
+def _column_values(col: pa.ChunkedArray, spec: FieldSpec) -> tuple[np.ndarray, np.ndarray | None]:
+    """Values and validity (None: all valid) of one scanned column of a cached field."""
+    if not col.chunks:
+        return _arrow_values(pa.array([], col.type), spec)
+    return _concat([_arrow_values(chunk, spec) for chunk in col.chunks])
 
 
 def _arrow_values(arr: pa.Array, spec: FieldSpec) -> tuple[np.ndarray, np.ndarray | None]:
@@ -254,7 +250,7 @@ class StepView:
             if into_columns:
                 self.columns[name].extend(values, valid)
             elif name in self.pending:  # more pending rows after those read before
-                self.pending[name] = _joined(self.pending[name], (values, valid))
+                self.pending[name] = _concat([self.pending[name], (values, valid)])
             else:
                 self.pending[name] = (values, valid)
         return step_keys(data.column("episode_id").to_numpy(), data.column("step").to_numpy())  # one copy each
