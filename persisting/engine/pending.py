@@ -89,11 +89,11 @@ class Pending:
         return self._table
 
     def range_table(self, schema: pa.Schema, start: int, stop: int | None) -> pa.Table:
-        """Pending rows ``start..stop`` conformed to ``schema``: only the batches they are in
-        (a reader that catches up with a few new rows does not conform the whole buffer)."""
-        if self._table is not None or (start == 0 and stop is None):
-            t = self.table(schema)
-            return t.slice(start, None if stop is None else stop - start)
+        """Pending rows ``start..stop`` conformed to ``schema`` (the table's, or the columns a
+        reader wants): only the batches they are in, and only those columns (a reader that
+        catches up with a few new rows does not conform the whole buffer)."""
+        if start == 0 and stop is None:
+            return self.table(schema)
         pieces, row = [], 0
         for b in (*self.inflight, *self.buffer):
             n = b.num_rows

@@ -58,6 +58,7 @@ class TableReads:
     _lock: threading.RLock
     _closed: bool
     _ds: lance.LanceDataset | None
+    _layout_cache: tuple[lance.LanceDataset | None, RowLayout] | None
     _schema: pa.Schema | None
     _pending: Pending
     _flushed_rows: int
@@ -140,9 +141,15 @@ class TableReads:
             start = max(0, offset - self._flushed_rows)
             stop = None if end is None else max(0, end - self._flushed_rows)
             if stop is None or stop > start:
-                assert self._schema is not None
-                parts.append(self._pending.range_table(self._schema, start, stop).select(target.names))
-        return pa.concat_tables([conform(p, target) for p in parts]) if parts else target.empty_table()
+                if start == 0 and stop is None:  # all of it: the cached conformed table
+                    assert self._schema is not None
+                    parts.append(self._pending.table(self._schema).select(target.names))
+                else:
+                    parts.append(self._pending.range_table(target, start, stop))
+        parts = [p if p.schema.equals(target, check_metadata=True) else conform(p, target) for p in parts]
+        if len(parts) == 1:
+            return parts[0]
+        return pa.concat_tables(parts) if parts else target.empty_table()
 
     def take(self, positions: Sequence[int], *, columns: list[str] | None = None) -> pa.Table:
         """Rows by position (0 = first row), committed or pending, in the order asked."""
@@ -321,7 +328,17 @@ class TableReads:
         appended (positions kept) or deleted/compacted (positions must be read again)."""
         with self._lock:
             self._check_open()
-            return row_layout(self._ds)
+            ds = self._ds
+            version = ds.version if ds is not None else 0
+            cached = getattr(self, "_layout_cache", None)
+            # a version's layout never changes: listing its fragments again (~150 us for a few
+            # hundred fragments) bought nothing for a reader that polls after every write. Keyed
+            # by the dataset object too (in-place deletes and compactions move its version on)
+            if cached is not None and cached[0] is ds and cached[1].version == version:
+                return cached[1]
+            layout = row_layout(ds)
+            self._layout_cache = (ds, layout)
+            return layout
 
     # -- versions ----------------------------------------------------------------------------
     @property

@@ -11,7 +11,8 @@ as pinned now. Unchanged version and row count: nothing to do. Other writers onl
 cached columns, one columnar scan). Anything else (a delete, a compaction, a new or widened
 cached column): the view is rebuilt from one columnar scan of the table, 0.6 s for 10M steps
 of a 4-float observation here. The handle's own pending rows (handed to the table, not yet
-committed) are read again whenever they change. The view lives in memory, so it can never
+committed) sit after the committed ones in the same buffers; only those added since the last
+read are read (all of them again after a commit). The view lives in memory, so it can never
 disagree with what other writers committed and works for stores on object storage; a writer's
 :meth:`~persisting.trajectory.TrajectoryStore.compact` also saves it beside the tables
 (:mod:`~persisting.trajectory.viewfile`), so a handle that opens a large store maps it instead of
@@ -56,7 +57,9 @@ def cacheable(spec: FieldSpec) -> bool:
 
 
 class _Column:
-    """One cached field: values in row order (grown by doubling) and a validity mask."""
+    """One cached field: committed values in row order, then this handle's pending rows, in one
+    buffer grown by doubling, and a validity mask (None: every row is valid). A sample gathers
+    committed and pending rows alike with one fancy index."""
 
     def __init__(self, spec: FieldSpec) -> None:
         self.spec = spec
@@ -64,39 +67,53 @@ class _Column:
         self.shape = spec.shape if spec.kind == "fixed" else ()
         self.values = np.empty((0, *self.shape), dtype)
         self.valid: np.ndarray | None = None  # None: every row so far is valid
-        self.rows = 0
+        self.rows = 0  # committed rows
+        self.prows = 0  # pending rows after them
 
     def adopt(self, values: np.ndarray, valid: np.ndarray | None) -> None:
-        """Start from these (read-only, e.g. memory-mapped) rows; a later extend copies."""
-        self.values, self.valid, self.rows = values, valid, len(values)
+        """Start from these (read-only, e.g. memory-mapped) rows; a later write copies."""
+        self.values, self.valid, self.rows, self.prows = values, valid, len(values), 0
 
     def truncate(self, rows: int) -> None:
-        """Keep the first ``rows`` rows; arrays not ours to write (adopted, read-only) are cut
-        to them, so the next extend copies instead of writing into them."""
-        self.rows = rows
+        """Keep the first ``rows`` committed rows (pending ones are read again); arrays not ours
+        to write (adopted, read-only) are cut to them, so the next write copies."""
+        self.rows, self.prows = rows, 0
         if not self.values.flags.writeable:
             self.values = self.values[:rows]
         if self.valid is not None and not self.valid.flags.writeable:
             self.valid = self.valid[:rows]
 
     def extend(self, values: np.ndarray, valid: np.ndarray | None) -> None:
-        n = len(values)
-        if self.rows == 0 and valid is None:  # a rebuild: adopt the array (a later extend copies)
-            self.values, self.valid, self.rows = values, None, n
+        """Committed rows after the committed ones (pending rows are dropped: read them again)."""
+        if self.rows == 0 and valid is None:  # a rebuild: adopt the array (a later write copies)
+            self.values, self.valid, self.rows, self.prows = values, None, len(values), 0
             return
-        if self.rows + n > len(self.values):
-            grown = np.empty((max(self.rows + n, 2 * len(self.values), 1024), *self.shape), self.values.dtype)
-            grown[: self.rows] = self.values[: self.rows]
+        self._write(self.rows, values, valid)
+        self.rows += len(values)
+        self.prows = 0
+
+    def put_pending(self, at: int, values: np.ndarray, valid: np.ndarray | None) -> None:
+        """Pending rows ``at..`` (earlier pending rows kept, later ones replaced)."""
+        self._write(self.rows + at, values, valid)
+        self.prows = at + len(values)
+
+    def _write(self, start: int, values: np.ndarray, valid: np.ndarray | None) -> None:
+        end = start + len(values)
+        if end > len(self.values) or not self.values.flags.writeable:
+            grown = np.empty((max(end, 2 * len(self.values), 1024), *self.shape), self.values.dtype)
+            k = min(start, len(self.values))
+            grown[:k] = self.values[:k]
             self.values = grown
-        self.values[self.rows : self.rows + n] = values
+        self.values[start:end] = values
         if valid is not None or self.valid is not None:
-            if self.valid is None or len(self.valid) < len(self.values):
+            mask = self.valid
+            if mask is None or len(mask) < len(self.values) or not mask.flags.writeable:
                 mask = np.ones(len(self.values), np.bool_)
                 if self.valid is not None:
-                    mask[: self.rows] = self.valid[: self.rows]
+                    k = min(start, len(self.valid))
+                    mask[:k] = self.valid[:k]
                 self.valid = mask
-            self.valid[self.rows : self.rows + n] = True if valid is None else valid
-        self.rows += n
+            mask[start:end] = True if valid is None else valid
 
 
 def _concat(parts: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -176,8 +193,7 @@ class StepView:
         self.total = -1
         self.cached: tuple[tuple[str, tuple[str, str, tuple[int, ...]]], ...] = ()
         self.columns: dict[str, _Column] = {}
-        self.pending: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-        self._pending_keys = np.empty(0, np.int64)  # keys of this handle's pending rows, in row order
+        self._pending_keys: list[np.ndarray] = []  # keys of this handle's pending rows, in row order, in parts
         self.rebuilds = 0  # full reads of the table (tests and stats look at it)
         self.partial_rebuilds = 0  # re-reads of the rows after unchanged leading fragments
         self._seen: tuple[object, list[FieldSpec]] = (None, [])  # schema and specs ``cached`` was computed for
@@ -228,31 +244,34 @@ class StepView:
             else:
                 self.rebuilds += 1
         if layout.rows > kept:
-            keys = self._read(table, kept, layout.rows - kept, into_columns=True)
+            keys = self._read(table, kept, layout.rows - kept)
             self.index.add_committed(keys, kept)
         if (self.layout is not None and version == self.version and cached == self.cached
                 and layout.rows == self.layout.rows and kept == layout.rows and total > self.total):
             # only more pending rows since the last read (they only grow until a commit): read those
-            more = self._read(table, self.total, total - self.total, into_columns=False)
-            self._pending_keys = np.concatenate([self._pending_keys, more])
+            more = self._read(table, self.total, total - self.total, pending_at=self.total - layout.rows)
+            self._pending_keys.append(more)
+            if not self.index.extend_pending(more, self.total):
+                self.index.set_pending(np.concatenate(self._pending_keys), layout.rows)
         else:
-            self.pending = {}
-            self._pending_keys = (self._read(table, layout.rows, total - layout.rows, into_columns=False)
-                                  if total > layout.rows else np.empty(0, np.int64))
-        self.index.set_pending(self._pending_keys, layout.rows)
+            for col in self.columns.values():
+                col.prows = 0
+            self._pending_keys = ([self._read(table, layout.rows, total - layout.rows, pending_at=0)]
+                                  if total > layout.rows else [])
+            self.index.set_pending(self._pending_keys[0] if self._pending_keys else np.empty(0, np.int64), layout.rows)
         self.layout, self.version, self.total, self.cached = layout, version, total, cached
 
-    def _read(self, table: Table, offset: int, n: int, *, into_columns: bool) -> np.ndarray:
+    def _read(self, table: Table, offset: int, n: int, *, pending_at: int | None = None) -> np.ndarray:
+        """Keys of rows ``offset..offset+n``; their cached columns go after the committed rows
+        (``pending_at`` None) or at pending row ``pending_at``."""
         names = list(self.columns)
         data = table.scan(columns=["episode_id", "step", *names], offset=offset, limit=n)
         for name in names:
             values, valid = _column_values(data.column(name), self.columns[name].spec)
-            if into_columns:
+            if pending_at is None:
                 self.columns[name].extend(values, valid)
-            elif name in self.pending:  # more pending rows after those read before
-                self.pending[name] = _concat([self.pending[name], (values, valid)])
             else:
-                self.pending[name] = (values, valid)
+                self.columns[name].put_pending(pending_at, values, valid)
         return step_keys(data.column("episode_id").to_numpy(), data.column("step").to_numpy())  # one copy each
 
     def save(self) -> str | None:
@@ -269,34 +288,14 @@ class StepView:
     def valid(self, name: str, positions: np.ndarray) -> np.ndarray:
         """Which rows at these positions hold a value for the field."""
         col = self.columns[name]
-        inside = positions < col.rows
-        out = np.ones(len(positions), np.bool_)
-        if col.valid is not None:
-            out[inside] = col.valid[positions[inside]]
-        pvalid = self.pending.get(name, (None, None))[1]
-        if pvalid is not None and not inside.all():
-            out[~inside] = pvalid[positions[~inside] - col.rows]
-        return out
+        return np.ones(len(positions), np.bool_) if col.valid is None else col.valid[positions]
 
     def gather(self, name: str, positions: np.ndarray) -> np.ndarray:
         """The field's values at these row positions, decoded as the Lance path decodes them
         (missing values: NaN for floats; numeric scalars with a missing value become float)."""
         col = self.columns[name]
-        c = col.rows
-        inside = positions < c
-        if inside.all():
-            values = col.values[positions]
-            valid = None if col.valid is None else col.valid[positions]
-        else:
-            pvalues, pvalid = self.pending[name]
-            values = np.empty((len(positions), *col.shape), col.values.dtype)
-            values[inside] = col.values[positions[inside]]
-            values[~inside] = pvalues[positions[~inside] - c]
-            valid = np.ones(len(positions), np.bool_)
-            if col.valid is not None:
-                valid[inside] = col.valid[positions[inside]]
-            if pvalid is not None:
-                valid[~inside] = pvalid[positions[~inside] - c]
+        values = col.values[positions]  # committed and pending rows share the buffer
+        valid = None if col.valid is None else col.valid[positions]
         if valid is None or valid.all():
             return values
         if col.spec.kind == "fixed":

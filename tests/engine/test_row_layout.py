@@ -46,3 +46,22 @@ def test_prefix_rows_counts_the_unchanged_leading_fragments(tmp_path: Path) -> N
         t.delete("k = 3")
         assert deleted.prefix_rows(t.row_layout()) == 0
         assert three.prefix_rows(three) == three.rows == 30
+
+
+def test_layout_is_listed_once_per_version_and_follows_the_writers_own_changes(tmp_path: Path) -> None:
+    """A reader polling after every write gets the cached layout while the version stands; the
+    table's own deletes and compactions (which move its dataset on) give a new one."""
+    uri = str(tmp_path / "t.lance")
+    with Table(uri) as t:
+        for start in (0, 10):
+            t.append([{"k": i} for i in range(start, start + 10)])
+            t.flush()
+        first = t.row_layout()
+        t.append([{"k": 99}])  # pending only: same version, same layout object
+        assert t.row_layout() is first
+        t.delete("k = 3")
+        deleted = t.row_layout()
+        assert deleted.version > first.version and deleted.rows == 20 and first.kept_rows(deleted) is None  # 21 - 1
+        t.compact()
+        compacted = t.row_layout()
+        assert compacted.version > deleted.version and len(compacted.fragments) == 1 and compacted.rows == 20

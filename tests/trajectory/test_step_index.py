@@ -69,6 +69,21 @@ def test_random_sequences_match_a_full_sort(seed: int) -> None:
             pending = chunk(rng, pending_state, 8) if rng.random() < 0.5 else np.empty(0, np.int64)
         index.set_pending(pending, len(committed))
         check(index, np.concatenate([committed, pending]))
+        for _ in range(int(rng.integers(0, 4))):  # more pending rows before the next commit
+            more = chunk(rng, pending_state, 8)
+            if not index.extend_pending(more, len(committed) + len(pending)):
+                index.set_pending(np.concatenate([pending, more]), len(committed))
+            pending = np.concatenate([pending, more])
+            check(index, np.concatenate([committed, pending]))
+            check_committed(index, committed)
+
+
+def check_committed(index: StepIndex, committed: np.ndarray) -> None:
+    """The committed part (keys and episode table) is untouched by pending rows."""
+    k, p, ids, starts, lengths = reference(committed)
+    assert np.array_equal(index.ckeys, k) and np.array_equal(index.cpositions, p)
+    for got, want in zip(index._cepisodes.cols, (ids, starts, lengths)):
+        assert np.array_equal(got, want)
 
 
 def test_appending_does_not_copy_what_is_held() -> None:
@@ -94,3 +109,28 @@ def test_adopted_read_only_arrays_are_never_written() -> None:
     index.add_committed(step_keys(np.zeros(5, np.int64), np.arange(100, 105)), 100)
     index.set_pending(np.empty(0, np.int64), 105)
     check(index, step_keys(np.zeros(105, np.int64), np.arange(105)))
+
+
+def test_more_pending_rows_go_in_place_and_never_touch_committed_episodes() -> None:
+    """Pending rows added in steps: appended after the held ones (no copy) while they sort
+    last; a pending episode that continues the last committed one takes the general path, so
+    the committed episode's length stays what was committed."""
+    index = StepIndex()
+    committed = step_keys(np.zeros(100, np.int64), np.arange(100))
+    index.add_committed(committed, 0)
+    pending = step_keys(np.ones(10, np.int64), np.arange(10))
+    index.set_pending(pending, 100)
+    held = index.keys.__array_interface__["data"][0]
+    for k in range(1, 20):  # episode 1 goes on, then episode 2 starts
+        more = step_keys(np.full(5, 1 if k < 10 else 2), np.arange(5) + (10 + 5 * (k - 1) if k < 10 else 5 * (k - 10)))
+        assert index.extend_pending(more, 100 + len(pending))
+        pending = np.concatenate([pending, more])
+        check(index, np.concatenate([committed, pending]))
+    assert index.keys.__array_interface__["data"][0] == held
+    # a key before the last pending one, and pending steps continuing committed episode 0
+    assert not index.extend_pending(step_keys(np.array([0]), np.array([500])), 100 + len(pending))
+    index.set_pending(step_keys(np.zeros(3, np.int64), np.arange(100, 103)), 100)
+    assert not index.extend_pending(step_keys(np.zeros(2, np.int64), np.arange(103, 105)), 103)
+    index.set_pending(step_keys(np.zeros(5, np.int64), np.arange(100, 105)), 100)
+    check(index, step_keys(np.zeros(105, np.int64), np.arange(105)))
+    check_committed(index, committed)
