@@ -330,7 +330,7 @@ class TableReads:
             self._check_open()
             ds = self._ds
             version = ds.version if ds is not None else 0
-            cached = getattr(self, "_layout_cache", None)
+            cached = self._layout_cache
             # a version's layout never changes: listing its fragments again (~150 us for a few
             # hundred fragments) bought nothing for a reader that polls after every write. Keyed
             # by the dataset object too (in-place deletes and compactions move its version on)

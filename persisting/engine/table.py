@@ -173,6 +173,7 @@ class Table(TableReads):
                 )
             if self.wal_dir is not None:
                 self._table_lock = TableLock(self.wal_dir, self.uri, exclusive=exclusive)
+        self._layout_cache = None  # (dataset, its RowLayout): see row_layout
         try:
             self._ds = open_dataset(self.uri, storage_options, version)
             self._declared = schema

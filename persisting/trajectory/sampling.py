@@ -288,14 +288,16 @@ class StepView:
     def valid(self, name: str, positions: np.ndarray) -> np.ndarray:
         """Which rows at these positions hold a value for the field."""
         col = self.columns[name]
-        return np.ones(len(positions), np.bool_) if col.valid is None else col.valid[positions]
+        return np.ones(len(positions), np.bool_) if col.valid is None else col.valid.take(positions)
 
     def gather(self, name: str, positions: np.ndarray) -> np.ndarray:
         """The field's values at these row positions, decoded as the Lance path decodes them
         (missing values: NaN for floats; numeric scalars with a missing value become float)."""
         col = self.columns[name]
-        values = col.values[positions]  # committed and pending rows share the buffer
-        valid = None if col.valid is None else col.valid[positions]
+        # committed and pending rows share the buffer; ``take`` along axis 0, not ``values[positions]``:
+        # numpy's fancy indexing of a 2-D array cost 32 us for 512 rows of 10M, take 6 us
+        values = col.values.take(positions, axis=0)
+        valid = None if col.valid is None else col.valid.take(positions)
         if valid is None or valid.all():
             return values
         if col.spec.kind == "fixed":
