@@ -156,7 +156,18 @@ class ChunkIndex:
             total += size
         if replace:
             self.entries, self.extra, self.nbytes = entries, extra, total
-            self._heap, self._tree = None, False  # children and recency order rebuilt when needed
+            if self._tree:
+                # keep the links and the LRU heap (rebuilding both cost O(n log n) per eviction
+                # at capacity, where every put deletes): unlink what is gone, link what is new;
+                # the heap skips entries no longer indexed
+                for key, e in old.items():
+                    if entries.get(key) is not e:
+                        p = entries.get(e.parent)
+                        if p is not None and p.children and key in p.children:
+                            p.children.remove(key)
+                for e in added:
+                    e.children = None
+                self._link(added)
         else:
             self.nbytes += total
             self._link(added)

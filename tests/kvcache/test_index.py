@@ -93,3 +93,62 @@ def test_appended_rows_keep_parents_at_least_as_recent() -> None:
     a0, a1 = idx.entries["a0"], idx.entries["a1"]
     assert a0.children == ["a1"] and a0.tick >= a1.tick > idx.entries["b0"].tick
     assert [e.key for e in idx.pop_lru()] == ["b0"]  # a0 is not a leaf any more, and newer
+
+
+def test_replace_merges_keep_the_lru_order_of_a_rebuilt_index() -> None:
+    """A replace merge (the table read again after a delete or compaction) keeps the links and
+    the LRU heap instead of rebuilding them; evictions must come out exactly as from an index
+    that rebuilds both after every replace, through random puts, touches, evictions and rows
+    other processes added or deleted."""
+    rng = random.Random(3)
+    kept, rebuilt = ChunkIndex(SEED), ChunkIndex(SEED)
+    rows: list[tuple[str, str, int, int]] = []  # the table: (key, parent, depth, nbytes) in row order
+    chains: list[list[str]] = []
+    for step in range(400):
+        action = rng.random()
+        if action < 0.45:  # this process puts a chain (sharing a prefix sometimes)
+            base = rng.choice(chains) if chains and rng.random() < 0.5 else []
+            keys = base[: rng.randint(0, len(base))] + [f"c{step}-{i}" for i in range(rng.randint(1, 4))]
+            chains.append(keys)
+            for d, k in enumerate(keys):
+                if k not in kept and (d == 0 or keys[d - 1] in kept):
+                    for idx in (kept, rebuilt):
+                        idx.add(k, keys[d - 1] if d else SEED, d, 10, len(rows))
+                    rows.append((k, keys[d - 1] if d else SEED, d, 10))
+            for idx in (kept, rebuilt):
+                idx.touch(idx.longest_prefix(keys))
+        elif action < 0.6 and chains:  # a hit touches a chain
+            keys = rng.choice(chains)
+            for idx in (kept, rebuilt):
+                idx.touch(idx.longest_prefix(keys))
+        else:  # the table read again: other processes deleted a few rows and added a chain
+            live = [r for r in rows if r[0] in kept.entries]
+            gone = {r[0] for r in rng.sample(live, min(len(live), rng.randint(0, 2)))}
+            # a deleted key takes its descendants (their rows would be orphans)
+            rows = [r for r in live if r[0] not in gone]
+            ekeys = [f"o{step}-{i}" for i in range(rng.randint(0, 3))]
+            rows += [(k, ekeys[i - 1] if i else SEED, i, 7) for i, k in enumerate(ekeys)]
+            rng.shuffle(rows)
+            cols = [list(c) for c in zip(*rows)] if rows else [[], [], [], []]
+            for idx in (kept, rebuilt):
+                idx.merge(*cols, start=0, replace=True)
+            rebuilt._heap, rebuilt._tree = None, False  # the old behaviour: rebuild both
+            rows = [r for r in rows if r[0] in kept.entries]
+        while kept.nbytes > 250:
+            a, b = kept.pop_lru(), rebuilt.pop_lru()
+            assert [e.key for e in a] == [e.key for e in b] and a
+            assert _reachable(kept)
+        assert set(kept.entries) == set(rebuilt.entries) and kept.nbytes == rebuilt.nbytes
+        assert all(kept.entries[k].position == rebuilt.entries[k].position for k in kept.entries)
+
+
+def test_a_key_deleted_elsewhere_and_put_again_is_linked_once() -> None:
+    idx = ChunkIndex(SEED)
+    _add_chain(idx, "a", 3)  # a0 <- a1 <- a2
+    idx.pop_lru()  # builds the tree and the heap; a2 goes
+    # another process deleted a1: the table read again holds a0 only
+    idx.merge(["a0"], [SEED], [0], [10], start=0, replace=True)
+    assert idx.entries["a0"].children == []
+    idx.add("a1", "a0", 1, 10, 1)  # put again here
+    assert idx.entries["a0"].children == ["a1"]
+    assert [e.key for e in idx.remove_subtree("a0")] == ["a1", "a0"] and not idx.entries
