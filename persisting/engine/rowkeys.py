@@ -8,6 +8,9 @@ this module keeps that map in step without rescanning the table on every change:
 - :class:`RowFollower` compares the table's :class:`~persisting.engine.rowlayout.RowLayout` with
   the one it last read and returns a :class:`RowChange`: only the rows appended since (when the
   layout merely grew) or every row again (after deletes, compaction, or a reordering race).
+  With ``track_moves`` a delete costs only the fragments it touched: the change says how the
+  positions read before shift and holds the rows of those fragments (a KV cache at capacity
+  deletes on every put; reading every key again made each put O(table)).
   Stores with their own index (the KV cache's LRU tree) fold the change in themselves.
 - :class:`RowKeys` is a follower plus the key -> position map and per-key values of small columns.
 - :func:`in_predicates` builds ``column IN (...)`` predicates, quoted once and chunked, for
@@ -24,9 +27,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 
-from persisting.engine.rowlayout import RowLayout
+from persisting.engine.rowlayout import Move, RowLayout, moves
 from persisting.errors import InvalidRecordError, NotFoundError
 
 if TYPE_CHECKING:
@@ -48,23 +52,42 @@ class RowChange:
     start: int
     rows: pa.Table
     replaced: bool
+    # with ``RowFollower(track_moves=True)``, after rows were deleted in place: where the rows
+    # read before went (see :func:`~persisting.engine.rowlayout.moves`), and the position of
+    # each row of ``rows`` (the rows of fragments deleted from, and every row appended since)
+    moves: tuple[Move, ...] | None = None
+    positions: np.ndarray | None = None
 
     def column(self, name: str) -> list[Any]:
         return self.rows.column(name).to_pylist() if self.rows.num_rows else []
 
+    def position(self, i: int) -> int:
+        """The table position of row ``i`` of ``rows``."""
+        return self.start + i if self.positions is None else int(self.positions[i])
+
+
+_MAX_REREADS = 32  # fragments deleted from, read one by one; more and the whole table is read
+
 
 class RowFollower:
-    """Reads what changed in ``table`` (only ``columns``) since the last :meth:`changes`."""
+    """Reads what changed in ``table`` (only ``columns``) since the last :meth:`changes`.
 
-    def __init__(self, table: Table, columns: Sequence[str]) -> None:
+    ``track_moves``: after rows were deleted in place (an eviction), return where the rows read
+    before went and read only the fragments deleted from and what was appended, instead of every
+    row (for a caller that can shift its positions: :attr:`RowChange.moves`).
+    """
+
+    def __init__(self, table: Table, columns: Sequence[str], *, track_moves: bool = False) -> None:
         self.table = table
         self.columns = list(columns)
+        self.track_moves = track_moves
         self._seen: RowLayout | None = None  # layout of the committed rows read so far
         self._dirty = True  # the last read included uncommitted rows (or none happened)
+        self._full = True  # the next read is of every row
 
     def invalidate(self) -> None:
         """Read every row at the next :meth:`changes` (e.g. after a write that failed midway)."""
-        self._dirty = True
+        self._dirty = self._full = True
 
     @property
     def version(self) -> int | None:
@@ -82,14 +105,41 @@ class RowFollower:
                 if layout == self._seen and not self._dirty and not pending:
                     return None
                 kept = None if self._seen is None or self._dirty else self._seen.kept_rows(layout)
-                if t.schema is None:
-                    rows = pa.table({c: pa.array([], pa.null()) for c in self.columns})
-                else:
-                    rows = t.scan(columns=self.columns, offset=kept or 0)
+                change = None
+                if kept is None and self.track_moves and not self._full and self._seen is not None and t.schema is not None:
+                    change = self._moved(layout)
+                if change is None:
+                    if t.schema is None:
+                        rows = pa.table({c: pa.array([], pa.null()) for c in self.columns})
+                    else:
+                        rows = t.scan(columns=self.columns, offset=kept or 0)
+                    change = RowChange(kept or 0, rows, kept is None)
                 if t.row_layout() == layout:
                     break
-        self._seen, self._dirty = layout, pending > 0
-        return RowChange(kept or 0, rows, kept is None)
+        self._seen, self._dirty, self._full = layout, pending > 0, False
+        return change
+
+    def _moved(self, layout: RowLayout) -> RowChange | None:
+        """The change as moves plus the rows of fragments deleted from and those appended since
+        (every row from the end of the old fragments on, pending ones too); None when rows moved
+        otherwise or too many fragments changed."""
+        assert self._seen is not None
+        found = moves(self._seen, layout)
+        if found is None or len(found[1]) > _MAX_REREADS:
+            return None
+        segments, reread, tail = found
+        # rows read before past the old fragments (pending then) are in the tail now
+        segments.append((self._seen.rows, 1 << 62, None))
+        parts, positions = [], []
+        for begin, n in reread:
+            if n > 0:
+                parts.append(self.table.scan(columns=self.columns, offset=begin, limit=n))
+                positions.append(np.arange(begin, begin + n, dtype=np.int64))
+        rest = self.table.scan(columns=self.columns, offset=tail)
+        parts.append(rest)
+        positions.append(np.arange(tail, tail + rest.num_rows, dtype=np.int64))
+        rows = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        return RowChange(0, rows, False, tuple(segments), np.concatenate(positions))
 
 
 class RowKeys:

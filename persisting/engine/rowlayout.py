@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RowLayout", "row_layout"]
+__all__ = ["Move", "RowLayout", "moves", "row_layout"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,43 @@ class RowLayout:
                 break
             rows += mine[1] - mine[3]
         return rows
+
+
+Move = tuple[int, int, "int | None"]
+"""``(old_start, old_end, new_start)``: the rows at positions ``old_start..old_end`` of one
+fragment sit from ``new_start`` on in the newer layout; ``new_start`` None: rows of that fragment
+were deleted, so which of them remain (and where) must be read again."""
+
+
+def moves(old: RowLayout, newer: RowLayout) -> tuple[list[Move], list[tuple[int, int]], int] | None:
+    """Where ``old``'s rows went in ``newer``: one move per old fragment (kept in place: shifted;
+    deleted from, removed or rewritten: read again); the ``(position, rows)`` ranges of
+    ``newer`` holding what is left of fragments deleted from; and the position in ``newer``
+    from which every row is read again (fragments appended since, and any that are not the old
+    ones in their old order: a compaction's output lands there, so it reads what it moved).
+    None if a fragment kept its id but not its rows (never seen: read everything)."""
+    out: list[Move] = []
+    reread: list[tuple[int, int]] = []
+    theirs_all = newer.fragments
+    j = old_start = new_start = 0
+    for mine in old.fragments:
+        old_live = mine[1] - mine[3]
+        theirs = theirs_all[j] if j < len(theirs_all) else None
+        if theirs is not None and theirs[0] == mine[0]:
+            if theirs[1] != mine[1]:
+                return None
+            new_live = theirs[1] - theirs[3]
+            if mine == theirs:
+                out.append((old_start, old_start + old_live, new_start))
+            else:  # rows deleted from it
+                out.append((old_start, old_start + old_live, None))
+                reread.append((new_start, new_live))
+            new_start += new_live
+            j += 1
+        else:  # all its rows deleted (or rewritten by a compaction: read again from the tail)
+            out.append((old_start, old_start + old_live, None))
+        old_start += old_live
+    return out, reread, new_start
 
 
 def row_layout(ds: Any) -> RowLayout:

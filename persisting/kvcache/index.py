@@ -14,6 +14,7 @@ duplicate whose bytes count (``extra``) until its key is removed, which removes 
 
 from __future__ import annotations
 
+import bisect
 import gc
 import heapq
 from collections.abc import Iterable, Sequence
@@ -107,7 +108,7 @@ class ChunkIndex:
 
     def merge(
         self, keys: Sequence[str], parents: Sequence[str], depths: Sequence[int], nbytes: Sequence[int],
-        *, start: int, replace: bool,
+        *, start: int, replace: bool, positions: Sequence[int] | None = None,
     ) -> list[int]:
         """Fold rows read from the table (row i sits at position ``start + i``) into the index;
         return the offsets of orphan rows (parent not stored), which are left out.
@@ -115,18 +116,54 @@ class ChunkIndex:
         ``replace``: the rows are the whole table, so keys missing from them were removed (by
         another process); keys kept keep their recency. Otherwise the rows were appended after
         everything indexed: new keys are added as used now, a key already indexed is a duplicate.
+        ``positions``: each row's position, when the rows are not one run from ``start``.
         """
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            return self._merge(keys, parents, depths, nbytes, start, replace)
+            return self._merge(keys, parents, depths, nbytes, start, replace, positions)
         finally:
             if gc_was_enabled:
                 gc.enable()
 
+    def remap(self, moves: Sequence[tuple[int, int, int | None]], keys: Sequence[str], parents: Sequence[str],
+              depths: Sequence[int], nbytes: Sequence[int], positions: Sequence[int]) -> list[int] | None:
+        """Follow rows deleted in place without reading the table again: indexed rows in
+        fragments nothing was deleted from shift as ``moves`` say (``(old_start, old_end,
+        new_start)``; ``new_start`` None: read again); the rows read again (``keys``... at
+        ``positions``: what is left of the fragments deleted from, and everything appended since)
+        give the others their new positions, and new rows are folded in as appended (orphan
+        offsets returned). None when the rows read again lack an indexed key (another process
+        deleted it) or repeat one held elsewhere (a duplicate): read the whole table then
+        (positions here may be half updated; the full read sets every one)."""
+        starts = [m[0] for m in moves]
+        again: dict[str, Entry] = {}
+        for e in self.entries.values():
+            old_start, old_end, new_start = moves[bisect.bisect_right(starts, e.position) - 1]
+            if new_start is None or e.position >= old_end:
+                again[e.key] = e
+            else:
+                e.position += new_start - old_start
+        fresh: list[int] = []
+        for i, key in enumerate(keys):
+            e = again.pop(key, None)
+            if e is not None and e.parent == parents[i] and e.nbytes == nbytes[i]:
+                e.position = int(positions[i])
+            elif key in self.entries:
+                return None  # a duplicate row (its bytes are counted in ``extra``)
+            else:
+                fresh.append(i)
+        if again:
+            return None
+        if not fresh:
+            return []
+        pick = [keys[i] for i in fresh], [parents[i] for i in fresh], [depths[i] for i in fresh], [nbytes[i] for i in fresh]
+        orphans = self.merge(*pick, start=0, replace=False, positions=[int(positions[i]) for i in fresh])
+        return [fresh[i] for i in orphans]
+
     def _merge(
         self, keys: Sequence[str], parents: Sequence[str], depths: Sequence[int], nbytes: Sequence[int],
-        start: int, replace: bool,
+        start: int, replace: bool, positions: Sequence[int] | None = None,
     ) -> list[int]:
         old = self.entries
         entries: dict[str, Entry] = {} if replace else old
@@ -146,11 +183,12 @@ class ChunkIndex:
             if parent != seed and parent not in entries:
                 orphans.append(i)
                 continue
+            at = start + i if positions is None else positions[i]
             e = old.get(key) if replace else None
             if e is not None and e.parent == parent:
-                e.position, e.nbytes = start + i, size
+                e.position, e.nbytes = at, size
             else:
-                e = Entry(key, parent, depths[i], size, start + i, base + i + 1)
+                e = Entry(key, parent, depths[i], size, at, base + i + 1)
                 added.append(e)
             entries[key] = e
             total += size

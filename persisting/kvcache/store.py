@@ -127,7 +127,7 @@ class KVCacheStore:
             name=namespace,
             payloads=PAYLOADS,  # new blob files are recorded from the payload checksums, not re-read
         )
-        self._rows = RowFollower(self._table, ["key", "parent", "depth", "nbytes"])
+        self._rows = RowFollower(self._table, ["key", "parent", "depth", "nbytes"], track_moves=True)
         try:
             self._sync()
             self._check_chunk_size()
@@ -140,19 +140,35 @@ class KVCacheStore:
     # -- index -------------------------------------------------------------------------------
     def _sync(self) -> None:
         """Bring the index to the table's current version: the engine's row follower reads the
-        rows appended since, or every row's small columns after deletes or compaction
-        (positions moved). Orphans (parent gone) are left out and noted for the writer."""
+        rows appended since; after deletes, the rows of the fragments deleted from (positions
+        of the others shift), or every row's small columns when rows this index holds vanished
+        (another process evicted them) or a compaction moved them. Orphans (parent gone) are left
+        out and noted for the writer."""
         change = self._rows.changes()
         if change is None:
             return
         keys, parents, depths = change.column("key"), change.column("parent"), change.column("depth")
-        orphans = self._index.merge(keys, parents, depths, change.column("nbytes"), start=change.start, replace=change.replaced)
+        orphans = None
+        if change.moves is not None and not self._foreign:
+            # rows were deleted in place (evictions): shift positions, read only what moved
+            orphans = self._index.remap(change.moves, keys, parents, depths, change.column("nbytes"), change.positions)
+            if orphans is None:  # another process deleted rows this one indexed: read them all
+                self._rows.invalidate()
+                self._sync()
+                return
+        elif change.moves is not None:  # foreign chains keep positions: read every row
+            self._rows.invalidate()
+            self._sync()
+            return
+        if orphans is None:
+            orphans = self._index.merge(keys, parents, depths, change.column("nbytes"), start=change.start,
+                                        replace=change.replaced)
         if change.replaced:
             self._orphans, self._foreign = set(), {}
         for i in sorted(orphans, key=lambda i: depths[i]):
             # chains from another seed (another chunk_size) are not ours to delete
             if depths[i] == 0 or parents[i] in self._foreign:
-                self._foreign[keys[i]] = change.start + i
+                self._foreign[keys[i]] = change.position(i)
             else:
                 self._orphans.add(keys[i])
         self._orphans.difference_update(self._index.entries.keys())

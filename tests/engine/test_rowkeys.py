@@ -137,3 +137,102 @@ def test_rowkeys_after_delete_compaction_and_another_process_append(tmp_path):
         _check_map(t, rk)
         assert rk.value("n", "p49") == 1049 and len(rk) == 80 - 22 + 50
         assert not rk.sync()
+
+
+def _apply(change, held: dict[str, int]) -> dict[str, int]:
+    """A key -> position map brought to a change the way a moves-tracking caller does."""
+    if change.replaced:
+        held = {}
+    elif change.moves is not None:
+        starts = [m[0] for m in change.moves]
+        out = {}
+        for k, p in held.items():
+            j = max(i for i, s in enumerate(starts) if s <= p)
+            old_start, old_end, new_start = change.moves[j]
+            if new_start is not None and p < old_end:
+                out[k] = p - old_start + new_start
+        held = out  # keys of fragments deleted from (and the tail) come back with the rows read
+    for i, k in enumerate(change.column("key")):
+        held[k] = change.position(i)
+    return held
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_tracked_moves_match_a_full_scan(tmp_path, seed):
+    """Deletes in place (by this handle and another), appends, pending rows and compaction, at
+    random: the moves and the rows read again always give every key its scanned position, and
+    deletes read only the fragments deleted from (plus the tail), never every row."""
+    import random
+
+    rng = random.Random(seed)
+    path = str(tmp_path / "t.lance")
+    n = 0
+    with _table(path, follow=False) as t, _table(path) as other:
+        f = RowFollower(t, ["key"], track_moves=True)
+        held: dict[str, int] = {}
+        reads_after_delete = []
+        for step in range(40):
+            action = rng.random()
+            live = t.scan(columns=["key"]).column("key").to_pylist()
+            if action < 0.35:
+                writer = t if rng.random() < 0.6 else other
+                writer.append(_rows([f"k{n + i}" for i in range(rng.randint(1, 30))], n))
+                n += 30
+                if rng.random() < 0.7:
+                    writer.flush()
+            elif action < 0.8 and live:
+                doomed = rng.sample(live, min(len(live), rng.randint(1, 3)))
+                (t if rng.random() < 0.7 else other).delete_in("key", doomed)
+            elif action < 0.85:
+                t.compact()
+            t.refresh()
+            change = f.changes()
+            if change is None:
+                continue
+            if change.moves is not None:
+                reads_after_delete.append(change.rows.num_rows)
+            held = _apply(change, held)
+            keys = t.scan(columns=["key"]).column("key").to_pylist()
+            assert held == {k: i for i, k in enumerate(keys)}, step
+        assert reads_after_delete  # the moves path ran
+        assert min(reads_after_delete) < len(keys)  # and read less than every row at least once
+
+
+def _three_fragments(tmp_path) -> Table:
+    """A table of three committed fragments of ten rows: k0..k9, k10..k19, k20..k29."""
+    t = _table(str(tmp_path / "t.lance"))
+    for start in (0, 10, 20):
+        t.append(_rows([f"k{i}" for i in range(start, start + 10)], start))
+        t.flush()
+    return t
+
+
+def test_a_fragment_deleted_whole_is_skipped(tmp_path):
+    """Lance drops a fragment whose rows are all deleted: the rows after it shift, none is read."""
+    with _three_fragments(tmp_path) as t:
+        f = RowFollower(t, ["key"], track_moves=True)
+        held = _apply(f.changes(), {})
+        t.delete_in("key", [f"k{i}" for i in range(10, 20)])
+        c = f.changes()
+        assert c.moves is not None and c.rows.num_rows == 0
+        held = _apply(c, held)
+        assert held == {k: i for i, k in enumerate(t.scan(columns=["key"]).column("key").to_pylist())}
+
+
+def test_moves_after_a_delete_a_compaction_and_invalidate(tmp_path):
+    with _three_fragments(tmp_path) as t:
+        f = RowFollower(t, ["key"], track_moves=True)
+        assert f.changes().replaced  # the first read is of every row
+        t.delete_in("key", ["k12"])
+        c = f.changes()
+        assert c.moves is not None and not c.replaced
+        assert c.moves[0] == (0, 10, 0) and c.moves[1] == (10, 20, None) and c.moves[2] == (20, 30, 19)
+        assert c.column("key") == [f"k{i}" for i in range(10, 20) if i != 12]  # only that fragment
+        assert c.positions.tolist() == list(range(10, 19))
+        t.compact()  # rows rewritten into a new fragment: all of them come back as read again
+        c = f.changes()
+        assert c.moves is not None and c.column("key") == t.scan(columns=["key"]).column("key").to_pylist()
+        f.invalidate()
+        t.delete_in("key", ["k0"])
+        c = f.changes()
+        assert c.replaced and c.moves is None  # after invalidate: every row

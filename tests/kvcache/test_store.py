@@ -449,3 +449,49 @@ def test_constructor_checks_read_only_and_wal_dir_layout(tmp_path: Path) -> None
         assert r.lookup(toks) == CS
         with pytest.raises(ReadOnlyError, match=f"KVCacheStore {tmp_path / 'kv'} \\(a\\) is open read-only"):
             r.put(toks, kv)
+
+
+def _positions_hold_their_keys(store: KVCacheStore) -> None:
+    keys = store._table.scan(columns=["key"]).column("key").to_pylist()
+    for e in store._index.entries.values():
+        assert keys[e.position] == e.key
+
+
+def test_evictions_at_capacity_shift_positions_without_reading_every_row(tmp_path: Path) -> None:
+    """At capacity every put evicts (deletes rows in place): the index follows by shifting
+    positions and reading only the fragments deleted from, never every row, and every position
+    still holds its key and every kept prompt reads back its own bytes; another handle's
+    evictions (rows this one indexed vanish) fall back to reading every row."""
+    chunk_bytes = make_kv(0, CS).nbytes
+    cap = 12 * chunk_bytes
+    prompts = [prompt(200 + i, 2 * CS) for i in range(40)]
+    with KVCacheStore(tmp_path, namespace="v", chunk_size=CS, capacity_bytes=cap) as store:
+        follower = store._rows
+        reads = []
+        changes = follower.changes
+
+        def counted():  # the rows each change read
+            c = changes()
+            if c is not None:
+                reads.append((c.replaced, c.moves is not None, c.rows.num_rows))
+            return c
+
+        follower.changes = counted
+        for i, toks in enumerate(prompts):
+            store.put(toks, make_kv(200 + i, len(toks)))
+            _positions_hold_their_keys(store)
+            np.testing.assert_array_equal(store.get(toks), make_kv(200 + i, len(toks)))
+
+        moved = [n for replaced, moves, n in reads if moves]
+        assert len(moved) >= 20 and max(moved) < 12  # evictions: a fragment or two read, not the table
+        assert not any(replaced for replaced, _, _ in reads[1:])  # no full read in steady state
+        with KVCacheStore(tmp_path, namespace="v", chunk_size=CS, capacity_bytes=cap // 2) as other:
+            other.put(prompt(999, 2 * CS), make_kv(999, 2 * CS))  # evicts rows the first handle indexed
+        reads.clear()
+        store.put(prompt(998, 2 * CS), make_kv(998, 2 * CS))
+        assert any(replaced for replaced, _, _ in reads)  # rows vanished: every row read again
+        _positions_hold_their_keys(store)
+        for i, toks in enumerate(prompts):
+            got = store.get(toks)
+            if got is not None:
+                np.testing.assert_array_equal(got, make_kv(200 + i, len(toks))[..., : got.shape[-2], :])
