@@ -333,7 +333,7 @@ class TableReads:
             cached = self._layout_cache
             # a version's layout never changes: listing its fragments again (~150 us for a few
             # hundred fragments) bought nothing for a reader that polls after every write. Keyed
-            # by the dataset object too (in-place deletes and compactions move its version on)
+            # by the dataset object and its version (Lance moves a dataset's version in place, e.g. add_columns)
             if cached is not None and cached[0] is ds and cached[1].version == version:
                 return cached[1]
             layout = row_layout(ds)

@@ -65,3 +65,17 @@ def test_layout_is_listed_once_per_version_and_follows_the_writers_own_changes(t
         t.compact()
         compacted = t.row_layout()
         assert compacted.version > deleted.version and len(compacted.fragments) == 1 and compacted.rows == 20
+
+
+def test_layout_cache_sees_a_dataset_changed_in_place(tmp_path: Path) -> None:
+    """Lance's add_columns (schema evolution) moves a dataset object's version in place: the
+    cached layout is keyed by the version too, not only the object."""
+    import pyarrow as pa
+
+    with Table(str(tmp_path / "t.lance")) as t:
+        t.append([{"k": i} for i in range(3)])
+        t.flush()
+        first = t.row_layout()
+        t._ds.add_columns([pa.field("extra", pa.int64())])
+        again = t.row_layout()
+        assert again is not first and again.version == first.version + 1 and again.rows == 3
