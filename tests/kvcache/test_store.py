@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -457,15 +458,28 @@ def _positions_hold_their_keys(store: KVCacheStore) -> None:
         assert keys[e.position] == e.key
 
 
-def test_evictions_at_capacity_shift_positions_without_reading_every_row(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_evictions_at_capacity_shift_positions_without_reading_every_row(tmp_path: Path, where: str,
+                                                                        request: pytest.FixtureRequest) -> None:
     """At capacity every put evicts (deletes rows in place): the index follows by shifting
     positions and reading only the fragments deleted from, never every row, and every position
     still holds its key and every kept prompt reads back its own bytes; another handle's
-    evictions (rows this one indexed vanish) fall back to reading every row."""
+    evictions (rows this one indexed vanish) fall back to reading every row. On local disk and
+    on S3 (moto)."""
     chunk_bytes = make_kv(0, CS).nbytes
     cap = 12 * chunk_bytes
     prompts = [prompt(200 + i, 2 * CS) for i in range(40)]
-    with KVCacheStore(tmp_path, namespace="v", chunk_size=CS, capacity_bytes=cap) as store:
+    if where == "s3":
+        where_kw: dict = {"storage_options": request.getfixturevalue("s3_options")}
+        path: Any = f"s3://{request.getfixturevalue('s3_bucket')}/kv"
+
+        def opened(capacity: int, wal: str) -> KVCacheStore:
+            return KVCacheStore(path, namespace="v", chunk_size=CS, capacity_bytes=capacity,
+                                wal_dir=str(tmp_path / wal), **where_kw)
+    else:
+        def opened(capacity: int, wal: str) -> KVCacheStore:
+            return KVCacheStore(tmp_path, namespace="v", chunk_size=CS, capacity_bytes=capacity)
+    with opened(cap, "wal-a") as store:
         follower = store._rows
         reads = []
         changes = follower.changes
@@ -485,7 +499,7 @@ def test_evictions_at_capacity_shift_positions_without_reading_every_row(tmp_pat
         moved = [n for replaced, moves, n in reads if moves]
         assert len(moved) >= 20 and max(moved) < 12  # evictions: a fragment or two read, not the table
         assert not any(replaced for replaced, _, _ in reads[1:])  # no full read in steady state
-        with KVCacheStore(tmp_path, namespace="v", chunk_size=CS, capacity_bytes=cap // 2) as other:
+        with opened(cap // 2, "wal-b") as other:
             other.put(prompt(999, 2 * CS), make_kv(999, 2 * CS))  # evicts rows the first handle indexed
         reads.clear()
         store.put(prompt(998, 2 * CS), make_kv(998, 2 * CS))
