@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from persisting.trajectory.layout import StoreFn, compiled
+from persisting.trajectory.layout import StoreFn, ValuesFn, compiled
 from persisting.trajectory.fields import ARROW_DTYPES, FieldSpec, Signature, column_to_arrow, dtype_name
 
 __all__ = ["StepBuffer"]
@@ -86,7 +86,7 @@ class _Column:
         self.valid[i] = True
 
 
-def _refuse(step: Mapping[str, Any], version: int) -> bool:
+def _refuse(step: Any, version: int) -> bool:
     """The store function of a buffer with no compiled layout: every step takes the checks."""
     return False
 
@@ -109,6 +109,9 @@ class StepBuffer:
         # list, array dtype or None for scalars); :meth:`_seal` moves them into the columns
         # before anything reads or changes the columns.
         self.store: StoreFn = _refuse
+        # the same for a step's values in the order of ``names`` (the compiled layout's fields)
+        self.store_values: ValuesFn = _refuse
+        self.names: tuple[str, ...] | None = None
         self._pending: tuple[tuple[np.ndarray, np.ndarray, list[Any], np.dtype | None], ...] = ()
         self.unsealed = 0
 
@@ -133,6 +136,7 @@ class StepBuffer:
         """Drop the remembered layouts (after sealing the rows stored through them)."""
         self._seal()
         self._layout, self.layout_version, self.store, self._pending = {}, -1, _refuse, ()
+        self.store_values, self.names = _refuse, None
 
     def _reserve(self, rows: int) -> None:
         if rows > self.capacity:
@@ -221,7 +225,8 @@ class StepBuffer:
         if all(e is not None for _, e in entries):
             key = tuple((name, e[0], e[1], e[2]) for name, e in entries)  # type: ignore[index]
             self._pending = tuple((e[3], e[4], [], e[1]) for _, e in entries)  # type: ignore[index]
-            self.store = compiled(key)(self, version, self.capacity, tuple(p[2].append for p in self._pending))
+            self.store, self.store_values = compiled(key)(self, version, self.capacity, tuple(p[2].append for p in self._pending))
+            self.names = tuple(step)
         return True
 
     def add_rows(self, rows: Sequence[Mapping[str, Any]], specs: Mapping[str, FieldSpec]) -> None:
@@ -284,4 +289,5 @@ class StepBuffer:
         self.columns = {}
         self.n = 0
         self._layout, self.layout_version, self.store, self._pending = {}, -1, _refuse, ()
+        self.store_values, self.names = _refuse, None
         return fields, arrays

@@ -90,6 +90,27 @@ class Episode:
             if buffer.n >= writer.step_buffer:
                 self._flush(announce=True)
 
+    def add_step_values(self, names: tuple[str, ...], values: tuple[Any, ...]) -> None:
+        """``add_step(dict(zip(names, values)))`` without the dict: for wrappers that log the
+        same fields every step (:class:`~persisting.trajectory.gym.RecordEpisodes`). Once a
+        step of this exact layout was stored, the next ones go straight to the buffer's
+        compiled store function; anything else takes :meth:`add_step`'s checks."""
+        writer = self._writer
+        buffer = self._buffer
+        with writer.lock:
+            writer.check_writable()
+            if self.status != "open":
+                self._check_open()
+            held = buffer.names
+            if held is names or (held == names and held is not None):
+                buffer.names = names  # the caller's tuple: an identity test from now on
+                if buffer.store_values(values, writer.fields.version):
+                    self.length += 1
+                    if buffer.n >= writer.step_buffer:
+                        self._flush(announce=True)
+                    return
+            self.add_step(dict(zip(names, values)))
+
     def add_steps(self, batch: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> None:
         """Add several steps at once: a list of step dicts, or a dict of columns whose values
         have the steps along the first axis (vectorised code). All or nothing.

@@ -30,6 +30,8 @@ from persisting.trajectory.store import Episode, TrajectoryStore
 
 __all__ = ["RecordEpisodes", "flatten", "unflatten"]
 
+_STEP_FIELDS = ("obs", "action", "reward", "terminated", "truncated")
+
 
 class RecordEpisodes(gym.Wrapper):
     """Log ``env``'s episodes into ``store``; ``metadata`` becomes episode columns.
@@ -64,6 +66,10 @@ class RecordEpisodes(gym.Wrapper):
         obs, reward, terminated, truncated, info = self.env.step(action)
         prev = self._obs
         done = terminated or truncated
+        if not done and not self.info_keys and type(prev) is np.ndarray:  # the common step: no dict
+            self.episode.add_step_values(_STEP_FIELDS, (prev, action, reward, bool(terminated), bool(truncated)))
+            self._obs = obs
+            return obs, reward, terminated, truncated, info
         if type(prev) is not np.ndarray and isinstance(prev, (Mapping, tuple)):
             row: dict[str, Any] = flatten("obs", prev)
             row.update(action=action, reward=reward, terminated=bool(terminated), truncated=bool(truncated))

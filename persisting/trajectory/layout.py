@@ -21,7 +21,7 @@ bound as constants in the function's namespace, never pasted into the source tex
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,8 +32,10 @@ __all__ = ["LayoutKey", "compiled"]
 LayoutKey = tuple[tuple[str, type, np.dtype | None, Any], ...]
 # store(step, version) -> bool: the step stored as the buffer's next row, or False (nothing stored)
 StoreFn = Callable[[Mapping[str, Any], int], bool]
-# bind(buffer, version, capacity, appends) -> StoreFn for that buffer
-BindFn = Callable[[Any, int, int, tuple[Callable[[Any], None], ...]], StoreFn]
+# store_values(values, version) -> bool: the same for the values in the layout's field order
+ValuesFn = Callable[[Sequence[Any], int], bool]
+# bind(buffer, version, capacity, appends) -> (StoreFn, ValuesFn) for that buffer
+BindFn = Callable[[Any, int, int, tuple[Callable[[Any], None], ...]], tuple[StoreFn, ValuesFn]]
 
 _INT64 = (-(1 << 63), 1 << 63)
 _CACHE: dict[LayoutKey, BindFn] = {}
@@ -41,11 +43,12 @@ _CACHE_MAX = 512
 
 
 def compiled(key: LayoutKey) -> BindFn:
-    """``bind(buffer, version, capacity, appends)``: a store function for ``buffer``;
+    """``bind(buffer, version, capacity, appends)``: store functions for ``buffer``;
     ``appends`` holds each field's ``list.append`` in ``key`` order. ``store(step, version)``
     appends ``step``'s values (arrays as bytes) and adds one to ``buffer.n`` and
     ``buffer.unsealed`` if the step has exactly layout ``key``, the field registry is still at
-    ``version`` and the row fits ``capacity``; else it returns False and stores nothing."""
+    ``version`` and the row fits ``capacity``; else it returns False and stores nothing.
+    ``store_values(values, version)`` does the same for the values in ``key``'s field order."""
     fn = _CACHE.get(key)
     if fn is None:
         if len(_CACHE) >= _CACHE_MAX:
@@ -78,6 +81,17 @@ def _build(key: LayoutKey) -> BindFn:
             test += f" or not LO <= v{j} < HI"
         src += [f"        if {test}:", "            return False"]
     src += [f"        a{j}(v{j}.tobytes())" if key[j][2] is not None else f"        a{j}(v{j})" for j in range(k)]
-    src += ["        buf.n = i + 1", "        buf.unsealed += 1", "        return True", "    return store"]
+    src += ["        buf.n = i + 1", "        buf.unsealed += 1", "        return True"]
+    # the same store for values given in the layout's field order (a wrapper that logs fixed
+    # fields skips building a dict per step): only the fetch differs
+    fetch = src.index("        try:")
+    tests = src[fetch + 4:]
+    src += ["    def store_values(values, current):",
+            "        i = buf.n",
+            f"        if current != version or i >= capacity or len(values) != {k}:",
+            "            return False",
+            f"        {vs}, = values",
+            *tests,
+            "    return store, store_values"]
     exec("\n".join(src), ns)  # noqa: S102 - source built above from fixed templates only
     return ns["bind"]

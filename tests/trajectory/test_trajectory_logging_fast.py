@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from persisting.errors import InvalidRecordError
+from persisting.errors import InvalidRecordError, SchemaError
 from persisting.trajectory import TrajectoryStore
 
 
@@ -148,3 +148,68 @@ def test_episode_metadata_types_survive_the_typed_row(tmp_path):
         rows = {r["episode_id"]: r for r in store.episodes().to_pylist()}
     assert rows[ep.id]["seed"] == 3 and rows[ep.id]["tags"] == ["a", "b"] and rows[ep.id]["temperature"] == 0.5
     assert rows[ep2.id]["seed"] == 4.5 and rows[ep.id]["start_time"] is not None
+
+
+NAMES = ("obs", "action", "reward", "terminated", "truncated")
+
+
+def test_step_values_store_what_add_step_stores(tmp_path):
+    """``add_step_values`` (the gym wrapper's path: no dict per step) against ``add_step`` with
+    the same steps, layouts changing mid-episode (another dtype, a Python int where a numpy int
+    was, another obs shape that cannot be stored): the same rows read back, and a bad value is
+    refused with the same typed error, nothing stored for it."""
+    rng = np.random.default_rng(4)
+    steps = []
+    for t in range(200):
+        obs = rng.standard_normal(3).astype(np.float32)
+        action = np.int64(t % 3) if t % 11 else t % 3  # now and then a Python int
+        if t % 17 == 5:
+            obs = obs.astype(obs.dtype.newbyteorder(">"))  # same values, another dtype object
+        steps.append((obs, action, float(t), False, t == 199))
+    bad = (np.zeros((2, 2), np.float32), 0, 0.0, False, False)  # obs of another shape
+    got, errors = [], []
+    for path, by_values in (("dict", False), ("values", True)):
+        with TrajectoryStore(str(tmp_path / path), step_buffer=32) as store:
+            with store.episode() as ep:
+                for k, values in enumerate(steps):
+                    if by_values:
+                        ep.add_step_values(NAMES, values)
+                    else:
+                        ep.add_step(dict(zip(NAMES, values)))
+                    if k == 100:
+                        with pytest.raises((InvalidRecordError, SchemaError), match="obs") as refused:
+                            if by_values:
+                                ep.add_step_values(NAMES, bad)
+                            else:
+                                ep.add_step(dict(zip(NAMES, bad)))
+                        errors.append((type(refused.value), str(refused.value)))
+                assert ep.length == 200
+            got.append(store.episode(ep.id))
+    dict_run, values_run = got
+    assert errors[0] == errors[1]
+    assert dict_run.keys() == values_run.keys()
+    for key in dict_run:
+        np.testing.assert_array_equal(dict_run[key], values_run[key])
+    np.testing.assert_array_equal(values_run["obs"], np.stack([v[0] for v in steps]).astype(np.float32))
+    assert values_run["action"].tolist() == [t % 3 for t in range(200)] and values_run["truncated"][-1]
+
+
+def test_step_values_take_the_compiled_path_and_fall_back_for_other_names(tmp_path):
+    with TrajectoryStore(str(tmp_path / "s"), step_buffer=64) as store:
+        ep = store.begin_episode()
+        obs = np.zeros(3, np.float32)
+        generic = []
+        add_step = ep.add_step
+        ep.add_step = lambda step: (generic.append(int(step["action"])), add_step(step))  # type: ignore[method-assign]
+        for t in range(10):
+            obs[0] = t  # reused by the caller: each step is copied
+            ep.add_step_values(NAMES, (obs, np.int64(t), 0.5, False, False))
+        # the first step registers the fields, the second compiles the layout; 3-10 skip add_step
+        assert generic == [0, 1] and ep._buffer.unsealed == 8 and ep._buffer.names is NAMES
+        ep.add_step_values(("obs", "action"), (obs, np.int64(10)))  # other fields: the dict path
+        ep.add_step_values(NAMES[:4] + ("extra",), (obs, np.int64(11), 0.5, False, 1))
+        ep.end()
+        got = store.episode(ep.id)
+    assert got["obs"][:, 0].tolist() == list(range(10)) + [9, 9]
+    assert got["action"].tolist() == list(range(12))
+    assert np.isnan(got["reward"][10]) and got["extra"][11] == 1
