@@ -91,9 +91,8 @@ class Pending:
     def range_table(self, schema: pa.Schema, start: int, stop: int | None) -> pa.Table:
         """Pending rows ``start..stop`` conformed to ``schema`` (the table's, or the columns a
         reader wants): only the batches they are in, and only those columns (a reader that
-        catches up with a few new rows does not conform the whole buffer)."""
-        if start == 0 and stop is None:
-            return self.table(schema)
+        catches up with a few new rows does not conform the whole buffer). Not cached: the
+        whole buffer conformed to the table's schema is :meth:`table`."""
         pieces, row = [], 0
         for b in (*self.inflight, *self.buffer):
             n = b.num_rows

@@ -148,19 +148,15 @@ class KVCacheStore:
         if change is None:
             return
         keys, parents, depths = change.column("key"), change.column("parent"), change.column("depth")
-        orphans = None
-        if change.moves is not None and not self._foreign:
+        if change.moves is not None:
             # rows were deleted in place (evictions): shift positions, read only what moved
-            orphans = self._index.remap(change.moves, keys, parents, depths, change.column("nbytes"), change.positions)
-            if orphans is None:  # another process deleted rows this one indexed: read them all
+            orphans = None if self._foreign else self._index.remap(
+                change.moves, keys, parents, depths, change.column("nbytes"), change.positions)
+            if orphans is None:  # rows this index held vanished (or foreign chains hold positions): read all
                 self._rows.invalidate()
                 self._sync()
                 return
-        elif change.moves is not None:  # foreign chains keep positions: read every row
-            self._rows.invalidate()
-            self._sync()
-            return
-        if orphans is None:
+        else:
             orphans = self._index.merge(keys, parents, depths, change.column("nbytes"), start=change.start,
                                         replace=change.replaced)
         if change.replaced:

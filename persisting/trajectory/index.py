@@ -66,10 +66,6 @@ class _Columns:
             b[at:need] = m
         return [b[:need] for b in bufs]
 
-    def buffer(self, i: int) -> np.ndarray | None:
-        """The backing buffer of column ``i`` (None while holding adopted arrays)."""
-        return None if self._bufs is None else self._bufs[i]
-
     def append(self, more: list[np.ndarray]) -> None:
         self.cols = self.write(self.n, more)
         self.n = len(self.cols[0])
@@ -154,9 +150,7 @@ class StepIndex:
         if not len(ck) or k[0] >= ck[-1]:
             self.keys, self.positions = self._committed.write(len(ck), [k, p])
             table = _episode_table(k, len(ck))
-            self.ids, self.starts, self.lengths = self._joined_episodes(table)
-            c = self._cepisodes
-            self._pending_in_place = len(self.ids) > c.n and self.ids.base is not None and self.ids.base is c.buffer(0)
+            (self.ids, self.starts, self.lengths), self._pending_in_place = self._joined_episodes(table)
         else:
             self.keys, self.positions = _merge(ck, self.cpositions, k, p)
             self.ids, self.starts, self.lengths = _episode_table(self.keys, 0)
@@ -191,16 +185,17 @@ class StepIndex:
         else:
             episodes.append(more)
 
-    def _joined_episodes(self, more: list[np.ndarray]) -> list[np.ndarray]:
+    def _joined_episodes(self, more: list[np.ndarray]) -> tuple[list[np.ndarray], bool]:
         """The committed episode table followed by ``more`` (pending rows' episodes, sorted
-        after every committed key): written after it in place, or, when the pending steps
-        continue the last committed episode, a copy (its committed row must stay as it is)."""
+        after every committed key), and whether it was written after it in place (else, when
+        the pending steps continue the last committed episode, it is a copy: that committed
+        row must stay as it is)."""
         c = self._cepisodes
         ids, starts, lengths = c.cols
         if len(ids) and more[0][0] == ids[-1]:
             return [np.concatenate([ids, more[0][1:]]), np.concatenate([starts, more[1][1:]]),
-                    np.concatenate([lengths[:-1], lengths[-1:] + more[2][0], more[2][1:]])]
-        return c.write(c.n, more)
+                    np.concatenate([lengths[:-1], lengths[-1:] + more[2][0], more[2][1:]])], False
+        return c.write(c.n, more), True
 
     def split(self, sorted_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(episode_id, step)`` arrays of the steps at these sorted indices."""

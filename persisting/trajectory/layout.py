@@ -61,16 +61,8 @@ def _build(key: LayoutKey) -> BindFn:
     ns: dict[str, Any] = {"LO": _INT64[0], "HI": _INT64[1]}
     k = len(key)
     vs = ", ".join(f"v{j}" for j in range(k))
-    src = ["def bind(buf, version, capacity, appends):",
-           f"    {', '.join(f'a{j}' for j in range(k))}, = appends",
-           "    def store(step, current):",
-           "        i = buf.n",
-           f"        if current != version or i >= capacity or len(step) != {k}:",
-           "            return False",
-           "        try:",
-           f"            {vs}, = " + ", ".join(f"step[N{j}]" for j in range(k)) + ",",
-           "        except KeyError:",
-           "            return False"]
+    # type tests, then the appends: the same for a step given as a dict and in field order
+    checks: list[str] = []
     for j, (name, t, dtype, shape) in enumerate(key):
         ns[f"N{j}"], ns[f"T{j}"] = name, t
         test = f"type(v{j}) is not T{j}"
@@ -79,19 +71,28 @@ def _build(key: LayoutKey) -> BindFn:
             test += f" or v{j}.dtype is not D{j} or v{j}.shape != S{j}"
         elif shape:  # a Python int: must fit the int64 column
             test += f" or not LO <= v{j} < HI"
-        src += [f"        if {test}:", "            return False"]
-    src += [f"        a{j}(v{j}.tobytes())" if key[j][2] is not None else f"        a{j}(v{j})" for j in range(k)]
-    src += ["        buf.n = i + 1", "        buf.unsealed += 1", "        return True"]
-    # the same store for values given in the layout's field order (a wrapper that logs fixed
-    # fields skips building a dict per step): only the fetch differs
-    fetch = src.index("        try:")
-    tests = src[fetch + 4:]
-    src += ["    def store_values(values, current):",
-            "        i = buf.n",
-            f"        if current != version or i >= capacity or len(values) != {k}:",
-            "            return False",
-            f"        {vs}, = values",
-            *tests,
-            "    return store, store_values"]
+        checks += [f"        if {test}:", "            return False"]
+    checks += [f"        a{j}(v{j}.tobytes())" if key[j][2] is not None else f"        a{j}(v{j})" for j in range(k)]
+    checks += ["        buf.n = i + 1", "        buf.unsealed += 1", "        return True"]
+    head = f"        if current != version or i >= capacity or len({{}}) != {k}:"
+    src = ["def bind(buf, version, capacity, appends):",
+           f"    {', '.join(f'a{j}' for j in range(k))}, = appends",
+           "    def store(step, current):",
+           "        i = buf.n",
+           head.format("step"),
+           "            return False",
+           "        try:",
+           f"            {vs}, = " + ", ".join(f"step[N{j}]" for j in range(k)) + ",",
+           "        except KeyError:",
+           "            return False",
+           *checks,
+           # values in the layout's field order (a wrapper that logs fixed fields builds no dict)
+           "    def store_values(values, current):",
+           "        i = buf.n",
+           head.format("values"),
+           "            return False",
+           f"        {vs}, = values",
+           *checks,
+           "    return store, store_values"]
     exec("\n".join(src), ns)  # noqa: S102 - source built above from fixed templates only
     return ns["bind"]
